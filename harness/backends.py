@@ -1,0 +1,50 @@
+"""The backends a user can name with `--backend`: a policy plus an admission controller, and the
+engines they run on."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from baselines.fcfs import FcfsPolicy
+from harness.admission import AdmitAll
+from harness.config import RunConfig
+from harness.errors import BadInput
+from harness.policy import Policy
+from harness.runner import Admission
+
+ENGINES: dict[str, str] = {
+    "sim": "simulated vLLM-V1-style testbed (simpy): deterministic, a one-hour H100 experiment in seconds",
+}
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str
+    description: str
+    engines: tuple[str, ...]
+    make_policy: Callable[[RunConfig], Policy]
+    make_admission: Callable[[RunConfig], Admission]
+
+
+BACKENDS: dict[str, Backend] = {
+    b.name: b
+    for b in (
+        Backend(
+            "vllm",
+            "vanilla vLLM V1: FCFS, chunked prefill, prefix caching (LRU), recompute preemption, no admission control",
+            ("sim",),
+            lambda cfg: FcfsPolicy(),
+            lambda cfg: AdmitAll(),
+        ),
+    )
+}
+
+
+def get_backend(name: str, engine: str) -> Backend:
+    backend = BACKENDS.get(name)
+    if backend is None:
+        raise BadInput(f"unknown backend {name!r} (known: {', '.join(BACKENDS)}; see `mars-bench backends`)")
+    if engine not in backend.engines:
+        raise BadInput(f"backend {name!r} does not run on engine {engine!r} (it runs on: {', '.join(backend.engines)})")
+    return backend

@@ -1,0 +1,67 @@
+"""The `mars-bench` command line. Every bad input ends as one line on stderr and exit code 2."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from harness import __version__
+from harness.commands.results import results
+from harness.commands.workloads import workloads
+from harness.console import fail
+from harness.errors import BadInput
+
+EXIT_OK, EXIT_RUN_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(__version__, "-V", "--version", prog_name="mars-bench")
+def cli() -> None:
+    """mars-bench: benchmark LLM serving policies under agentic load (LLM calls + CPU tool calls).
+
+    \b
+    Examples:
+      mars-bench workloads list
+      mars-bench workloads generate paper -o paper.jsonl --seed 1
+      mars-bench workloads show paper.jsonl
+      mars-bench results list
+    """
+
+
+@cli.command()
+def version() -> None:
+    """Print the mars-bench version."""
+    click.echo(f"mars-bench {__version__}")
+
+
+cli.add_command(workloads)
+cli.add_command(results)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: click's errors and BadInput become one line and exit 2, never a traceback."""
+    try:
+        cli.main(args=argv, prog_name="mars-bench", standalone_mode=False)
+    except click.exceptions.Exit as e:
+        return e.exit_code
+    except click.exceptions.Abort:
+        fail("aborted")
+        return 130
+    except click.UsageError as e:
+        hint = f" (see `{e.ctx.command_path} --help`)" if e.ctx is not None else ""
+        fail(f"{e.format_message()}{hint}")
+        return EXIT_BAD_INPUT
+    except click.ClickException as e:
+        fail(e.format_message())
+        return EXIT_BAD_INPUT
+    except BadInput as e:
+        fail(str(e))
+        return EXIT_BAD_INPUT
+    except BrokenPipeError:
+        return EXIT_OK
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

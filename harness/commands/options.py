@@ -1,0 +1,51 @@
+"""Option sets shared by several commands, so every command speaks the same vocabulary (DESIGN 9)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from harness.results import DEFAULT_RESULTS_DIR
+from workloads.arrivals import ARRIVAL_PROCESSES
+from workloads.source import WorkloadRequest
+
+F = Callable[..., Any]
+
+
+def workload_options(default: str | None = "swe-smoke") -> Callable[[F], F]:
+    """--workload/--sessions/--rps/--arrival/--cv/--seed/--set. `default` None makes the source an argument."""
+
+    def decorate(func: F) -> F:
+        options = [
+            click.option("--sessions", type=click.IntRange(min=1), help="Number of sessions (default: the preset's)."),
+            click.option("--rps", type=click.FloatRange(min=0, min_open=True), help="Session arrival rate per second."),
+            click.option("--arrival", type=click.Choice(ARRIVAL_PROCESSES), help="Arrival process."),
+            click.option("--cv", type=click.FloatRange(min=0, min_open=True), help="Burstiness of gamma arrivals (CV of gaps)."),
+            click.option("--seed", type=int, help="Random seed (default: the preset's, 0)."),
+            click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override any preset parameter (repeatable)."),
+        ]
+        if default is None:
+            options.insert(0, click.argument("workload", metavar="PRESET|FILE"))
+        else:
+            options.insert(0, click.option("--workload", "-w", default=default, show_default=True, metavar="PRESET|FILE",
+                                           help="Workload preset name or JSONL file."))
+        for option in reversed(options):
+            func = option(func)
+        return func
+
+    return decorate
+
+
+def workload_request(workload: str, sessions: int | None, rps: float | None, arrival: str | None,
+                     cv: float | None, seed: int | None, sets: tuple[str, ...]) -> WorkloadRequest:
+    return WorkloadRequest(source=workload, sessions=sessions, rps=rps, arrival=arrival, cv=cv, seed=seed, sets=tuple(sets))
+
+
+results_dir_option = click.option(
+    "--results-dir", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_RESULTS_DIR,
+    show_default=True, help="Where runs are written.",
+)
+json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON output.")

@@ -1,0 +1,83 @@
+"""`mars-bench results ...`: list runs and show one run's summary."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from harness.commands.options import json_option, results_dir_option
+from harness.console import console, print_json, table
+from harness.metrics import summarize, summary_table_rows
+from harness.results import RunRecord, find_run, list_runs
+
+
+def run_summary(run: RunRecord) -> dict:
+    """The run's summary.json, or one computed from its tables / event log when the run did not finish."""
+    summary = run.summary()
+    if summary is None:
+        summary = summarize(run.calls(), run.sessions()).model_dump(mode="json")
+    return summary
+
+
+@click.group()
+def results() -> None:
+    """Runs written under the results directory."""
+
+
+@results.command("list")
+@results_dir_option
+@json_option
+def list_cmd(results_dir: Path, as_json: bool) -> None:
+    """List the runs under the results directory.
+
+    \b
+    Example:
+      mars-bench results list --results-dir results/
+    """
+    runs = list_runs(results_dir)
+    rows = []
+    for run in runs:
+        cfg, summary = run.config, run_summary(run)
+        rows.append({
+            "run_id": run.run_id, "status": run.status, "backend": cfg.get("backend"), "engine": cfg.get("engine"),
+            "workload": cfg.get("workload"), "sessions": summary.get("num_sessions"),
+            "completed": summary.get("completed_sessions"), "mean_jct_s": summary.get("mean_jct_s"),
+            "p95_jct_s": summary.get("p95_jct_s"), "session_throughput": summary.get("session_throughput"),
+            "goodput": summary.get("goodput"),
+        })
+    if as_json:
+        print_json(rows)
+        return
+    if not rows:
+        console.print(f"no runs under {results_dir}/")
+        return
+    columns = ["run", "status", "backend", "engine", "workload", "sessions", "done", "mean JCT s", "p95 JCT s",
+               "sessions/s", "goodput/s"]
+    console.print(table(f"runs in {results_dir}/", columns, [list(r.values()) for r in rows], numeric_from=5))
+
+
+@results.command()
+@click.argument("run", metavar="RUN")
+@results_dir_option
+@json_option
+def show(run: str, results_dir: Path, as_json: bool) -> None:
+    """Show one run's summary. RUN is a run id, a unique prefix of one, a path, or `latest`.
+
+    \b
+    Examples:
+      mars-bench results show latest
+      mars-bench results show results/20261125-211500-mars-swe-smoke-s1
+    """
+    record = find_run(results_dir, run)
+    summary = run_summary(record)
+    if as_json:
+        print_json({"run_id": record.run_id, "status": record.status, "config": record.config, "summary": summary})
+        return
+    cfg = record.config
+    header = [("run", record.run_id), ("status", record.status), ("backend", cfg.get("backend")),
+              ("engine", cfg.get("engine")), ("workload", cfg.get("workload")), ("seed", record.meta.get("seed"))]
+    if record.meta.get("error"):
+        header.append(("error", record.meta["error"]))
+    console.print(table(None, ["run", ""], header))
+    console.print(table("summary", ["metric", "value"], summary_table_rows(summary)))

@@ -1,0 +1,54 @@
+"""The validated configuration of one run: everything needed to reproduce it from run.json and a seed."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from harness.tools import ToolMode
+from workloads.arrivals import ArrivalProcess
+
+
+class EngineSettings(BaseModel):
+    """Engine limits, named as vLLM's engine arguments."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_num_batched_tokens: int = Field(default=8192, ge=1, description="token budget of one step")
+    max_num_seqs: int = Field(default=256, ge=1, description="most requests in one batch")
+    long_prefill_token_threshold: int = Field(default=0, ge=0, description="cap on a prefill chunk; 0 = off")
+    # None = the cost profile's value (16 tokens, 0.9, computed from memory).
+    block_size: int | None = Field(default=None, ge=1, description="tokens per KV block")
+    gpu_memory_utilization: float | None = Field(default=None, gt=0, le=1)
+    num_gpu_blocks: int | None = Field(default=None, ge=1, description="override the KV block count")
+    enable_prefix_caching: bool = True
+    fast_forward: bool = Field(default=True, description="sim: skip over repeated all-decode steps")
+
+
+class RunConfig(BaseModel):
+    """One run. `--set key=value` reaches every field (e.g. `--set engine_args.max_num_seqs=128`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    backend: str = "vllm"
+    engine: Literal["sim"] = "sim"
+    workload: str = "swe-smoke"
+    sessions: int | None = Field(default=None, ge=1)
+    rps: float | None = Field(default=None, gt=0)
+    arrival: ArrivalProcess | None = None
+    cv: float | None = Field(default=None, gt=0)
+    seed: int = 0
+    workload_sets: tuple[str, ...] = ()
+    gpu: str = "h100"
+    model: str = "qwen3-coder-30b-a3b"
+    tp: int = Field(default=1, ge=1)
+    profile: str | None = None
+    tool_cores: int = Field(default=8, ge=1)
+    tool_mode: ToolMode = "queue"
+    cpu_stress: int = Field(default=0, ge=0, description="cores taken by background CPU stressors")
+    gpu_share: float = Field(default=1.0, gt=0, le=1, description="share of the GPU left by a co-tenant")
+    alpha: float = Field(default=3.0, gt=1, description="goodput: slowdown bound")
+    goodput: tuple[str, ...] = Field(default=(), description="vLLM-style SLOs, e.g. ttft:500 tpot:50")
+    timeline_interval_s: float = Field(default=1.0, gt=0)
+    engine_args: EngineSettings = EngineSettings()

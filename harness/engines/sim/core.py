@@ -1,0 +1,241 @@
+"""The simulated engine's scheduler: vLLM V1 `Scheduler.schedule()` behaviour with the policy's hooks.
+
+No clock and no simpy here: `schedule(now)` plans one step, `complete(plan, end)` applies it. The simpy
+process in `engine.py` owns time. Keeping the two apart lets tests drive single steps by hand.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from harness.engines.sim.kv_cache import KVCache
+from harness.engines.sim.request import SimRequest
+from harness.policy import FREE, Policy, Retention, ScheduledStep
+
+
+@dataclass(frozen=True)
+class SchedulerLimits:
+    """vLLM's scheduler limits (SchedulerConfig names)."""
+
+    max_num_batched_tokens: int = 8192
+    max_num_seqs: int = 256
+    long_prefill_token_threshold: int = 0  # 0 = off; otherwise caps every prefill chunk
+
+
+@dataclass
+class StepPlan:
+    """What one step computes: (request, new tokens) in schedule order, and who was preempted."""
+
+    start_s: float
+    scheduled: list[tuple[SimRequest, int]] = field(default_factory=list)
+    preempted: list[SimRequest] = field(default_factory=list)
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(n for _, n in self.scheduled)
+
+
+@dataclass
+class Pin:
+    """KV blocks kept for a session across a tool call, until `deadline_s`."""
+
+    blocks: list[int]
+    computed_tokens: int
+    cached_blocks: int
+    deadline_s: float
+
+
+class EngineCore:
+    """Waiting and running queues, the KV cache and the policy hooks; one `schedule` = one step."""
+
+    def __init__(self, kv: KVCache, limits: SchedulerLimits, policy: Policy) -> None:
+        self.kv = kv
+        self.limits = limits
+        self.policy = policy
+        self.waiting: list[SimRequest] = []
+        self.running: list[SimRequest] = []
+        self.pins: dict[str, Pin] = {}
+        self.num_preemptions = 0
+
+    # --------------------------------------------------------------------------------- requests
+    def add(self, req: SimRequest, now: float) -> None:
+        """A call reaches the waiting queue; a pin its session holds becomes its computed prefix."""
+        pin = self.pins.pop(req.session_id, None)
+        if pin is not None:
+            req.blocks = pin.blocks
+            req.num_computed_tokens = min(pin.computed_tokens, req.num_tokens - 1)
+            req.num_cached_blocks = pin.cached_blocks
+            req.cached_tokens = req.num_computed_tokens
+        self.waiting.append(req)
+        self.policy.on_arrival(req, now)
+
+    def fits_at_all(self, req: SimRequest) -> bool:
+        """Whether the call's whole context fits in the KV cache (else it can never run)."""
+        return self.kv.blocks_for(req.num_prompt_tokens + req.max_tokens) <= self.kv.num_blocks
+
+    @property
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    # --------------------------------------------------------------------------------- the step
+    def _chunk(self, req: SimRequest, budget: int, now: float) -> int:
+        n = min(req.pending_tokens, budget)
+        if not req.is_decoding:
+            cap = self.policy.prefill_cap(req, now)
+            if cap is not None:
+                n = min(n, max(1, cap))
+            if self.limits.long_prefill_token_threshold > 0:
+                n = min(n, self.limits.long_prefill_token_threshold)
+        return n
+
+    def _allocate(self, req: SimRequest, n: int) -> bool:
+        need = self.kv.blocks_for(req.num_computed_tokens + n) - len(req.blocks)
+        if need <= 0:
+            return True
+        new = self.kv.allocate(need)
+        if new is None:
+            return False
+        req.blocks.extend(new)
+        return True
+
+    def _release_a_pin(self) -> bool:
+        """Free the pin that expires first; False if there is none."""
+        if not self.pins:
+            return False
+        session = min(self.pins, key=lambda s: self.pins[s].deadline_s)
+        self.kv.free(self.pins.pop(session).blocks)
+        return True
+
+    def release_expired_pins(self, now: float) -> None:
+        for session in [s for s, p in self.pins.items() if p.deadline_s <= now]:
+            self.kv.free(self.pins.pop(session).blocks)
+
+    def _preempt(self, req: SimRequest, now: float) -> None:
+        self.kv.free(req.blocks)
+        req.blocks = []
+        req.lost_until = max(req.lost_until, req.num_computed_tokens)
+        req.num_computed_tokens = 0
+        req.num_cached_blocks = 0
+        req.num_preemptions += 1
+        self.num_preemptions += 1
+        self.waiting.insert(0, req)
+        self.policy.on_preempted(req, now)
+
+    def schedule(self, now: float) -> StepPlan:
+        """Plan one step: running requests first, then waiting ones if nobody was preempted."""
+        self.release_expired_pins(now)
+        plan = StepPlan(start_s=now)
+        budget = self.limits.max_num_batched_tokens
+        running = self.policy.order_running(list(self.running), now)
+        scheduled: dict[int, int] = {}  # id(req) -> tokens, for victims scheduled earlier this step
+        i = 0
+        while i < len(running) and budget > 0:
+            req = running[i]
+            n = self._chunk(req, budget, now)
+            preempted_self = False
+            while not self._allocate(req, n):
+                if self._release_a_pin():
+                    continue
+                smaller = self.policy.on_allocation_failure(req, n, now)
+                if 0 < smaller < n:
+                    n = smaller
+                    continue
+                victim = self.policy.choose_victim(running, now)
+                index = running.index(victim)
+                running.pop(index)
+                budget += scheduled.pop(id(victim), 0)
+                self._preempt(victim, now)
+                plan.preempted.append(victim)
+                if victim is req:
+                    preempted_self = True
+                    break
+                if index < i:
+                    i -= 1
+            if preempted_self:
+                continue
+            scheduled[id(req)] = n
+            budget -= n
+            i += 1
+        plan.scheduled = [(r, scheduled[id(r)]) for r in running if id(r) in scheduled]
+        self.running = running
+        if not plan.preempted:
+            self._schedule_waiting(plan, budget, now)
+        return plan
+
+    def _schedule_waiting(self, plan: StepPlan, budget: int, now: float) -> None:
+        for req in self.policy.order_waiting(list(self.waiting), now):
+            if budget <= 0 or len(self.running) >= self.limits.max_num_seqs:
+                break
+            fresh = not req.blocks
+            if fresh:
+                self._match_prefix(req)
+            n = self._chunk(req, budget, now)
+            while not self._allocate(req, n) and self._release_a_pin():
+                pass
+            if len(req.blocks) < self.kv.blocks_for(req.num_computed_tokens + n):
+                if fresh:  # give back the prefix hits; the request stays queued untouched
+                    self.kv.free(req.blocks)
+                    req.blocks, req.num_computed_tokens, req.num_cached_blocks = [], 0, 0
+                break
+            self.waiting.remove(req)
+            self.running.append(req)
+            plan.scheduled.append((req, n))
+            budget -= n
+
+    def _match_prefix(self, req: SimRequest) -> None:
+        """Take the longest cached prefix; at least one token is always left to compute (as vLLM)."""
+        bs = self.kv.block_size
+        limit = (req.num_tokens - 1) // bs
+        hit = self.kv.match_prefix(req.block_content(i, bs) for i in range(limit))
+        req.blocks = hit
+        req.num_computed_tokens = len(hit) * bs
+        req.num_cached_blocks = len(hit)
+        if req.last_scheduled_s is None and req.num_preemptions == 0:
+            req.cached_tokens = req.num_computed_tokens
+
+    # ------------------------------------------------------------------------------- completion
+    def complete(self, plan: StepPlan, end: float) -> list[SimRequest]:
+        """Apply a computed step at time `end`; return the calls that finished."""
+        finished: list[SimRequest] = []
+        bs = self.kv.block_size
+        for req, n in plan.scheduled:
+            before = req.num_computed_tokens
+            after = before + n
+            req.num_computed_tokens = after
+            if req.lost_until > before:
+                req.recomputed_tokens += min(after, req.lost_until) - before
+            if req.last_scheduled_s is None:
+                req.first_scheduled_s = plan.start_s
+            req.last_scheduled_s = plan.start_s
+            for index in range(req.num_cached_blocks, after // bs):
+                self.kv.cache_block(req.blocks[index], req.block_content(index, bs))
+            req.num_cached_blocks = max(req.num_cached_blocks, after // bs)
+            if after == req.num_tokens:
+                self._sample(req, end)
+                if req.finished:
+                    finished.append(req)
+        for req in finished:
+            self.running.remove(req)
+            self._finish(req, end)
+        self.policy.on_scheduled(
+            ScheduledStep(plan.start_s, end - plan.start_s, plan.scheduled, plan.preempted)
+        )
+        return finished
+
+    def _sample(self, req: SimRequest, t: float) -> None:
+        if req.num_output_tokens == 0:
+            req.first_token_s = t
+        else:
+            req.itl_s.append(t - req.last_token_s)
+        req.last_token_s = t
+        req.num_output_tokens += 1
+
+    def _finish(self, req: SimRequest, t: float) -> None:
+        req.finish_s = t
+        self.policy.on_finished(req, t)
+        decision: Retention = FREE if req.is_last_turn else self.policy.on_turn_end(req, t)
+        if decision.action == "keep" and decision.seconds > 0:
+            self.pins[req.session_id] = Pin(req.blocks, req.num_computed_tokens, req.num_cached_blocks, t + decision.seconds)
+        else:
+            self.kv.free(req.blocks)
+        req.blocks = []

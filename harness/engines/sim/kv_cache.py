@@ -1,0 +1,112 @@
+"""Paged KV cache with prefix caching, as vLLM V1's BlockPool + KVCacheManager behave.
+
+* Memory is `num_blocks` blocks of `block_size` tokens. A request holds a list of blocks covering the
+  tokens it has computed (plus the ones being computed this step).
+* A block that becomes full is *cached* under a hash of its content. Content hashes here are symbolic:
+  block i of a session's context is ("s", session, i), unless the whole block lies inside the shared
+  prefix, then ("p", prefix_id, i). The context is append-only across turns, so turn k+1 finds turn k's
+  blocks (and other sessions find the shared prefix) exactly as token-id hashing would.
+* Freed blocks go to the tail of an LRU free queue in reverse order (a sequence's last block is evicted
+  first) and keep their hash: they can still be hit until the allocator reuses them, which evicts them
+  from the cache. A prefix hit on a free cached block takes it out of the free queue.
+* Blocks are conserved: free (no hash, unreferenced) + cached (hash, unreferenced) + used (referenced) =
+  num_blocks, checked by `check()`.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Hashable, Iterable
+
+
+class KVCache:
+    """Block allocator with an LRU prefix cache. Blocks are integers 0..num_blocks-1."""
+
+    def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool = True) -> None:
+        if num_blocks < 1 or block_size < 1:
+            raise ValueError(f"KV cache needs num_blocks >= 1 and block_size >= 1, got {num_blocks}, {block_size}")
+        self.num_blocks = num_blocks
+        self.block_size = block_size
+        self.enable_prefix_caching = enable_prefix_caching
+        self.ref_cnt = [0] * num_blocks
+        self.block_hash: list[Hashable | None] = [None] * num_blocks
+        self.cached: dict[Hashable, int] = {}  # content hash -> block
+        self.free_queue: OrderedDict[int, None] = OrderedDict((b, None) for b in range(num_blocks))
+        self.evictions = 0  # cached blocks reused for other content
+
+    # ------------------------------------------------------------------------------------- state
+    @property
+    def num_free_blocks(self) -> int:
+        """Blocks an allocation can take now (free and cached-but-unreferenced)."""
+        return len(self.free_queue)
+
+    @property
+    def num_used_blocks(self) -> int:
+        return self.num_blocks - len(self.free_queue)
+
+    @property
+    def usage(self) -> float:
+        """Fraction of blocks referenced by requests (vLLM's kv_cache_usage)."""
+        return self.num_used_blocks / self.num_blocks
+
+    def blocks_for(self, tokens: int) -> int:
+        return -(-tokens // self.block_size)
+
+    # --------------------------------------------------------------------------------- operations
+    def match_prefix(self, hashes: Iterable[Hashable]) -> list[int]:
+        """Cached blocks for the longest run of leading hashes; they are referenced and leave the free queue."""
+        if not self.enable_prefix_caching:
+            return []
+        hit: list[int] = []
+        for h in hashes:
+            block = self.cached.get(h)
+            if block is None:
+                break
+            hit.append(block)
+        for block in hit:
+            if self.ref_cnt[block] == 0:
+                del self.free_queue[block]
+            self.ref_cnt[block] += 1
+        return hit
+
+    def allocate(self, n: int) -> list[int] | None:
+        """`n` fresh blocks from the LRU end of the free queue, or None (and no change) if too few."""
+        if n > len(self.free_queue):
+            return None
+        out = []
+        for _ in range(n):
+            block, _ = self.free_queue.popitem(last=False)
+            old = self.block_hash[block]
+            if old is not None:
+                del self.cached[old]
+                self.block_hash[block] = None
+                self.evictions += 1
+            self.ref_cnt[block] = 1
+            out.append(block)
+        return out
+
+    def cache_block(self, block: int, content: Hashable) -> None:
+        """Register a full block's content; a duplicate of content already cached stays uncached."""
+        if not self.enable_prefix_caching or self.block_hash[block] is not None or content in self.cached:
+            return
+        self.block_hash[block] = content
+        self.cached[content] = block
+
+    def free(self, blocks: list[int]) -> None:
+        """Drop one reference from each block; unreferenced ones join the free queue, tail block first."""
+        for block in reversed(blocks):
+            self.ref_cnt[block] -= 1
+            if self.ref_cnt[block] == 0:
+                self.free_queue[block] = None
+
+    def check(self) -> tuple[int, int, int]:
+        """(free, cached, used) block counts; raises AssertionError if the books do not balance."""
+        in_queue = set(self.free_queue)
+        used = sum(1 for c in self.ref_cnt if c > 0)
+        cached_free = sum(1 for b in in_queue if self.block_hash[b] is not None)
+        free = len(in_queue) - cached_free
+        assert all(self.ref_cnt[b] == 0 for b in in_queue), "a referenced block is in the free queue"
+        assert all(c >= 0 for c in self.ref_cnt), "negative reference count"
+        assert free + cached_free + used == self.num_blocks, "blocks not conserved"
+        assert all(self.block_hash[b] == h for h, b in self.cached.items()), "cache index out of sync"
+        return free, cached_free, used

@@ -1,0 +1,2 @@
+class BadInput(Exception):
+    """Bad user input: reported as one line, exit code 2."""

@@ -1,0 +1,82 @@
+"""One run end to end: resolve the workload and backend, build the testbed, compute the isolated
+reference, simulate with events streamed to the results directory, summarise."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from harness.backends import get_backend
+from harness.config import RunConfig
+from harness.metrics import RunSummary, parse_goodput, summarize
+from harness.results import RunWriter, make_run_id
+from harness.runner import isolated_jcts, simulate
+from harness.testbed import build_setup
+from workloads.source import WorkloadRequest, resolve
+
+Progress = Callable[[str, int, int], None]  # (phase, done, total)
+
+
+@dataclass(frozen=True)
+class RunResult:
+    dir: Path
+    summary: RunSummary
+    stats: dict[str, Any]
+
+
+class _CountingSink:
+    """Forwards events to the writer and reports session completions to a progress callback."""
+
+    def __init__(self, writer: RunWriter, total: int, progress: Progress | None) -> None:
+        self.writer, self.total, self.progress, self.done = writer, total, progress, 0
+
+    def event(self, kind: str, t: float, **fields: Any) -> None:
+        self.writer.event(kind, t, **fields)
+        if kind == "session_failed":
+            self._tick()
+
+    def call(self, t: float, row: dict[str, Any]) -> None:
+        self.writer.call(t, row)
+
+    def session(self, t: float, row: dict[str, Any]) -> None:
+        self.writer.session(t, row)
+        self._tick()
+
+    def _tick(self) -> None:
+        self.done += 1
+        if self.progress is not None:
+            self.progress("simulating", self.done, self.total)
+
+
+def run_experiment(config: RunConfig, results_dir: Path, progress: Progress | None = None) -> RunResult:
+    """Run `config` and write `results_dir/<run_id>/`; bad input raises BadInput before anything is written."""
+    slo = parse_goodput(list(config.goodput)) if config.goodput else None
+    backend = get_backend(config.backend, config.engine)
+    name, sessions = resolve(WorkloadRequest(
+        source=config.workload, sessions=config.sessions, rps=config.rps, arrival=config.arrival, cv=config.cv,
+        seed=config.seed, sets=config.workload_sets,
+    ))
+    setup = build_setup(config)
+    policy, admission = backend.make_policy(config), backend.make_admission(config)
+
+    total = len(sessions)
+    done = 0
+
+    def isolated_progress(n: int) -> None:
+        nonlocal done
+        done += n
+        if progress is not None:
+            progress("isolated reference", done, total)
+
+    isolated = isolated_jcts(sessions, setup, cache=results_dir / ".cache" / "isolated.json", progress=isolated_progress)
+    run_id = make_run_id(config.backend, name, config.seed, results_dir)
+    meta_config = {**config.model_dump(mode="json"), "workload_name": name, "num_sessions": total}
+    with RunWriter(results_dir, run_id, meta_config, config.seed) as writer:
+        outcome = simulate(sessions, policy, setup, admission, sink=_CountingSink(writer, total, progress),
+                           isolated=isolated)
+        summary = summarize(outcome.calls, outcome.sessions, alpha=config.alpha, goodput_slo=slo, end_s=outcome.end_s)
+        payload = {**summary.model_dump(mode="json"), "engine_stats": outcome.stats}
+        writer.finish(outcome.calls, outcome.sessions, payload, timeline=outcome.timeline)
+    return RunResult(writer.dir, summary, outcome.stats)

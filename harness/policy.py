@@ -1,0 +1,136 @@
+"""The scheduling-policy hooks (DESIGN section 4), shared by the simulated and the real engine.
+
+A policy is sans-IO: it never reads a clock or touches a socket. Engines call its hooks from their step
+loop with `now` as an argument and act on the return values. The default implementation of every hook
+is vanilla vLLM V1 behaviour, so a policy overrides only what makes it different.
+
+The engine's step, mirroring vLLM V1 `Scheduler.schedule()`:
+  1. running requests, in `order_running` order, each get up to its remaining tokens (capped by the
+     token budget and `prefill_cap`); when KV blocks run out, `on_allocation_failure` may shrink the
+     chunk, otherwise `choose_victim` picks a running request to preempt (recompute);
+  2. only if nothing was preempted, waiting requests in `order_waiting` order are admitted into the
+     batch while budget, sequence slots and blocks last;
+  3. `on_scheduled` sees the step; `on_turn_end` decides what happens to a finished call's KV blocks
+     when its session goes off to run a tool.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol, TypeVar
+
+
+class RequestView(Protocol):
+    """What a policy may read about one LLM call. Engines adapt their request objects to this."""
+
+    @property
+    def request_id(self) -> str: ...
+    @property
+    def session_id(self) -> str: ...
+    @property
+    def turn(self) -> int: ...
+    @property
+    def is_last_turn(self) -> bool: ...
+    @property
+    def tool_name(self) -> str | None:
+        """The tool the session calls after this call (None on the last turn)."""
+    @property
+    def session_arrival_s(self) -> float: ...
+    @property
+    def arrival_s(self) -> float:
+        """When this call reached the engine."""
+    @property
+    def num_prompt_tokens(self) -> int: ...
+    @property
+    def num_output_tokens(self) -> int: ...
+    @property
+    def num_computed_tokens(self) -> int: ...
+    @property
+    def num_blocks(self) -> int:
+        """KV blocks the call holds now."""
+    @property
+    def is_decoding(self) -> bool:
+        """The prompt (and any output to recompute after preemption) is fully computed."""
+    @property
+    def remaining_prefill_tokens(self) -> int: ...
+    @property
+    def last_scheduled_s(self) -> float | None: ...
+    @property
+    def num_preemptions(self) -> int: ...
+
+
+R = TypeVar("R", bound=RequestView)
+
+
+@dataclass(frozen=True)
+class Retention:
+    """What to do with a call's KV blocks when its session goes to run a tool."""
+
+    action: str  # "free" | "keep" | "offload"
+    seconds: float = 0.0  # how long to keep (pin) or hold offloaded
+
+    @staticmethod
+    def free() -> Retention:
+        return FREE
+
+    @staticmethod
+    def keep(seconds: float) -> Retention:
+        return Retention("keep", seconds) if seconds > 0 else FREE
+
+
+FREE = Retention("free")
+
+
+@dataclass(frozen=True)
+class ScheduledStep:
+    """One engine step as the policy sees it: (request, tokens computed) pairs and the step's time."""
+
+    start_s: float
+    duration_s: float
+    scheduled: Sequence[tuple[RequestView, int]]
+    preempted: Sequence[RequestView]
+
+
+class Policy:
+    """Vanilla vLLM V1: FCFS, chunked prefill, prefix caching with LRU, recompute preemption of the
+    request that entered the running queue last, KV freed at the end of every call."""
+
+    name = "vllm"
+
+    def on_arrival(self, req: RequestView, now: float) -> None:
+        """A call reached the engine's waiting queue."""
+
+    def order_running(self, running: list[R], now: float) -> list[R]:
+        """Order in which running requests get the step's token budget (vLLM: admission order)."""
+        return running
+
+    def order_waiting(self, waiting: list[R], now: float) -> list[R]:
+        """Order in which waiting requests are admitted (vLLM FCFS: queue order, preempted at the front)."""
+        return waiting
+
+    def prefill_cap(self, req: RequestView, now: float) -> int | None:
+        """Most prompt tokens this request may compute in one step; None = only the engine's limits."""
+        return None
+
+    def on_allocation_failure(self, req: RequestView, tokens: int, now: float) -> int:
+        """KV blocks for `tokens` new tokens of `req` are short: return fewer tokens to retry with, or 0 to
+        preempt a victim instead (vLLM)."""
+        return 0
+
+    def choose_victim(self, running: Sequence[R], now: float) -> R:
+        """The running request to preempt (vLLM FCFS: the one that entered the running queue last)."""
+        return running[-1]
+
+    def on_preempted(self, req: RequestView, now: float) -> None:
+        """`req` lost its blocks and goes back to the front of the waiting queue."""
+
+    def on_scheduled(self, step: ScheduledStep) -> None:
+        """A step finished computing."""
+
+    def on_finished(self, req: RequestView, now: float) -> None:
+        """A call produced its last token."""
+
+    def on_turn_end(self, req: RequestView, now: float) -> Retention:
+        """The call finished and its session goes to run `req.tool_name`: keep, offload or free its KV."""
+        return FREE

@@ -1,0 +1,249 @@
+"""The agent runner on the simulated testbed: arrivals -> backlog -> admission -> one agent loop per
+session (LLM call, tool call, next turn ...), all on simpy time. Events stream to the results sink as
+they happen; the tables and timeline come back at the end.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Protocol
+
+import pandas as pd
+import simpy
+
+from harness.admission import AdmitAll, EngineSignals
+from harness.agent import AgentLoop
+from harness.engines.sim.core import EngineCore, SchedulerLimits
+from harness.engines.sim.engine import SimEngine, SimToolPool, StepTime
+from harness.engines.sim.kv_cache import KVCache
+from harness.engines.sim.request import SimRequest
+from harness.policy import Policy
+from harness.tables import CALL_COLUMNS, SESSION_COLUMNS, conform, empty_frame
+from harness.tools import ToolMode, ToolPool
+from workloads.model import Session
+
+
+class Sink(Protocol):
+    """Where a run streams its events (harness.results.RunWriter)."""
+
+    def event(self, kind: str, t: float, **fields: Any) -> None: ...
+    def call(self, t: float, row: dict[str, Any]) -> None: ...
+    def session(self, t: float, row: dict[str, Any]) -> None: ...
+
+
+class Admission(Protocol):
+    name: str
+    interval_s: float | None
+
+    def admit(self, backlog: Sequence[Session], active: int, engine: EngineSignals, tools: Any, now: float) -> list[Session]: ...
+
+
+@dataclass(frozen=True)
+class SimSetup:
+    """The simulated testbed: engine cost and limits, KV size and the CPU tool pool."""
+
+    step_time: StepTime
+    num_blocks: int
+    block_size: int = 16
+    limits: SchedulerLimits = SchedulerLimits()
+    enable_prefix_caching: bool = True
+    fast_forward: bool = True
+    gpu_share: float = 1.0
+    tool_cores: int = 8
+    tool_mode: ToolMode = "queue"
+    cpu_stress: int = 0
+    timeline_interval_s: float = 1.0
+    fingerprint: str = ""  # identifies the cost model + settings, for caching isolated JCTs
+
+    def idle(self) -> SimSetup:
+        """The same testbed without contention: the reference for isolated JCT."""
+        return replace(self, cpu_stress=0, gpu_share=1.0)
+
+
+@dataclass
+class Outcome:
+    calls: pd.DataFrame
+    sessions: pd.DataFrame
+    timeline: pd.DataFrame
+    end_s: float
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+class _NullSink:
+    def event(self, kind: str, t: float, **fields: Any) -> None:
+        pass
+
+    def call(self, t: float, row: dict[str, Any]) -> None:
+        pass
+
+    def session(self, t: float, row: dict[str, Any]) -> None:
+        pass
+
+
+class SimRun:
+    """One simulation: the simpy processes of arrivals, admission and agent loops around the engine."""
+
+    def __init__(self, sessions: Sequence[Session], policy: Policy, admission: Admission, setup: SimSetup,
+                 sink: Sink | None = None) -> None:
+        self.env = simpy.Environment()
+        self.setup = setup
+        self.sessions = sorted(sessions, key=lambda s: (s.arrival_s, s.id))
+        self.admission = admission
+        self.sink: Sink = sink or _NullSink()
+        self.kv = KVCache(setup.num_blocks, setup.block_size, setup.enable_prefix_caching)
+        self.core = EngineCore(self.kv, setup.limits, policy)
+        self.engine = SimEngine(self.env, self.core, setup.step_time, setup.gpu_share, setup.fast_forward,
+                                on_step=self._sample)
+        self.tools = SimToolPool(self.env, ToolPool(setup.tool_cores, setup.tool_mode, stress_cores=setup.cpu_stress))
+        self.backlog: list[Session] = []
+        self.loops: dict[str, AgentLoop] = {}
+        self.active = 0
+        self.arrived = 0
+        self.call_rows: list[dict[str, Any]] = []
+        self.timeline: list[dict[str, Any]] = []
+        self._next_sample = 0.0
+
+    # ----------------------------------------------------------------------------- signals
+    def engine_signals(self) -> EngineSignals:
+        kv = self.kv
+        return EngineSignals(kv_usage=kv.usage, free_blocks=kv.num_free_blocks, total_blocks=kv.num_blocks,
+                             block_size=kv.block_size, running=len(self.core.running), waiting=len(self.core.waiting))
+
+    def _sample(self, now: float) -> None:
+        if now < self._next_sample:
+            return
+        interval = self.setup.timeline_interval_s
+        self._next_sample = (math.floor(now / interval) + 1) * interval
+        pool = self.tools.pool
+        self.timeline.append({
+            "t": now, "kv_usage": self.kv.usage, "free_blocks": self.kv.num_free_blocks,
+            "running": len(self.core.running), "waiting": len(self.core.waiting), "pinned": len(self.core.pins),
+            "tool_inflight": pool.inflight, "tool_busy_cores": pool.busy_cores, "active_sessions": self.active,
+            "backlog": len(self.backlog), "gpu_busy_s": self.engine.busy_s, "preemptions": self.core.num_preemptions,
+        })
+
+    # ----------------------------------------------------------------------------- processes
+    def _arrivals(self) -> Any:
+        for session in self.sessions:
+            if session.arrival_s > self.env.now:
+                yield self.env.timeout(session.arrival_s - self.env.now)
+            self.arrived += 1
+            self.backlog.append(session)
+            self.sink.event("session_arrived", self.env.now, session_id=session.id, num_turns=len(session.turns))
+            self._admit()
+
+    def _ticks(self, interval: float) -> Any:
+        while self.arrived < len(self.sessions) or self.backlog:
+            yield self.env.timeout(interval)
+            self._admit()
+
+    def _admit(self) -> None:
+        if not self.backlog:
+            return
+        now = self.env.now
+        chosen = self.admission.admit(list(self.backlog), self.active, self.engine_signals(), self.tools.pool, now)
+        for session in chosen:
+            self.backlog.remove(session)
+            self.active += 1
+            loop = AgentLoop(session, admitted_s=now)
+            self.loops[session.id] = loop
+            self.sink.event("session_admitted", now, session_id=session.id)
+            self.env.process(self._agent(loop))
+
+    def _agent(self, loop: AgentLoop) -> Any:
+        env = self.env
+        while True:
+            spec = loop.next_call()
+            req = SimRequest(
+                request_id=f"{spec.session_id}#{spec.turn}", session_id=spec.session_id, turn=spec.turn,
+                is_last_turn=spec.is_last_turn, tool_name=spec.tool_name, session_arrival_s=spec.session_arrival_s,
+                arrival_s=env.now, num_prompt_tokens=spec.prompt_tokens, max_tokens=spec.max_tokens,
+                prefix_id=spec.prefix_id, prefix_tokens=spec.prefix_tokens,
+            )
+            if not self.core.fits_at_all(req):
+                loop.fail(f"call {spec.turn} needs more KV blocks than the engine has")
+                self.sink.event("session_failed", env.now, session_id=spec.session_id, reason=loop.failed)
+                break
+            yield self.engine.submit(req)
+            row = req.row()
+            self.call_rows.append(row)
+            self.sink.call(env.now, row)
+            tool = loop.call_finished(req.arrival_s, env.now, req.num_prompt_tokens, req.num_output_tokens)
+            if tool is None:
+                break
+            done = yield self.tools.run((spec.session_id, spec.turn), tool.cpu_seconds, tool.cores)
+            loop.tool_finished(done.wait_s, done.finished_s - done.started_s)
+        self.active -= 1
+        if loop.done:
+            self.sink.session(env.now, loop.row())
+        self._admit()
+
+    # ----------------------------------------------------------------------------- run
+    def run(self, isolated: dict[str, float] | None = None) -> Outcome:
+        wall = time.perf_counter()
+        self.env.process(self._arrivals())
+        if self.admission.interval_s:
+            self.env.process(self._ticks(self.admission.interval_s))
+        self.env.run()
+        isolated = isolated or {}
+        session_rows = [self.loops[s.id].row(isolated.get(s.id, math.nan)) if s.id in self.loops
+                        else _never_admitted(s) for s in self.sessions]
+        calls = conform(pd.DataFrame(self.call_rows, columns=list(CALL_COLUMNS)), CALL_COLUMNS) \
+            if self.call_rows else empty_frame(CALL_COLUMNS)
+        stats = {"wall_s": time.perf_counter() - wall, "engine_steps": self.engine.steps,
+                 "gpu_busy_s": self.engine.busy_s, "preemptions": self.core.num_preemptions,
+                 "kv_evictions": self.kv.evictions, "num_gpu_blocks": self.kv.num_blocks}
+        return Outcome(calls, conform(pd.DataFrame(session_rows), SESSION_COLUMNS), pd.DataFrame(self.timeline),
+                       self.env.now, stats)
+
+
+def _never_admitted(session: Session) -> dict[str, Any]:
+    loop = AgentLoop(session, admitted_s=math.nan)
+    return loop.row()
+
+
+def simulate(sessions: Sequence[Session], policy: Policy, setup: SimSetup, admission: Admission | None = None,
+             sink: Sink | None = None, isolated: dict[str, float] | None = None) -> Outcome:
+    """Run `sessions` through the simulated testbed under `policy`."""
+    return SimRun(sessions, policy, admission or AdmitAll(), setup, sink).run(isolated)
+
+
+# ----------------------------------------------------------------------------------- isolated JCT
+def _session_key(session: Session, setup: SimSetup) -> str:
+    """Cache key: the session's content (not its id or arrival) and the testbed."""
+    content = session.model_dump(mode="json", exclude={"id", "arrival_s", "kind"})
+    text = json.dumps([content, setup.fingerprint], sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def isolated_jcts(sessions: Sequence[Session], setup: SimSetup, cache: Path | None = None,
+                  progress: Callable[[int], None] | None = None) -> dict[str, float]:
+    """JCT of each session alone on the idle testbed (vanilla vLLM policy), cached by content + testbed."""
+    idle = setup.idle()
+    known: dict[str, float] = {}
+    if cache is not None and cache.exists():
+        known = json.loads(cache.read_text())
+    out: dict[str, float] = {}
+    dirty = False
+    for session in sessions:
+        key = _session_key(session, idle)
+        if key not in known:
+            alone = session.with_arrival(0.0)
+            result = simulate([alone], Policy(), idle)
+            known[key] = float(result.sessions["finish_s"].iloc[0] - alone.arrival_s)
+            dirty = True
+        out[session.id] = known[key]
+        if progress is not None:
+            progress(1)
+    if cache is not None and dirty:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_name(cache.name + ".tmp")
+        tmp.write_text(json.dumps(known))
+        tmp.replace(cache)
+    return out

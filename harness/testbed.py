@@ -1,0 +1,68 @@
+"""Build the simulated testbed of a run from its config: cost profile, KV blocks, limits, tool pool."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from harness.config import RunConfig
+from harness.engines.sim.core import SchedulerLimits
+from harness.engines.sim.cost_model import Profile, StepShape, num_kv_blocks, step_time
+from harness.engines.sim.engine import StepTime
+from harness.engines.sim.hardware import ModelSpec, get_gpu, get_model
+from harness.runner import SimSetup
+
+
+def model_spec(name_or_dir: str) -> ModelSpec:
+    """A catalog model by name, or a HuggingFace model directory (its config.json)."""
+    path = Path(name_or_dir)
+    if (path / "config.json").is_file():
+        return ModelSpec.from_hf_config(path / "config.json")
+    return get_model(name_or_dir)
+
+
+def build_profile(config: RunConfig) -> Profile:
+    """The cost profile: specs of --gpu x --model x --tp, then --profile FILE, then engine args."""
+    profile = Profile.from_specs(get_gpu(config.gpu), model_spec(config.model), config.tp)
+    if config.profile:
+        profile = Profile.load(config.profile, base=profile)
+    args = config.engine_args
+    overrides = {
+        "max_num_batched_tokens": args.max_num_batched_tokens,
+        "block_size": args.block_size,
+        "gpu_memory_utilization": args.gpu_memory_utilization,
+        "num_gpu_blocks": args.num_gpu_blocks,
+    }
+    return profile.with_overrides({k: v for k, v in overrides.items() if v is not None}, source="engine args")
+
+
+def make_step_time(profile: Profile) -> StepTime:
+    def duration(scheduled: list) -> float:
+        return step_time(profile, StepShape.from_chunks((n, req.num_computed_tokens) for req, n in scheduled))
+
+    return duration
+
+
+def build_setup(config: RunConfig) -> SimSetup:
+    profile = build_profile(config)
+    args = config.engine_args
+    limits = SchedulerLimits(args.max_num_batched_tokens, args.max_num_seqs, args.long_prefill_token_threshold)
+    fingerprint = hashlib.sha256(json.dumps(
+        [profile.model_dump(mode="json"), limits.__dict__, args.enable_prefix_caching, config.tool_cores, config.tool_mode],
+        sort_keys=True,
+    ).encode()).hexdigest()[:16]
+    return SimSetup(
+        step_time=make_step_time(profile),
+        num_blocks=num_kv_blocks(profile),
+        block_size=profile.block_size,
+        limits=limits,
+        enable_prefix_caching=args.enable_prefix_caching,
+        fast_forward=args.fast_forward,
+        gpu_share=config.gpu_share,
+        tool_cores=config.tool_cores,
+        tool_mode=config.tool_mode,
+        cpu_stress=config.cpu_stress,
+        timeline_interval_s=config.timeline_interval_s,
+        fingerprint=fingerprint,
+    )

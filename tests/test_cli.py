@@ -1,0 +1,109 @@
+"""The CLI as a user meets it: real output, and one line + exit 2 for every kind of bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from workloads.model import dump_session, load_sessions
+from workloads.synthetic import customize, generate, get_preset
+
+
+def test_version(run_cli) -> None:
+    result = run_cli("version")
+    assert result.exit_code == 0 and result.stdout.startswith("mars-bench 0.")
+
+
+def test_generate_is_deterministic_and_show_summarises(run_cli, tmp_path: Path) -> None:
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    assert run_cli("workloads", "generate", "paper", "-o", str(a), "--seed", "1").exit_code == 0
+    assert run_cli("workloads", "generate", "paper", "-o", str(b), "--seed", "1").exit_code == 0
+    assert a.read_bytes() == b.read_bytes()
+    assert len(load_sessions(a)) == 400
+    shown = run_cli("workloads", "show", str(a))
+    assert shown.exit_code == 0
+    for label in ("sessions", "400", "first-turn prompt tokens", "tool seconds per call", "run_tests", "p95"):
+        assert label in shown.stdout
+
+
+def test_show_json_matches_the_file(run_cli, tmp_path: Path) -> None:
+    path = tmp_path / "w.jsonl"
+    run_cli("workloads", "generate", "swe-smoke", "-o", str(path), "--seed", "2")
+    data = json.loads(run_cli("workloads", "show", str(path), "--json").stdout)
+    sessions = load_sessions(path)
+    assert data["sessions"] == len(sessions)
+    assert data["calls"] == sum(len(s.turns) for s in sessions)
+    assert data["distributions"]["turns per session"]["max"] == max(len(s.turns) for s in sessions)
+
+
+def test_generate_flags_and_overrides_reach_the_file(run_cli, tmp_path: Path) -> None:
+    path = tmp_path / "w.jsonl"
+    args = ["--sessions", "12", "--rps", "2", "--arrival", "poisson", "--seed", "4", "--set", "turns.median=20"]
+    assert run_cli("workloads", "generate", "swe", "-o", str(path), *args).exit_code == 0
+    expected = customize(get_preset("swe"), ["sessions=12", "rps=2", "arrival=poisson", "seed=4", "turns.median=20"])
+    assert path.read_text() == "".join(dump_session(s) + "\n" for s in generate(expected))
+
+
+def test_list_presets(run_cli) -> None:
+    out = run_cli("workloads", "list").stdout
+    for name in ("swe", "long-context", "cpu-heavy", "chat", "swe-smoke", "paper"):
+        assert name in out
+
+
+def _bad_file(tmp_path: Path) -> Path:
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"id": "a", "arrival_s": 0, "turns": [{"new_tokens": 5, "output_tokens": 0}]}\n')
+    return path
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["workloads", "show", "nope"], "unknown workload preset 'nope'"),
+        (["workloads", "show", "{bad}"], "bad.jsonl:1: turns[0].output_tokens: must be >= 1"),
+        (["workloads", "show", "{tmp}/missing.jsonl"], "cannot read workload file"),
+        (["workloads", "generate", "paper"], "Missing option '-o'"),
+        (["workloads", "generate", "paper", "-o", "{tmp}/x.jsonl", "--sessions", "0"], "--sessions"),
+        (["workloads", "generate", "paper", "-o", "{tmp}/x.jsonl", "--rps", "-1"], "--rps"),
+        (["workloads", "generate", "paper", "-o", "{tmp}/x.jsonl", "--arrival", "weekly"], "--arrival"),
+        (["workloads", "generate", "paper", "-o", "{tmp}/x.jsonl", "--set", "turns"], "expected key=value"),
+        (["workloads", "generate", "paper", "-o", "{tmp}/x.jsonl", "--set", "mix.x.y=1"], "unknown setting 'x'"),
+        (["workloads", "generate", "paper", "-o", "{tmp}/x.jsonl", "--set", "rps=fast"], "rps"),
+        (["workloads", "generate", "{bad}", "-o", "{tmp}/x.jsonl"], "is a file"),
+        (["workloads", "show", "{bad}", "--set", "turns.median=3"], "--set applies to presets"),
+        (["results", "show", "nope", "--results-dir", "{tmp}"], "no run 'nope'"),
+        (["results", "list", "--results-dir", "{bad}"], "--results-dir"),
+        (["frobnicate"], "No such command 'frobnicate'"),
+        (["workloads", "show"], "Missing argument"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(run_cli, tmp_path: Path, args: list[str], needle: str) -> None:
+    bad = _bad_file(tmp_path)
+    result = run_cli(*(a.format(bad=bad, tmp=tmp_path) for a in args))
+    assert result.exit_code == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("mars-bench: error: ")
+    assert needle in lines[0]
+    assert "Traceback" not in result.stderr
+
+
+def test_console_script_entry_point_exit_codes(tmp_path: Path) -> None:
+    """Through a real process: the installed entry point returns 2 on bad input and prints no traceback."""
+    proc = subprocess.run([sys.executable, "-m", "harness.cli", "workloads", "show", "nope"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "mars-bench: error: unknown workload preset 'nope' (known: swe, long-context, " \
+                                  "cpu-heavy, chat, swe-smoke, paper)"
+
+
+def test_every_command_has_help_with_an_example(run_cli) -> None:
+    for args in (["workloads", "list"], ["workloads", "show"], ["workloads", "generate"], ["results", "list"],
+                 ["results", "show"]):
+        result = run_cli(*args, "--help")
+        assert result.exit_code == 0
+        assert "mars-bench " in result.stdout.split("Options")[0]

@@ -1,0 +1,184 @@
+"""The workload model: a session (one agent task) is an ordered list of turns; a turn is one LLM call
+followed by at most one tool call. Stored as JSONL, one session per line.
+
+A session's context grows append-only: turn k's prompt is the shared prefix, every earlier turn's new
+and output tokens, and turn k's own new tokens. So the prompt of one turn is a prefix of the next and a
+prefix cache can hit across turns (and across sessions sharing `prefix_id`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from harness.errors import BadInput
+
+SCHEMA_VERSION = 1
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ToolCall(_Strict):
+    """A CPU-bound tool call the agent makes after an LLM call (run tests, grep, build...)."""
+
+    name: str = Field(min_length=1)
+    cpu_seconds: float = Field(ge=0, description="CPU work, in seconds of one core, per core used")
+    cores: int = Field(default=1, ge=1, description="cores the tool keeps busy at once")
+    command: str | None = Field(default=None, description="real command, run only with --tools real")
+
+
+class Turn(_Strict):
+    """One LLM call: `new_tokens` appended to the session's context, then `output_tokens` generated.
+
+    For every turn after the first, `new_tokens` holds what the previous tool returned (its output, as
+    the agent framework formats it) plus any new instruction.
+    """
+
+    new_tokens: int = Field(ge=0)
+    output_tokens: int = Field(ge=1)
+    tool: ToolCall | None = None
+
+
+class Session(_Strict):
+    """One agent task."""
+
+    schema_version: int = SCHEMA_VERSION
+    id: str = Field(min_length=1)
+    arrival_s: float = Field(ge=0, description="arrival time in the backlog, seconds from run start")
+    prefix_id: str | None = Field(default=None, description="sessions with the same id share a prefix")
+    prefix_tokens: int = Field(default=0, ge=0, description="shared prefix length (system prompt, tools)")
+    turns: tuple[Turn, ...] = Field(min_length=1)
+    kind: str = Field(default="", description="component of the workload it came from (swe, chat...)")
+
+    @model_validator(mode="after")
+    def _check(self) -> Session:
+        if self.schema_version != SCHEMA_VERSION:
+            raise ValueError(f"unsupported schema_version {self.schema_version} (this is {SCHEMA_VERSION})")
+        if self.turns[-1].tool is not None:
+            raise ValueError("the last turn must not call a tool")
+        if self.prefix_tokens and self.prefix_id is None:
+            raise ValueError("prefix_tokens given without a prefix_id")
+        return self
+
+    def prompt_tokens(self, turn: int) -> int:
+        """Prompt length of call `turn`: prefix + all earlier new and output tokens + its own new tokens."""
+        context = self.prefix_tokens
+        for t in self.turns[:turn]:
+            context += t.new_tokens + t.output_tokens
+        return context + self.turns[turn].new_tokens
+
+    @property
+    def first_prompt_tokens(self) -> int:
+        return self.prefix_tokens + self.turns[0].new_tokens
+
+    @property
+    def total_output_tokens(self) -> int:
+        return sum(t.output_tokens for t in self.turns)
+
+    @property
+    def total_prompt_tokens(self) -> int:
+        """Prompt tokens summed over all calls (what the engine is asked to read, cached or not)."""
+        return sum(self.prompt_tokens(k) for k in range(len(self.turns)))
+
+    @property
+    def tool_cpu_seconds(self) -> float:
+        """Wall seconds of tool work if every tool got its cores immediately."""
+        return sum(t.tool.cpu_seconds for t in self.turns if t.tool is not None)
+
+    def with_arrival(self, arrival_s: float) -> Session:
+        return self.model_copy(update={"arrival_s": arrival_s})
+
+
+def format_loc(loc: Iterable[Any]) -> str:
+    """Pydantic's error location as a path: ('turns', 3, 'tool', 'cpu_seconds') -> turns[3].tool.cpu_seconds."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+_MESSAGES = {
+    "greater_than_equal": "must be >= {ge}",
+    "greater_than": "must be > {gt}",
+    "less_than_equal": "must be <= {le}",
+    "missing": "missing required field",
+    "extra_forbidden": "unknown field",
+    "too_short": "must not be empty",
+}
+
+
+def format_validation_error(err: ValidationError) -> str:
+    """The first problem of a pydantic error as `field: message`, in plain words."""
+    first = err.errors()[0]
+    template = _MESSAGES.get(first["type"])
+    msg = template.format(**first.get("ctx", {})) if template else first["msg"]
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, ") :]
+    loc = format_loc(first["loc"])
+    return f"{loc}: {msg}" if loc else msg
+
+
+def parse_session_line(text: str, where: str) -> Session:
+    """One JSONL line -> Session; `where` is `file:line` for the error message."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise BadInput(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from None
+    if not isinstance(data, dict):
+        raise BadInput(f"{where}: expected a JSON object (one session per line)")
+    try:
+        return Session.model_validate(data)
+    except ValidationError as e:
+        raise BadInput(f"{where}: {format_validation_error(e)}") from None
+
+
+def iter_sessions(path: str | Path) -> Iterator[Session]:
+    """Sessions of a JSONL workload file, validated line by line."""
+    path = Path(path)
+    try:
+        handle = path.open(encoding="utf-8")
+    except OSError as e:
+        raise BadInput(f"{path}: cannot read workload file ({e.strerror})") from None
+    with handle:
+        for lineno, line in enumerate(handle, start=1):
+            if line.strip():
+                yield parse_session_line(line, f"{path}:{lineno}")
+
+
+def load_sessions(path: str | Path) -> list[Session]:
+    """All sessions of a workload file, sorted by arrival; ids must be unique."""
+    sessions = list(iter_sessions(path))
+    if not sessions:
+        raise BadInput(f"{path}: workload file has no sessions")
+    seen: set[str] = set()
+    for s in sessions:
+        if s.id in seen:
+            raise BadInput(f"{path}: duplicate session id {s.id!r}")
+        seen.add(s.id)
+    return sorted(sessions, key=lambda s: (s.arrival_s, s.id))
+
+
+def dump_session(session: Session) -> str:
+    """One JSONL line; fields at their defaults are left out so files stay small and stable."""
+    data = session.model_dump(mode="json", exclude_defaults=True)
+    data = {"schema_version": SCHEMA_VERSION, **data}
+    return json.dumps(data, separators=(",", ":"))
+
+
+def save_sessions(sessions: Iterable[Session], path: str | Path) -> None:
+    """Write atomically: a reader never sees a half-written workload file."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        for s in sessions:
+            f.write(dump_session(s) + "\n")
+    tmp.replace(path)

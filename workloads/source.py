@@ -1,0 +1,67 @@
+"""Resolve `--workload PRESET|FILE` plus the shared workload flags into a list of sessions."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from harness.errors import BadInput
+from workloads.arrivals import ArrivalProcess, arrival_times
+from workloads.model import Session, load_sessions
+from workloads.synthetic import PRESETS, WorkloadSpec, customize, generate, get_preset
+
+
+@dataclass(frozen=True)
+class WorkloadRequest:
+    """What the user asked for; None means "the preset's or the file's own value"."""
+
+    source: str
+    sessions: int | None = None
+    rps: float | None = None
+    arrival: ArrivalProcess | None = None
+    cv: float | None = None
+    seed: int | None = None
+    sets: tuple[str, ...] = ()
+
+
+def is_file_source(source: str) -> bool:
+    return source not in PRESETS and (Path(source).exists() or source.endswith((".jsonl", ".json")))
+
+
+def _retime(sessions: list[Session], req: WorkloadRequest) -> list[Session]:
+    """A file's sessions keep their own arrival times unless a rate or process is given."""
+    if req.rps is None and req.arrival in (None, "trace"):
+        return sessions
+    if req.rps is None:
+        raise BadInput("--arrival for a workload file needs --rps")
+    rng = np.random.default_rng([req.seed or 0, 1 << 31])
+    times = arrival_times(req.arrival or "fixed", len(sessions), req.rps, rng, cv=req.cv or 1.0)
+    return [s.with_arrival(round(float(t), 6)) for s, t in zip(sessions, times)]
+
+
+def preset_spec(req: WorkloadRequest) -> WorkloadSpec:
+    """The preset named by `req.source` with the request's flags and `--set` overrides applied."""
+    assignments = [
+        f"{key}={value}"
+        for key, value in (("sessions", req.sessions), ("rps", req.rps), ("arrival", req.arrival),
+                           ("cv", req.cv), ("seed", req.seed))
+        if value is not None
+    ]
+    return customize(get_preset(req.source), [*assignments, *req.sets])
+
+
+def resolve(req: WorkloadRequest) -> tuple[str, list[Session]]:
+    """(workload name, sessions in arrival order)."""
+    if is_file_source(req.source):
+        if req.sets:
+            raise BadInput("--set applies to presets; edit the workload file instead")
+        sessions = load_sessions(req.source)
+        if req.sessions is not None:
+            if req.sessions < 1:
+                raise BadInput(f"--sessions must be >= 1, got {req.sessions}")
+            sessions = sessions[: req.sessions]
+        return Path(req.source).stem, _retime(sessions, req)
+    spec = preset_spec(req)
+    return spec.name, list(generate(spec))
