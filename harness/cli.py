@@ -8,6 +8,7 @@ import click
 
 from harness import __version__
 from harness.commands.results import results
+from harness.commands.run import backends, run
 from harness.commands.workloads import workloads
 from harness.console import fail
 from harness.errors import BadInput
@@ -22,6 +23,8 @@ def cli() -> None:
 
     \b
     Examples:
+      mars-bench run --backend vllm --workload swe-smoke
+      mars-bench backends --gpu h100 --model qwen3-coder-30b-a3b
       mars-bench workloads list
       mars-bench workloads generate paper -o paper.jsonl --seed 1
       mars-bench workloads show paper.jsonl
@@ -35,8 +38,8 @@ def version() -> None:
     click.echo(f"mars-bench {__version__}")
 
 
-cli.add_command(workloads)
-cli.add_command(results)
+for command in (run, backends, workloads, results):
+    cli.add_command(command)
 
 
 def main(argv: list[str] | None = None) -> int:

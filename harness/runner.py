@@ -196,7 +196,7 @@ class SimRun:
                         else _never_admitted(s) for s in self.sessions]
         calls = conform(pd.DataFrame(self.call_rows, columns=list(CALL_COLUMNS)), CALL_COLUMNS) \
             if self.call_rows else empty_frame(CALL_COLUMNS)
-        stats = {"wall_s": time.perf_counter() - wall, "engine_steps": self.engine.steps,
+        stats = {"sim_s": self.env.now, "wall_s": time.perf_counter() - wall, "engine_steps": self.engine.steps,
                  "gpu_busy_s": self.engine.busy_s, "preemptions": self.core.num_preemptions,
                  "kv_evictions": self.kv.evictions, "num_gpu_blocks": self.kv.num_blocks}
         return Outcome(calls, conform(pd.DataFrame(session_rows), SESSION_COLUMNS), pd.DataFrame(self.timeline),

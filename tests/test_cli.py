@@ -107,3 +107,75 @@ def test_every_command_has_help_with_an_example(run_cli) -> None:
         result = run_cli(*args, "--help")
         assert result.exit_code == 0
         assert "mars-bench " in result.stdout.split("Options")[0]
+
+
+def test_run_writes_results_and_prints_summary(run_cli, tmp_path: Path) -> None:
+    result = run_cli("run", "--backend", "vllm", "--workload", "swe-smoke", "--results-dir", str(tmp_path))
+    assert result.exit_code == 0, result.stderr
+    assert "mean JCT" in result.stdout and "sessions completed" in result.stdout and "8/8" in result.stdout
+    (run_dir,) = [p for p in tmp_path.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    for name in ("run.json", "events.jsonl", "calls.parquet", "sessions.parquet", "timeline.parquet", "summary.json"):
+        assert (run_dir / name).is_file(), name
+    meta = json.loads((run_dir / "run.json").read_text())
+    assert meta["status"] == "completed" and meta["config"]["backend"] == "vllm"
+    shown = run_cli("results", "show", "latest", "--results-dir", str(tmp_path))
+    assert shown.exit_code == 0 and "mean JCT" in shown.stdout
+    listed = run_cli("results", "list", "--results-dir", str(tmp_path), "--json")
+    assert json.loads(listed.stdout)[0]["completed"] == 8
+
+
+def test_run_is_deterministic_per_seed(run_cli, tmp_path: Path) -> None:
+    import pandas as pd
+
+    def sessions_of(seed: str, where: str) -> pd.DataFrame:
+        out = run_cli("run", "-w", "swe", "--sessions", "12", "--rps", "0.5", "--seed", seed,
+                      "--results-dir", str(tmp_path / where), "--json")
+        assert out.exit_code == 0, out.stderr
+        return pd.read_parquet(Path(json.loads(out.stdout)["run_dir"]) / "sessions.parquet")
+
+    pd.testing.assert_frame_equal(sessions_of("1", "a"), sessions_of("1", "b"))
+    assert not sessions_of("1", "c").equals(sessions_of("2", "d"))
+
+
+def test_run_set_reaches_engine_args_and_workload(run_cli, tmp_path: Path) -> None:
+    out = run_cli("run", "-w", "swe-smoke", "--set", "engine_args.num_gpu_blocks=300", "--set", "turns.median=2",
+                  "--results-dir", str(tmp_path), "--json")
+    assert out.exit_code == 0, out.stderr
+    data = json.loads(out.stdout)
+    assert data["config"]["engine_args"]["num_gpu_blocks"] == 300
+    assert data["config"]["workload_sets"] == ["turns.median=2"]
+    engine = json.loads((Path(data["run_dir"]) / "summary.json").read_text())["engine_stats"]
+    assert engine["num_gpu_blocks"] == 300
+
+
+def test_backends_prints_kv_capacity(run_cli) -> None:
+    out = run_cli("backends", "--gpu", "h100", "--model", "qwen3-coder-30b-a3b", "--json")
+    assert out.exit_code == 0
+    testbed = json.loads(out.stdout)["testbed"]
+    # (79.22 GiB x 0.9 - weights - reserve) / (16 x 98304 B): thousands of blocks, ~130k tokens
+    assert testbed["kv_bytes_per_token"] == 2 * 48 * 4 * 128 * 2
+    assert 100_000 < testbed["kv_capacity_tokens"] < 160_000
+    assert "vllm" in json.loads(out.stdout)["backends"]
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["run", "--backend", "nope"], "unknown backend 'nope'"),
+        (["run", "--gpu", "tpu9"], "unknown GPU"),
+        (["run", "--model", "gpt-9"], "unknown model"),
+        (["run", "--set", "engine_args.max_num_seqs=0"], "engine_args.max_num_seqs"),
+        (["run", "--set", "engine_args.bogus=1"], "bogus"),
+        (["run", "--goodput", "ttft:fast"], "--goodput"),
+        (["run", "--profile", "/nonexistent/p.json"], "no such file"),
+        (["run", "--model", "llama-3.1-70b"], "does not fit"),
+        (["run", "--tool-mode", "lottery"], "--tool-mode"),
+        (["backends", "--tp", "0"], "--tp"),
+    ],
+)
+def test_run_bad_input_is_one_line_and_exit_2(run_cli, tmp_path: Path, args: list[str], needle: str) -> None:
+    result = run_cli(*args, "--results-dir", str(tmp_path)) if args[0] == "run" else run_cli(*args)
+    assert result.exit_code == 2, (result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0], result.stderr
+    assert not [p for p in tmp_path.iterdir() if not p.name.startswith(".")]  # nothing written for bad input
