@@ -15,8 +15,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/mars-bench workloads generate swe-smoke -o results/swe-smoke.jsonl --seed 1
-	$(BIN)/mars-bench workloads show results/swe-smoke.jsonl
+	$(BIN)/mars-bench run --backend vllm --workload swe-smoke
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

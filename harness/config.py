@@ -48,6 +48,7 @@ class RunConfig(BaseModel):
     tool_mode: ToolMode = "queue"
     cpu_stress: int = Field(default=0, ge=0, description="cores taken by background CPU stressors")
     gpu_share: float = Field(default=1.0, gt=0, le=1, description="share of the GPU left by a co-tenant")
+    chat_rps: float = Field(default=0.0, ge=0, description="background chat requests/s sharing the engine")
     alpha: float = Field(default=3.0, gt=1, description="goodput: slowdown bound")
     goodput: tuple[str, ...] = Field(default=(), description="vLLM-style SLOs, e.g. ttft:500 tpot:50")
     timeline_interval_s: float = Field(default=1.0, gt=0)

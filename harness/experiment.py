@@ -15,6 +15,7 @@ from harness.results import RunWriter, make_run_id
 from harness.runner import isolated_jcts, simulate
 from harness.testbed import build_setup
 from workloads.source import WorkloadRequest, resolve
+from workloads.synthetic import background_chat
 
 Progress = Callable[[str, int, int], None]  # (phase, done, total)
 
@@ -74,8 +75,9 @@ def run_experiment(config: RunConfig, results_dir: Path, progress: Progress | No
     run_id = make_run_id(config.backend, name, config.seed, results_dir)
     meta_config = {**config.model_dump(mode="json"), "workload_name": name, "num_sessions": total}
     with RunWriter(results_dir, run_id, meta_config, config.seed) as writer:
+        background = background_chat(config.chat_rps, max(s.arrival_s for s in sessions), config.seed)
         outcome = simulate(sessions, policy, setup, admission, sink=_CountingSink(writer, total, progress),
-                           isolated=isolated)
+                           isolated=isolated, background=background)
         summary = summarize(outcome.calls, outcome.sessions, alpha=config.alpha, goodput_slo=slo, end_s=outcome.end_s)
         payload = {**summary.model_dump(mode="json"), "engine_stats": outcome.stats}
         writer.finish(outcome.calls, outcome.sessions, payload, timeline=outcome.timeline)

@@ -90,10 +90,12 @@ class SimRun:
     """One simulation: the simpy processes of arrivals, admission and agent loops around the engine."""
 
     def __init__(self, sessions: Sequence[Session], policy: Policy, admission: Admission, setup: SimSetup,
-                 sink: Sink | None = None) -> None:
+                 sink: Sink | None = None, background: Sequence[Session] = ()) -> None:
         self.env = simpy.Environment()
         self.setup = setup
         self.sessions = sorted(sessions, key=lambda s: (s.arrival_s, s.id))
+        self.background = sorted(background, key=lambda s: (s.arrival_s, s.id))  # unmeasured GPU contention
+        self.background_calls = 0
         self.admission = admission
         self.sink: Sink = sink or _NullSink()
         self.kv = KVCache(setup.num_blocks, setup.block_size, setup.enable_prefix_caching)
@@ -138,6 +140,13 @@ class SimRun:
             self.sink.event("session_arrived", self.env.now, session_id=session.id, num_turns=len(session.turns))
             self._admit()
 
+    def _background_arrivals(self) -> Any:
+        """Contention traffic: starts at arrival, bypasses admission, and is not measured."""
+        for session in self.background:
+            if session.arrival_s > self.env.now:
+                yield self.env.timeout(session.arrival_s - self.env.now)
+            self.env.process(self._agent(AgentLoop(session, admitted_s=self.env.now), measured=False))
+
     def _ticks(self, interval: float) -> Any:
         while self.arrived < len(self.sessions) or self.backlog:
             yield self.env.timeout(interval)
@@ -156,7 +165,7 @@ class SimRun:
             self.sink.event("session_admitted", now, session_id=session.id)
             self.env.process(self._agent(loop))
 
-    def _agent(self, loop: AgentLoop) -> Any:
+    def _agent(self, loop: AgentLoop, measured: bool = True) -> Any:
         env = self.env
         while True:
             spec = loop.next_call()
@@ -168,17 +177,23 @@ class SimRun:
             )
             if not self.core.fits_at_all(req):
                 loop.fail(f"call {spec.turn} needs more KV blocks than the engine has")
-                self.sink.event("session_failed", env.now, session_id=spec.session_id, reason=loop.failed)
+                if measured:
+                    self.sink.event("session_failed", env.now, session_id=spec.session_id, reason=loop.failed)
                 break
             yield self.engine.submit(req)
-            row = req.row()
-            self.call_rows.append(row)
-            self.sink.call(env.now, row)
+            if measured:
+                row = req.row()
+                self.call_rows.append(row)
+                self.sink.call(env.now, row)
+            else:
+                self.background_calls += 1
             tool = loop.call_finished(req.arrival_s, env.now, req.num_prompt_tokens, req.num_output_tokens)
             if tool is None:
                 break
             done = yield self.tools.run((spec.session_id, spec.turn), tool.cpu_seconds, tool.cores)
             loop.tool_finished(done.wait_s, done.finished_s - done.started_s)
+        if not measured:
+            return
         self.active -= 1
         if loop.done:
             self.sink.session(env.now, loop.row())
@@ -188,6 +203,8 @@ class SimRun:
     def run(self, isolated: dict[str, float] | None = None) -> Outcome:
         wall = time.perf_counter()
         self.env.process(self._arrivals())
+        if self.background:
+            self.env.process(self._background_arrivals())
         if self.admission.interval_s:
             self.env.process(self._ticks(self.admission.interval_s))
         self.env.run()
@@ -198,7 +215,8 @@ class SimRun:
             if self.call_rows else empty_frame(CALL_COLUMNS)
         stats = {"sim_s": self.env.now, "wall_s": time.perf_counter() - wall, "engine_steps": self.engine.steps,
                  "gpu_busy_s": self.engine.busy_s, "preemptions": self.core.num_preemptions,
-                 "kv_evictions": self.kv.evictions, "num_gpu_blocks": self.kv.num_blocks}
+                 "kv_evictions": self.kv.evictions, "num_gpu_blocks": self.kv.num_blocks,
+                 "background_calls": self.background_calls}
         return Outcome(calls, conform(pd.DataFrame(session_rows), SESSION_COLUMNS), pd.DataFrame(self.timeline),
                        self.env.now, stats)
 
@@ -209,9 +227,10 @@ def _never_admitted(session: Session) -> dict[str, Any]:
 
 
 def simulate(sessions: Sequence[Session], policy: Policy, setup: SimSetup, admission: Admission | None = None,
-             sink: Sink | None = None, isolated: dict[str, float] | None = None) -> Outcome:
-    """Run `sessions` through the simulated testbed under `policy`."""
-    return SimRun(sessions, policy, admission or AdmitAll(), setup, sink).run(isolated)
+             sink: Sink | None = None, isolated: dict[str, float] | None = None,
+             background: Sequence[Session] = ()) -> Outcome:
+    """Run `sessions` through the simulated testbed under `policy`, with unmeasured `background` traffic."""
+    return SimRun(sessions, policy, admission or AdmitAll(), setup, sink, background).run(isolated)
 
 
 # ----------------------------------------------------------------------------------- isolated JCT

@@ -182,3 +182,35 @@ def test_kv_cache_lru_evicts_least_recently_freed_first() -> None:
 
 def test_scheduler_limits_default_to_vllm_online_serving() -> None:
     assert SchedulerLimits().max_num_batched_tokens == 8192 and SchedulerLimits().max_num_seqs == 256
+
+
+def test_gpu_share_stretches_every_step_and_isolated_reference_ignores_it() -> None:
+    setup = setup_for(gpu_share=0.5)
+    session = one_turn("x", 0.0, 3000, 50)
+    out = simulate([session], Policy(), setup, isolated={"x": 1.0})
+    alone = simulate([session], Policy(), setup.idle())
+    assert setup.idle().gpu_share == 1.0
+    jct = out.sessions["finish_s"].iloc[0]
+    assert jct == pytest.approx(2 * alone.sessions["finish_s"].iloc[0], rel=1e-12)
+
+
+def test_cpu_stress_and_tool_mode_change_tool_waits() -> None:
+    sessions = list(generate(customize(get_preset("cpu-heavy"), ["sessions=12", "rps=0.2", "seed=2"])))
+    free = simulate(sessions, Policy(), setup_for(tool_cores=8))
+    stressed = simulate(sessions, Policy(), setup_for(tool_cores=8, cpu_stress=6))
+    shared = simulate(sessions, Policy(), setup_for(tool_cores=8, cpu_stress=6, tool_mode="timeshare"))
+    assert stressed.sessions["tool_wait_s"].sum() > free.sessions["tool_wait_s"].sum()
+    assert shared.sessions["tool_wait_s"].sum() == 0  # timeshare starts every call at once...
+    assert shared.sessions["tool_s"].sum() > free.sessions["tool_s"].sum()  # ...and stretches them
+
+
+def test_background_chat_shares_the_engine_but_is_not_measured() -> None:
+    from workloads.synthetic import background_chat
+
+    sessions = list(generate(customize(get_preset("swe"), ["sessions=6", "rps=0.5", "seed=4"])))
+    background = background_chat(5.0, sessions[-1].arrival_s, seed=4)
+    quiet = simulate(sessions, Policy(), setup_for())
+    busy = simulate(sessions, Policy(), setup_for(), background=background)
+    assert busy.stats["background_calls"] == len(background) > 20
+    assert set(busy.calls["session_id"]) == {s.id for s in sessions}
+    assert (busy.calls["finish_s"] - busy.calls["arrival_s"]).mean() > (quiet.calls["finish_s"] - quiet.calls["arrival_s"]).mean()

@@ -359,6 +359,17 @@ def generate(spec: WorkloadSpec) -> Iterator[Session]:
         yield _session(spec, i, prefixes).with_arrival(round(float(times[i]), 6))
 
 
+def background_chat(rps: float, until_s: float, seed: int) -> list[Session]:
+    """Single-turn `chat` requests arriving as a Poisson process at `rps` over [0, until_s]: GPU contention
+    traffic that shares the engine with the measured sessions."""
+    if rps <= 0 or until_s <= 0:
+        return []
+    count = int(math.ceil(until_s * rps)) + 1
+    spec = get_preset("chat").model_copy(update={"name": "bg-chat", "sessions": count, "rps": rps,
+                                                 "arrival": "poisson", "seed": seed})
+    return [s for s in generate(spec) if s.arrival_s <= until_s]
+
+
 def customize(spec: WorkloadSpec, assignments: list[str]) -> WorkloadSpec:
     """Apply `--set` overrides. A key that is not a workload field (e.g. `turns.median`) is applied to
     every session kind of the mix, so single-kind presets read naturally."""

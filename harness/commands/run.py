@@ -66,13 +66,15 @@ def make_config(sets: tuple[str, ...], **values: Any) -> RunConfig:
               help="Cores taken by background CPU stressors.")
 @click.option("--gpu-share", type=click.FloatRange(min=0, max=1, min_open=True), default=1.0, show_default=True,
               help="Share of the GPU left to the engine by a co-tenant.")
+@click.option("--chat-rps", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="Background chat requests per second sharing the engine (GPU contention, not measured).")
 @click.option("--goodput", multiple=True, metavar="KEY:MS", help="vLLM-style SLOs for request goodput, e.g. ttft:500.")
 @click.option("--alpha", type=float, default=3.0, show_default=True, help="Goodput: sessions with slowdown <= alpha.")
 @results_dir_option
 @json_option
 def run(backend: str, engine: str, workload: str, sessions: int | None, rps: float | None, arrival: str | None,
         cv: float | None, seed: int | None, sets: tuple[str, ...], gpu: str, model: str, tp: int, profile: str | None,
-        tool_cores: int, tool_mode: str, cpu_stress: int, gpu_share: float, goodput: tuple[str, ...], alpha: float,
+        tool_cores: int, tool_mode: str, cpu_stress: int, gpu_share: float, chat_rps: float, goodput: tuple[str, ...], alpha: float,
         results_dir: Path, as_json: bool) -> None:
     """Run one backend on one workload; write results/<run_id>/ and print the summary.
 
@@ -89,7 +91,7 @@ def run(backend: str, engine: str, workload: str, sessions: int | None, rps: flo
     config = make_config(
         sets, backend=backend, engine=engine, workload=workload, sessions=sessions, rps=rps, arrival=arrival, cv=cv,
         seed=seed, gpu=gpu, model=model, tp=tp, profile=profile, tool_cores=tool_cores, tool_mode=tool_mode,
-        cpu_stress=cpu_stress, gpu_share=gpu_share, goodput=goodput, alpha=alpha,
+        cpu_stress=cpu_stress, gpu_share=gpu_share, chat_rps=chat_rps, goodput=goodput, alpha=alpha,
     )
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=True, disable=as_json) as bars:

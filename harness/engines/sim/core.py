@@ -166,32 +166,65 @@ class EngineCore:
         for req in self.policy.order_waiting(list(self.waiting), now):
             if budget <= 0 or len(self.running) >= self.limits.max_num_seqs:
                 break
-            fresh = not req.blocks
-            if fresh:
-                self._match_prefix(req)
-            n = self._chunk(req, budget, now)
-            while not self._allocate(req, n) and self._release_a_pin():
-                pass
-            if len(req.blocks) < self.kv.blocks_for(req.num_computed_tokens + n):
-                if fresh:  # give back the prefix hits; the request stays queued untouched
-                    self.kv.free(req.blocks)
-                    req.blocks, req.num_computed_tokens, req.num_cached_blocks = [], 0, 0
-                break
+            n = self._admit_holding(req, budget, now) if req.blocks else self._admit_fresh(req, budget, now)
+            if not n:
+                break  # as vLLM: the queue head blocks the rest
             self.waiting.remove(req)
             self.running.append(req)
             plan.scheduled.append((req, n))
             budget -= n
 
-    def _match_prefix(self, req: SimRequest) -> None:
-        """Take the longest cached prefix; at least one token is always left to compute (as vLLM)."""
-        bs = self.kv.block_size
-        limit = (req.num_tokens - 1) // bs
-        hit = self.kv.match_prefix(req.block_content(i, bs) for i in range(limit))
-        req.blocks = hit
-        req.num_computed_tokens = len(hit) * bs
-        req.num_cached_blocks = len(hit)
+    def _admit_holding(self, req: SimRequest, budget: int, now: float) -> int:
+        """A waiting request that already holds blocks (an adopted pin): its chunk's tokens, or 0."""
+        n = self._chunk(req, budget, now)
+        while not self._allocate(req, n):
+            if not self._release_a_pin():
+                return 0
+        return n
+
+    def _admit_fresh(self, req: SimRequest, budget: int, now: float) -> int:
+        """Take the cached prefix and allocate the chunk's blocks: the chunk's tokens, or 0 and no change.
+
+        As vLLM's `allocate_slots`: it fits when the new blocks plus the cached hits that sit in the free
+        queue (taking them removes them from it) do not exceed the free blocks. At least one token is
+        always left to compute.
+        """
+        kv, bs = self.kv, self.kv.block_size
+        while True:
+            hits = self._prefix_hits(req)
+            req.num_computed_tokens = hits * bs
+            n = self._chunk(req, budget, now)
+            need = kv.blocks_for(req.num_computed_tokens + n) - hits
+            if need + self._evictable_hits(req, hits) <= kv.num_free_blocks:
+                break
+            req.num_computed_tokens = 0
+            if not self._release_a_pin():
+                return 0
+        req.blocks = kv.take(req.block_key(i, bs) for i in range(hits))
+        req.num_cached_blocks = hits
         if req.last_scheduled_s is None and req.num_preemptions == 0:
             req.cached_tokens = req.num_computed_tokens
+        allocated = self._allocate(req, n)
+        assert allocated, "free-block check and allocation disagree"
+        return n
+
+    def _prefix_hits(self, req: SimRequest) -> int:
+        """Leading blocks of the request's context that the prefix cache holds (shared prefix first)."""
+        kv, bs = self.kv, self.kv.block_size
+        limit = (req.num_tokens - 1) // bs
+        shared = req.prefix_blocks(bs)
+        if shared >= limit:
+            return min(kv.run_length("p", req.prefix_id, 0), limit) if shared else 0
+        if shared and kv.run_length("p", req.prefix_id, 0) < shared:
+            return kv.run_length("p", req.prefix_id, 0)
+        return shared + min(kv.run_length("s", req.session_id, shared), limit - shared)
+
+    def _evictable_hits(self, req: SimRequest, hits: int) -> int:
+        """Hit blocks nobody references. A waiting session's own blocks are never referenced (its calls
+        run one at a time), so only the shared-prefix blocks need looking at."""
+        bs = self.kv.block_size
+        shared = min(req.prefix_blocks(bs), hits)
+        return sum(1 for i in range(shared) if self.kv.is_evictable(req.block_key(i, bs))) + hits - shared
 
     # ------------------------------------------------------------------------------- completion
     def complete(self, plan: StepPlan, end: float) -> list[SimRequest]:
@@ -208,7 +241,7 @@ class EngineCore:
                 req.first_scheduled_s = plan.start_s
             req.last_scheduled_s = plan.start_s
             for index in range(req.num_cached_blocks, after // bs):
-                self.kv.cache_block(req.blocks[index], req.block_content(index, bs))
+                self.kv.cache_block(req.blocks[index], req.block_key(index, bs))
             req.num_cached_blocks = max(req.num_cached_blocks, after // bs)
             if after == req.num_tokens:
                 self._sample(req, end)

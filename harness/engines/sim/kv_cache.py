@@ -9,6 +9,10 @@
 * Freed blocks go to the tail of an LRU free queue in reverse order (a sequence's last block is evicted
   first) and keep their hash: they can still be hit until the allocator reuses them, which evicts them
   from the cache. A prefix hit on a free cached block takes it out of the free queue.
+* Content keys are (namespace, owner, index) triples: block `index` of a chain such as one session's
+  context. `run_length` answers "how many consecutive blocks of this chain are cached from `start`"
+  from a memo that a change to that chain invalidates, so a waiting request that is retried every step
+  does not walk its whole context every step.
 * Blocks are conserved: free (no hash, unreferenced) + cached (hash, unreferenced) + used (referenced) =
   num_blocks, checked by `check()`.
 """
@@ -17,6 +21,9 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Hashable, Iterable
+
+BlockKey = tuple[str, Hashable, int]
+"""(namespace, owner, index): block `index` of a chain of blocks, e.g. one session's context."""
 
 
 class KVCache:
@@ -29,8 +36,9 @@ class KVCache:
         self.block_size = block_size
         self.enable_prefix_caching = enable_prefix_caching
         self.ref_cnt = [0] * num_blocks
-        self.block_hash: list[Hashable | None] = [None] * num_blocks
-        self.cached: dict[Hashable, int] = {}  # content hash -> block
+        self.block_hash: list[BlockKey | None] = [None] * num_blocks
+        self.cached: dict[BlockKey, int] = {}  # content key -> block
+        self._runs: dict[Hashable, dict[int, int]] = {}  # (namespace, owner) -> {start: cached run length}
         self.free_queue: OrderedDict[int, None] = OrderedDict((b, None) for b in range(num_blocks))
         self.evictions = 0  # cached blocks reused for other content
 
@@ -53,21 +61,42 @@ class KVCache:
         return -(-tokens // self.block_size)
 
     # --------------------------------------------------------------------------------- operations
-    def match_prefix(self, hashes: Iterable[Hashable]) -> list[int]:
-        """Cached blocks for the longest run of leading hashes; they are referenced and leave the free queue."""
+    def run_length(self, namespace: Hashable, owner: Hashable, start: int) -> int:
+        """Consecutive cached blocks (namespace, owner, start), (.., start + 1), ..."""
         if not self.enable_prefix_caching:
-            return []
-        hit: list[int] = []
-        for h in hashes:
-            block = self.cached.get(h)
-            if block is None:
-                break
-            hit.append(block)
-        for block in hit:
+            return 0
+        memo = self._runs.setdefault((namespace, owner), {})
+        length = memo.get(start)
+        if length is None:
+            length = 0
+            while (namespace, owner, start + length) in self.cached:
+                length += 1
+            memo[start] = length
+        return length
+
+    def is_evictable(self, key: BlockKey) -> bool:
+        """The block holding `key` is cached and unreferenced (taking it removes it from the free queue)."""
+        return self.ref_cnt[self.cached[key]] == 0
+
+    def take(self, keys: Iterable[BlockKey]) -> list[int]:
+        """Reference the cached blocks of `keys` (all must be cached); they leave the free queue."""
+        blocks = [self.cached[k] for k in keys]
+        for block in blocks:
             if self.ref_cnt[block] == 0:
                 del self.free_queue[block]
             self.ref_cnt[block] += 1
-        return hit
+        return blocks
+
+    def match_prefix(self, keys: Iterable[BlockKey]) -> list[int]:
+        """Take the cached blocks of the longest run of leading keys."""
+        if not self.enable_prefix_caching:
+            return []
+        hit: list[BlockKey] = []
+        for key in keys:
+            if key not in self.cached:
+                break
+            hit.append(key)
+        return self.take(hit)
 
     def allocate(self, n: int) -> list[int] | None:
         """`n` fresh blocks from the LRU end of the free queue, or None (and no change) if too few."""
@@ -79,18 +108,20 @@ class KVCache:
             old = self.block_hash[block]
             if old is not None:
                 del self.cached[old]
+                self._runs.pop(old[:2], None)
                 self.block_hash[block] = None
                 self.evictions += 1
             self.ref_cnt[block] = 1
             out.append(block)
         return out
 
-    def cache_block(self, block: int, content: Hashable) -> None:
+    def cache_block(self, block: int, content: BlockKey) -> None:
         """Register a full block's content; a duplicate of content already cached stays uncached."""
         if not self.enable_prefix_caching or self.block_hash[block] is not None or content in self.cached:
             return
         self.block_hash[block] = content
         self.cached[content] = block
+        self._runs.pop(content[:2], None)
 
     def free(self, blocks: list[int]) -> None:
         """Drop one reference from each block; unreferenced ones join the free queue, tail block first."""

@@ -9,8 +9,9 @@ whole context (prompt and output so far) is prefilled again, minus whatever the 
 from __future__ import annotations
 
 import math
-from collections.abc import Hashable
 from dataclasses import dataclass, field
+
+from harness.engines.sim.kv_cache import BlockKey
 
 
 @dataclass(eq=False)
@@ -69,9 +70,14 @@ class SimRequest:
     def finished(self) -> bool:
         return self.num_output_tokens >= self.max_tokens
 
-    def block_content(self, index: int, block_size: int) -> Hashable:
-        """Symbolic content hash of block `index` of this session's context (see kv_cache)."""
-        if self.prefix_id is not None and (index + 1) * block_size <= self.prefix_tokens:
+    def prefix_blocks(self, block_size: int) -> int:
+        """Leading blocks that lie wholly inside the shared prefix."""
+        return self.prefix_tokens // block_size if self.prefix_id is not None else 0
+
+    def block_key(self, index: int, block_size: int) -> BlockKey:
+        """Content key of block `index` of this session's context (see kv_cache): shared-prefix blocks
+        are keyed by the prefix, the rest by the session, so the key is the same in every turn."""
+        if index < self.prefix_blocks(block_size):
             return ("p", self.prefix_id, index)
         return ("s", self.session_id, index)
 
