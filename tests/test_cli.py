@@ -179,3 +179,47 @@ def test_run_bad_input_is_one_line_and_exit_2(run_cli, tmp_path: Path, args: lis
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0], result.stderr
     assert not [p for p in tmp_path.iterdir() if not p.name.startswith(".")]  # nothing written for bad input
+
+
+def test_run_with_a_partial_profile_file(run_cli, tmp_path: Path) -> None:
+    profile = tmp_path / "profile.json"
+    profile.write_text(json.dumps({"num_gpu_blocks": 500, "step_overhead_s": 0.002}))
+    out = run_cli("run", "-w", "swe-smoke", "--profile", str(profile), "--results-dir", str(tmp_path / "r"), "--json")
+    assert out.exit_code == 0, out.stderr
+    run_dir = Path(json.loads(out.stdout)["run_dir"])
+    assert json.loads((run_dir / "summary.json").read_text())["engine_stats"]["num_gpu_blocks"] == 500
+    profile.write_text(json.dumps({"num_gpu_blocks": -5}))
+    bad = run_cli("run", "-w", "swe-smoke", "--profile", str(profile), "--results-dir", str(tmp_path / "r"))
+    assert bad.exit_code == 2 and "num_gpu_blocks" in bad.stderr and str(profile) in bad.stderr
+
+
+def test_ctrl_c_marks_the_run_interrupted_and_keeps_what_it_measured(tmp_path: Path) -> None:
+    import os
+    import signal
+    import time
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "harness.cli", "run", "-w", "paper", "--results-dir", str(tmp_path)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "COLUMNS": "120"},
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            events = list(tmp_path.glob("*/events.jsonl"))
+            if events and events[0].read_text().count('"kind":"call"') >= 20:
+                break
+            time.sleep(0.05)
+        else:
+            pytest.fail("the run wrote no calls in time")
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130
+    assert "Traceback" not in err and "aborted" in err
+    (run_dir,) = [p for p in tmp_path.iterdir() if (p / "run.json").exists()]
+    meta = json.loads((run_dir / "run.json").read_text())
+    assert meta["status"] == "interrupted"
+    from harness.results import load_run
+
+    assert len(load_run(run_dir).calls()) >= 20
