@@ -1,31 +1,50 @@
-"""Admission: which backlog sessions start their agent loop. The default admits everything at once
-(vLLM, SGLang and every baseline have no admission control); MARS's control plane replaces it."""
+"""Admission: which backlog sessions start their agent loop, and when.
+
+An admission controller is sans-IO: the runner tells it about arrivals, session ends and the end of the
+arrival process, and asks it, with a snapshot of the information stream, which backlog sessions to
+start now. The default admits everything at once (vLLM, SGLang and every baseline have no admission
+control); MARS's control plane (mars_impl/admission.py) replaces it.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import Any, Protocol
 
+from mars_impl.signals import Signals
 from workloads.model import Session
 
 
-@dataclass(frozen=True)
-class EngineSignals:
-    """GPU side of the information stream, as the engine reports it."""
+class AdmissionController(Protocol):
+    name: str
+    interval_s: float | None  # also re-evaluate this often (None: only on arrivals and session ends)
 
-    kv_usage: float
-    free_blocks: int
-    total_blocks: int
-    block_size: int
-    running: int
-    waiting: int
+    def on_arrival(self, session: Session, now: float) -> None: ...
+    def on_session_end(self, session: Session, now: float) -> None: ...
+    def on_arrivals_done(self, now: float) -> None: ...
+    def admit(self, backlog: Sequence[Session], signals: Signals, now: float) -> list[Session]:
+        """Sessions of `backlog` (arrival order) to start now; the rest stay in the backlog."""
+    def state(self) -> dict[str, Any]:
+        """The controller's state for the timeline and event log (e.g. the admission window)."""
 
 
 class AdmitAll:
     """No admission control: every session starts the moment it arrives."""
 
     name = "admit-all"
-    interval_s: float | None = None  # no periodic re-evaluation needed
+    interval_s: float | None = None
 
-    def admit(self, backlog: Sequence[Session], active: int, engine: EngineSignals, tools: object, now: float) -> list[Session]:
+    def on_arrival(self, session: Session, now: float) -> None:
+        pass
+
+    def on_session_end(self, session: Session, now: float) -> None:
+        pass
+
+    def on_arrivals_done(self, now: float) -> None:
+        pass
+
+    def admit(self, backlog: Sequence[Session], signals: Signals, now: float) -> list[Session]:
         return list(backlog)
+
+    def state(self) -> dict[str, Any]:
+        return {}

@@ -7,11 +7,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from baselines.fcfs import FcfsPolicy
-from harness.admission import AdmitAll
+from harness.admission import AdmissionController, AdmitAll
 from harness.config import RunConfig
 from harness.errors import BadInput
 from harness.policy import Policy
-from harness.runner import Admission
 
 ENGINES: dict[str, str] = {
     "sim": "simulated vLLM-V1-style testbed (simpy): deterministic, a one-hour H100 experiment in seconds",
@@ -24,7 +23,7 @@ class Backend:
     description: str
     engines: tuple[str, ...]
     make_policy: Callable[[RunConfig], Policy]
-    make_admission: Callable[[RunConfig], Admission]
+    make_admission: Callable[[RunConfig], AdmissionController]
 
 
 BACKENDS: dict[str, Backend] = {

@@ -16,7 +16,7 @@ The engine's step, mirroring vLLM V1 `Scheduler.schedule()`:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
@@ -63,6 +63,43 @@ class RequestView(Protocol):
 R = TypeVar("R", bound=RequestView)
 
 
+class PinView(Protocol):
+    """KV blocks kept for a session across a tool call."""
+
+    @property
+    def session_id(self) -> str: ...
+    @property
+    def num_blocks(self) -> int: ...
+    @property
+    def computed_tokens(self) -> int: ...
+    @property
+    def since_s(self) -> float: ...
+    @property
+    def deadline_s(self) -> float: ...
+
+
+class EngineView(Protocol):
+    """Read-only engine state a policy may consult (engines implement it; a policy never changes it)."""
+
+    @property
+    def running(self) -> Sequence[RequestView]: ...
+    @property
+    def waiting(self) -> Sequence[RequestView]: ...
+    @property
+    def pins(self) -> Mapping[str, PinView]: ...
+    @property
+    def kv_usage(self) -> float:
+        """Fraction of KV blocks referenced by requests or pins."""
+    @property
+    def num_free_blocks(self) -> int: ...
+    @property
+    def num_total_blocks(self) -> int: ...
+    @property
+    def block_size(self) -> int: ...
+    def prefill_seconds(self, tokens: int) -> float:
+        """Estimated time to prefill `tokens` tokens from scratch (re-prefill cost of a freed context)."""
+
+
 @dataclass(frozen=True)
 class Retention:
     """What to do with a call's KV blocks when its session goes to run a tool."""
@@ -97,6 +134,11 @@ class Policy:
     request that entered the running queue last, KV freed at the end of every call."""
 
     name = "vllm"
+    engine: EngineView | None = None
+
+    def bind(self, engine: EngineView) -> None:
+        """The engine this policy schedules; called once before the first hook."""
+        self.engine = engine
 
     def on_arrival(self, req: RequestView, now: float) -> None:
         """A call reached the engine's waiting queue."""
@@ -134,3 +176,11 @@ class Policy:
     def on_turn_end(self, req: RequestView, now: float) -> Retention:
         """The call finished and its session goes to run `req.tool_name`: keep, offload or free its KV."""
         return FREE
+
+    def choose_pin_to_release(self, pins: Mapping[str, PinView], now: float) -> str:
+        """Blocks are short and sessions hold pinned KV: the session whose pin goes first
+        (default: the one that expires first)."""
+        return min(pins, key=lambda s: (pins[s].deadline_s, s))
+
+    def on_tool_end(self, session_id: str, tool_name: str, duration_s: float, now: float) -> None:
+        """A session's tool call finished after `duration_s` (queue wait included); its next call follows."""

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 import pandas as pd
 import simpy
 
-from harness.admission import AdmitAll, EngineSignals
+from harness.admission import AdmissionController, AdmitAll
 from harness.agent import AgentLoop
 from harness.engines.sim.core import EngineCore, SchedulerLimits
 from harness.engines.sim.engine import SimEngine, SimToolPool, StepTime
@@ -26,6 +26,7 @@ from harness.engines.sim.request import SimRequest
 from harness.policy import Policy
 from harness.tables import CALL_COLUMNS, SESSION_COLUMNS, conform, empty_frame
 from harness.tools import ToolMode, ToolPool
+from mars_impl.signals import EngineSignals, SignalStream, ToolSignals
 from workloads.model import Session
 
 
@@ -37,19 +38,13 @@ class Sink(Protocol):
     def session(self, t: float, row: dict[str, Any]) -> None: ...
 
 
-class Admission(Protocol):
-    name: str
-    interval_s: float | None
-
-    def admit(self, backlog: Sequence[Session], active: int, engine: EngineSignals, tools: Any, now: float) -> list[Session]: ...
-
-
 @dataclass(frozen=True)
 class SimSetup:
     """The simulated testbed: engine cost and limits, KV size and the CPU tool pool."""
 
     step_time: StepTime
     num_blocks: int
+    prefill_seconds: Callable[[int], float] | None = None
     block_size: int = 16
     limits: SchedulerLimits = SchedulerLimits()
     enable_prefix_caching: bool = True
@@ -89,7 +84,7 @@ class _NullSink:
 class SimRun:
     """One simulation: the simpy processes of arrivals, admission and agent loops around the engine."""
 
-    def __init__(self, sessions: Sequence[Session], policy: Policy, admission: Admission, setup: SimSetup,
+    def __init__(self, sessions: Sequence[Session], policy: Policy, admission: AdmissionController, setup: SimSetup,
                  sink: Sink | None = None, background: Sequence[Session] = ()) -> None:
         self.env = simpy.Environment()
         self.setup = setup
@@ -99,11 +94,14 @@ class SimRun:
         self.admission = admission
         self.sink: Sink = sink or _NullSink()
         self.kv = KVCache(setup.num_blocks, setup.block_size, setup.enable_prefix_caching)
-        self.core = EngineCore(self.kv, setup.limits, policy)
+        self.policy = policy
+        self.core = EngineCore(self.kv, setup.limits, policy, setup.prefill_seconds)
         self.engine = SimEngine(self.env, self.core, setup.step_time, setup.gpu_share, setup.fast_forward,
                                 on_step=self._sample)
         self.tools = SimToolPool(self.env, ToolPool(setup.tool_cores, setup.tool_mode, stress_cores=setup.cpu_stress))
+        self.signals = SignalStream(self.engine_signals, self.tool_signals)
         self.backlog: list[Session] = []
+        self._admission_state: dict[str, Any] = {}
         self.loops: dict[str, AgentLoop] = {}
         self.active = 0
         self.arrived = 0
@@ -117,6 +115,10 @@ class SimRun:
         return EngineSignals(kv_usage=kv.usage, free_blocks=kv.num_free_blocks, total_blocks=kv.num_blocks,
                              block_size=kv.block_size, running=len(self.core.running), waiting=len(self.core.waiting))
 
+    def tool_signals(self) -> ToolSignals:
+        pool = self.tools.pool
+        return ToolSignals(workers=pool.workers, inflight=pool.inflight, ema_wait_s=pool.ema_wait_s)
+
     def _sample(self, now: float) -> None:
         if now < self._next_sample:
             return
@@ -128,6 +130,7 @@ class SimRun:
             "running": len(self.core.running), "waiting": len(self.core.waiting), "pinned": len(self.core.pins),
             "tool_inflight": pool.inflight, "tool_busy_cores": pool.busy_cores, "active_sessions": self.active,
             "backlog": len(self.backlog), "gpu_busy_s": self.engine.busy_s, "preemptions": self.core.num_preemptions,
+            **{f"admission_{k}": v for k, v in self._admission_state.items()},
         })
 
     # ----------------------------------------------------------------------------- processes
@@ -137,7 +140,10 @@ class SimRun:
                 yield self.env.timeout(session.arrival_s - self.env.now)
             self.arrived += 1
             self.backlog.append(session)
+            self.admission.on_arrival(session, self.env.now)
             self.sink.event("session_arrived", self.env.now, session_id=session.id, num_turns=len(session.turns))
+            if self.arrived == len(self.sessions):
+                self.admission.on_arrivals_done(self.env.now)
             self._admit()
 
     def _background_arrivals(self) -> Any:
@@ -156,7 +162,11 @@ class SimRun:
         if not self.backlog:
             return
         now = self.env.now
-        chosen = self.admission.admit(list(self.backlog), self.active, self.engine_signals(), self.tools.pool, now)
+        chosen = self.admission.admit(list(self.backlog), self.signals.snapshot(now), now)
+        state = self.admission.state()
+        if state != self._admission_state:
+            self._admission_state = state
+            self.sink.event("admission", now, **state)
         for session in chosen:
             self.backlog.remove(session)
             self.active += 1
@@ -192,9 +202,11 @@ class SimRun:
                 break
             done = yield self.tools.run((spec.session_id, spec.turn), tool.cpu_seconds, tool.cores)
             loop.tool_finished(done.wait_s, done.finished_s - done.started_s)
+            self.policy.on_tool_end(spec.session_id, tool.name, done.finished_s - done.submitted_s, env.now)
         if not measured:
             return
         self.active -= 1
+        self.admission.on_session_end(loop.session, env.now)
         if loop.done:
             self.sink.session(env.now, loop.row())
         self._admit()
@@ -226,7 +238,7 @@ def _never_admitted(session: Session) -> dict[str, Any]:
     return loop.row()
 
 
-def simulate(sessions: Sequence[Session], policy: Policy, setup: SimSetup, admission: Admission | None = None,
+def simulate(sessions: Sequence[Session], policy: Policy, setup: SimSetup, admission: AdmissionController | None = None,
              sink: Sink | None = None, isolated: dict[str, float] | None = None,
              background: Sequence[Session] = ()) -> Outcome:
     """Run `sessions` through the simulated testbed under `policy`, with unmeasured `background` traffic."""

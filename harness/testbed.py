@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 from harness.config import RunConfig
@@ -44,6 +45,20 @@ def make_step_time(profile: Profile) -> StepTime:
     return duration
 
 
+def make_prefill_seconds(profile: Profile, budget: int) -> Callable[[int], float]:
+    """Time to prefill `tokens` from scratch alone, in budget-sized chunks (the cost of a cold resume)."""
+
+    def seconds(tokens: int) -> float:
+        total, done = 0.0, 0
+        while done < tokens:
+            chunk = min(budget, tokens - done)
+            total += step_time(profile, StepShape.from_chunks([(chunk, done)]))
+            done += chunk
+        return total
+
+    return seconds
+
+
 def build_setup(config: RunConfig) -> SimSetup:
     profile = build_profile(config)
     args = config.engine_args
@@ -54,6 +69,7 @@ def build_setup(config: RunConfig) -> SimSetup:
     ).encode()).hexdigest()[:16]
     return SimSetup(
         step_time=make_step_time(profile),
+        prefill_seconds=make_prefill_seconds(profile, args.max_num_batched_tokens),
         num_blocks=num_kv_blocks(profile),
         block_size=profile.block_size,
         limits=limits,

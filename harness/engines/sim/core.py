@@ -6,6 +6,7 @@ process in `engine.py` owns time. Keeping the two apart lets tests drive single 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from harness.engines.sim.kv_cache import KVCache
@@ -37,18 +38,25 @@ class StepPlan:
 
 @dataclass
 class Pin:
-    """KV blocks kept for a session across a tool call, until `deadline_s`."""
+    """KV blocks kept for a session across a tool call, until `deadline_s` (harness.policy.PinView)."""
 
+    session_id: str
     blocks: list[int]
     computed_tokens: int
     cached_blocks: int
+    since_s: float
     deadline_s: float
+
+    @property
+    def num_blocks(self) -> int:
+        return len(self.blocks)
 
 
 class EngineCore:
     """Waiting and running queues, the KV cache and the policy hooks; one `schedule` = one step."""
 
-    def __init__(self, kv: KVCache, limits: SchedulerLimits, policy: Policy) -> None:
+    def __init__(self, kv: KVCache, limits: SchedulerLimits, policy: Policy,
+                 prefill_seconds: Callable[[int], float] | None = None) -> None:
         self.kv = kv
         self.limits = limits
         self.policy = policy
@@ -56,6 +64,31 @@ class EngineCore:
         self.running: list[SimRequest] = []
         self.pins: dict[str, Pin] = {}
         self.num_preemptions = 0
+        self.pins_released_early = 0
+        self._prefill_seconds = prefill_seconds
+        policy.bind(self)
+
+    # ------------------------------------------------------------- EngineView (what policies read)
+    @property
+    def kv_usage(self) -> float:
+        return self.kv.usage
+
+    @property
+    def num_free_blocks(self) -> int:
+        return self.kv.num_free_blocks
+
+    @property
+    def num_total_blocks(self) -> int:
+        return self.kv.num_blocks
+
+    @property
+    def block_size(self) -> int:
+        return self.kv.block_size
+
+    def prefill_seconds(self, tokens: int) -> float:
+        if self._prefill_seconds is None:
+            raise RuntimeError("this engine was built without a prefill-time estimate")
+        return self._prefill_seconds(tokens)
 
     # --------------------------------------------------------------------------------- requests
     def add(self, req: SimRequest, now: float) -> None:
@@ -98,12 +131,13 @@ class EngineCore:
         req.blocks.extend(new)
         return True
 
-    def _release_a_pin(self) -> bool:
-        """Free the pin that expires first; False if there is none."""
+    def _release_a_pin(self, now: float) -> bool:
+        """Blocks are short: free the pin the policy gives up first; False if there is none."""
         if not self.pins:
             return False
-        session = min(self.pins, key=lambda s: self.pins[s].deadline_s)
+        session = self.policy.choose_pin_to_release(self.pins, now)
         self.kv.free(self.pins.pop(session).blocks)
+        self.pins_released_early += 1
         return True
 
     def release_expired_pins(self, now: float) -> None:
@@ -134,7 +168,7 @@ class EngineCore:
             n = self._chunk(req, budget, now)
             preempted_self = False
             while not self._allocate(req, n):
-                if self._release_a_pin():
+                if self._release_a_pin(now):
                     continue
                 smaller = self.policy.on_allocation_failure(req, n, now)
                 if 0 < smaller < n:
@@ -178,7 +212,7 @@ class EngineCore:
         """A waiting request that already holds blocks (an adopted pin): its chunk's tokens, or 0."""
         n = self._chunk(req, budget, now)
         while not self._allocate(req, n):
-            if not self._release_a_pin():
+            if not self._release_a_pin(now):
                 return 0
         return n
 
@@ -198,7 +232,7 @@ class EngineCore:
             if need + self._evictable_hits(req, hits) <= kv.num_free_blocks:
                 break
             req.num_computed_tokens = 0
-            if not self._release_a_pin():
+            if not self._release_a_pin(now):
                 return 0
         req.blocks = kv.take(req.block_key(i, bs) for i in range(hits))
         req.num_cached_blocks = hits
@@ -268,7 +302,8 @@ class EngineCore:
         self.policy.on_finished(req, t)
         decision: Retention = FREE if req.is_last_turn else self.policy.on_turn_end(req, t)
         if decision.action == "keep" and decision.seconds > 0:
-            self.pins[req.session_id] = Pin(req.blocks, req.num_computed_tokens, req.num_cached_blocks, t + decision.seconds)
+            self.pins[req.session_id] = Pin(req.session_id, req.blocks, req.num_computed_tokens, req.num_cached_blocks,
+                                            t, t + decision.seconds)
         else:
             self.kv.free(req.blocks)
         req.blocks = []
