@@ -18,6 +18,7 @@ from workloads.model import Session
 class AdmissionController(Protocol):
     name: str
     interval_s: float | None  # also re-evaluate this often (None: only on arrivals and session ends)
+    event_keys: tuple[str, ...]  # state() keys whose change is logged as an event
 
     def on_arrival(self, session: Session, now: float) -> None: ...
     def on_session_end(self, session: Session, now: float) -> None: ...
@@ -33,6 +34,7 @@ class AdmitAll:
 
     name = "admit-all"
     interval_s: float | None = None
+    event_keys: tuple[str, ...] = ()
 
     def on_arrival(self, session: Session, now: float) -> None:
         pass

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from baselines.fcfs import FcfsPolicy
+from mars_impl.mars import PREVIEW_OVERRIDES, MarsPolicy, MarsSettings, mars_admission
 from harness.admission import AdmissionController, AdmitAll
 from harness.config import RunConfig
 from harness.errors import BadInput
@@ -36,8 +37,27 @@ BACKENDS: dict[str, Backend] = {
             lambda cfg: FcfsPolicy(),
             lambda cfg: AdmitAll(),
         ),
+        Backend(
+            "mars",
+            "MARS: AIMD admission on KV and tool-pool pressure, agent-centric MLFQ with quantum-capped chunks, "
+            "chunk shrinking, benefit-tested KV retention across tool calls (ablations: --set mars.*)",
+            ("sim",),
+            lambda cfg: MarsPolicy(cfg.mars),
+            lambda cfg: mars_admission(cfg.mars, cfg.tool_cores, cfg.rps),
+        ),
+        Backend(
+            "mars-preview",
+            "MARS as in its public preview code: retention = LRU prefix cache only, CPU high mark 2.0",
+            ("sim",),
+            lambda cfg: MarsPolicy(_preview(cfg.mars)),
+            lambda cfg: mars_admission(_preview(cfg.mars), cfg.tool_cores, cfg.rps),
+        ),
     )
 }
+
+
+def _preview(settings: MarsSettings) -> MarsSettings:
+    return settings.model_copy(update=PREVIEW_OVERRIDES)
 
 
 def get_backend(name: str, engine: str) -> Backend:

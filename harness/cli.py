@@ -7,6 +7,7 @@ import sys
 import click
 
 from harness import __version__
+from harness.commands.compare import compare
 from harness.commands.results import results
 from harness.commands.run import backends, run
 from harness.commands.workloads import workloads
@@ -38,7 +39,7 @@ def version() -> None:
     click.echo(f"mars-bench {__version__}")
 
 
-for command in (run, backends, workloads, results):
+for command in (run, compare, backends, workloads, results):
     cli.add_command(command)
 
 

@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from harness.tools import ToolMode
+from mars_impl.mars import MarsSettings
 from workloads.arrivals import ArrivalProcess
 
 
@@ -53,3 +54,4 @@ class RunConfig(BaseModel):
     goodput: tuple[str, ...] = Field(default=(), description="vLLM-style SLOs, e.g. ttft:500 tpot:50")
     timeline_interval_s: float = Field(default=1.0, gt=0)
     engine_args: EngineSettings = EngineSettings()
+    mars: MarsSettings = MarsSettings()

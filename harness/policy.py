@@ -104,7 +104,7 @@ class EngineView(Protocol):
 class Retention:
     """What to do with a call's KV blocks when its session goes to run a tool."""
 
-    action: str  # "free" | "keep" | "offload"
+    action: str  # "free" | "keep" | "offload" | "discard"
     seconds: float = 0.0  # how long to keep (pin) or hold offloaded
 
     @staticmethod
@@ -117,6 +117,7 @@ class Retention:
 
 
 FREE = Retention("free")
+DISCARD = Retention("discard")  # free and drop the session's blocks from the prefix cache (ablations)
 
 
 @dataclass(frozen=True)

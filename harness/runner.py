@@ -164,9 +164,10 @@ class SimRun:
         now = self.env.now
         chosen = self.admission.admit(list(self.backlog), self.signals.snapshot(now), now)
         state = self.admission.state()
-        if state != self._admission_state:
-            self._admission_state = state
+        keys = self.admission.event_keys
+        if any(state.get(k) != self._admission_state.get(k) for k in keys):
             self.sink.event("admission", now, **state)
+        self._admission_state = state
         for session in chosen:
             self.backlog.remove(session)
             self.active += 1

@@ -306,4 +306,6 @@ class EngineCore:
                                             t, t + decision.seconds)
         else:
             self.kv.free(req.blocks)
+            if decision.action == "discard":  # the session's own blocks; the shared prefix stays cached
+                self.kv.forget(req.blocks[req.prefix_blocks(self.kv.block_size):])
         req.blocks = []

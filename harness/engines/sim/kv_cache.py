@@ -130,6 +130,16 @@ class KVCache:
             if self.ref_cnt[block] == 0:
                 self.free_queue[block] = None
 
+    def forget(self, blocks: list[int]) -> None:
+        """Drop unreferenced blocks from the prefix cache and put them first in line for reuse."""
+        for block in blocks:
+            key = self.block_hash[block]
+            if self.ref_cnt[block] == 0 and key is not None:
+                del self.cached[key]
+                self._runs.pop(key[:2], None)
+                self.block_hash[block] = None
+                self.free_queue.move_to_end(block, last=False)
+
     def check(self) -> tuple[int, int, int]:
         """(free, cached, used) block counts; raises AssertionError if the books do not balance."""
         in_queue = set(self.free_queue)

@@ -1,0 +1,92 @@
+"""`mars-bench compare`: several backends, identical workload and seeds, one table."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+from pathlib import Path
+
+import click
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from harness.backends import ENGINES, get_backend
+from harness.commands.options import json_option, results_dir_option, workload_options
+from harness.commands.run import hardware_options, make_config
+from harness.compare import COMPARED, comparison, markdown, run_grid, runs_frame
+from harness.console import console, print_json, table
+from harness.errors import BadInput
+
+
+def parse_list(text: str, name: str, cast: type = str) -> list:
+    items = [x.strip() for x in text.split(",") if x.strip()]
+    if not items:
+        raise BadInput(f"{name}: give a comma-separated list")
+    try:
+        return [cast(x) for x in items]
+    except ValueError:
+        raise BadInput(f"{name}: {text!r} is not a comma-separated list of {cast.__name__}s") from None
+
+
+@click.command()
+@click.option("--backends", "-b", "backend_list", default="vllm,mars", show_default=True,
+              help="Comma-separated backends (see `mars-bench backends`).")
+@click.option("--engine", type=click.Choice(list(ENGINES)), default="sim", show_default=True)
+@workload_options(default="swe-smoke")
+@click.option("--seeds", default="1", show_default=True, help="Comma-separated seeds: one run per backend and seed.")
+@hardware_options
+@click.option("--tool-cores", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--tool-mode", type=click.Choice(["queue", "timeshare"]), default="queue", show_default=True)
+@click.option("--reference", default=None, help="Backend the speedup is measured against (default: the first).")
+@click.option("--jobs", "-j", type=click.IntRange(min=1), default=1, show_default=True, help="Runs in parallel.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Where comparison.csv/.md go (default: RESULTS_DIR/compare-<time>).")
+@results_dir_option
+@json_option
+def compare(backend_list: str, engine: str, workload: str, sessions: int | None, rps: float | None,
+            arrival: str | None, cv: float | None, seed: int | None, sets: tuple[str, ...], seeds: str, gpu: str,
+            model: str, tp: int, profile: str | None, tool_cores: int, tool_mode: str, reference: str | None,
+            jobs: int, out_dir: Path | None, results_dir: Path, as_json: bool) -> None:
+    """Run several backends on the identical workload and seeds and compare them.
+
+    \b
+    Examples:
+      mars-bench compare --backends vllm,mars --workload swe-smoke
+      mars-bench compare -b vllm,sglang,continuum,continuum-dy,autellix,infercept,mars -w paper --seeds 1,2,3 -j 2
+      mars-bench compare -b vllm,mars -w paper --rps 0.3 --reference vllm --out leaderboard/
+    """
+    names = parse_list(backend_list, "--backends")
+    seed_list = [seed] if seed is not None and seeds == "1" else parse_list(seeds, "--seeds", int)
+    reference = reference or names[0]
+    if reference not in names:
+        raise BadInput(f"--reference {reference!r} is not one of --backends ({', '.join(names)})")
+    configs = [
+        make_config(sets, backend=name, engine=engine, workload=workload, sessions=sessions, rps=rps, arrival=arrival,
+                    cv=cv, seed=s, gpu=gpu, model=model, tp=tp, profile=profile, tool_cores=tool_cores,
+                    tool_mode=tool_mode)
+        for name in names for s in seed_list
+    ]
+    for name in names:
+        get_backend(name, engine)  # fail on a bad name before any run starts
+    started = time.perf_counter()
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=True, disable=as_json) as bars:
+        task = bars.add_task("runs", total=len(configs))
+        rows = run_grid(configs, results_dir, jobs=jobs, progress=lambda done, _: bars.update(task, completed=done))
+    elapsed = time.perf_counter() - started
+    runs = runs_frame(rows)
+    result = comparison(runs, reference)
+    out_dir = out_dir or results_dir / f"compare-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    runs.to_csv(out_dir / "runs.csv", index=False)
+    result.to_csv(out_dir / "comparison.csv", index=False)
+    text = markdown(result, reference)
+    (out_dir / "comparison.md").write_text(text)
+    if as_json:
+        print_json({"elapsed_s": elapsed, "out_dir": str(out_dir), "runs": runs.to_dict(orient="records"),
+                    "comparison": result.to_dict(orient="records")})
+        return
+    columns = ["backend", "seeds", *[label for _, label in COMPARED], f"speedup vs {reference}"]
+    body = [[r["backend"], int(r["seeds"]), *[r[k] for k, _ in COMPARED], r.get(f"speedup_vs_{reference}")]
+            for _, r in result.iterrows()]
+    console.print(table(f"{workload}: {len(seed_list)} seed(s), reference {reference}", columns, body))
+    console.print(f"{len(configs)} runs in {elapsed:.1f} s; written to {out_dir}/ (comparison.csv, comparison.md, runs.csv)")
