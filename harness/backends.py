@@ -6,7 +6,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from baselines.autellix import AutellixPolicy
+from baselines.continuum import ContinuumDynamicPolicy, ContinuumPolicy
 from baselines.fcfs import FcfsPolicy
+from baselines.infercept import InferCeptPolicy
 from mars_impl.mars import PREVIEW_OVERRIDES, MarsPolicy, MarsSettings, mars_admission
 from harness.admission import AdmissionController, AdmitAll
 from harness.config import RunConfig
@@ -35,6 +38,34 @@ BACKENDS: dict[str, Backend] = {
             "vanilla vLLM V1: FCFS, chunked prefill, prefix caching (LRU), recompute preemption, no admission control",
             ("sim",),
             lambda cfg: FcfsPolicy(),
+            lambda cfg: AdmitAll(),
+        ),
+        Backend(
+            "continuum",
+            "Continuum: session-level FCFS, KV pinned for a 2 s TTL after short tool calls",
+            ("sim",),
+            lambda cfg: ContinuumPolicy(cfg.continuum),
+            lambda cfg: AdmitAll(),
+        ),
+        Backend(
+            "continuum-dy",
+            "Continuum with a TTL chosen per tool call from tool-duration CDFs, reload cost and queueing delay",
+            ("sim",),
+            lambda cfg: ContinuumDynamicPolicy(cfg.continuum_dy),
+            lambda cfg: AdmitAll(),
+        ),
+        Backend(
+            "autellix",
+            "Autellix (PLAS): program-level attained-service MLFQ with starvation promotion",
+            ("sim",),
+            lambda cfg: AutellixPolicy(cfg.autellix),
+            lambda cfg: AdmitAll(),
+        ),
+        Backend(
+            "infercept",
+            "InferCept: FCFS; KV kept across tool calls for TTL = discard cost / context",
+            ("sim",),
+            lambda cfg: InferCeptPolicy(cfg.infercept),
             lambda cfg: AdmitAll(),
         ),
         Backend(

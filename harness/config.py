@@ -7,6 +7,9 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from harness.tools import ToolMode
+from baselines.autellix import AutellixSettings
+from baselines.continuum import ContinuumDynamicSettings, ContinuumSettings
+from baselines.infercept import InferCeptSettings
 from mars_impl.mars import MarsSettings
 from workloads.arrivals import ArrivalProcess
 
@@ -55,3 +58,7 @@ class RunConfig(BaseModel):
     timeline_interval_s: float = Field(default=1.0, gt=0)
     engine_args: EngineSettings = EngineSettings()
     mars: MarsSettings = MarsSettings()
+    continuum: ContinuumSettings = ContinuumSettings()
+    continuum_dy: ContinuumDynamicSettings = ContinuumDynamicSettings()
+    autellix: AutellixSettings = AutellixSettings()
+    infercept: InferCeptSettings = InferCeptSettings()

@@ -92,13 +92,8 @@ class EngineCore:
 
     # --------------------------------------------------------------------------------- requests
     def add(self, req: SimRequest, now: float) -> None:
-        """A call reaches the waiting queue; a pin its session holds becomes its computed prefix."""
-        pin = self.pins.pop(req.session_id, None)
-        if pin is not None:
-            req.blocks = pin.blocks
-            req.num_computed_tokens = min(pin.computed_tokens, req.num_tokens - 1)
-            req.num_cached_blocks = pin.cached_blocks
-            req.cached_tokens = req.num_computed_tokens
+        """A call reaches the waiting queue. A pin its session holds stays a pin (releasable under
+        pressure) until the call is admitted, when its cached blocks become the call's prefix hits."""
         self.waiting.append(req)
         self.policy.on_arrival(req, now)
 
@@ -200,7 +195,7 @@ class EngineCore:
         for req in self.policy.order_waiting(list(self.waiting), now):
             if budget <= 0 or len(self.running) >= self.limits.max_num_seqs:
                 break
-            n = self._admit_holding(req, budget, now) if req.blocks else self._admit_fresh(req, budget, now)
+            n = self._admit(req, budget, now)
             if not n:
                 break  # as vLLM: the queue head blocks the rest
             self.waiting.remove(req)
@@ -208,20 +203,13 @@ class EngineCore:
             plan.scheduled.append((req, n))
             budget -= n
 
-    def _admit_holding(self, req: SimRequest, budget: int, now: float) -> int:
-        """A waiting request that already holds blocks (an adopted pin): its chunk's tokens, or 0."""
-        n = self._chunk(req, budget, now)
-        while not self._allocate(req, n):
-            if not self._release_a_pin(now):
-                return 0
-        return n
-
-    def _admit_fresh(self, req: SimRequest, budget: int, now: float) -> int:
+    def _admit(self, req: SimRequest, budget: int, now: float) -> int:
         """Take the cached prefix and allocate the chunk's blocks: the chunk's tokens, or 0 and no change.
 
         As vLLM's `allocate_slots`: it fits when the new blocks plus the cached hits that sit in the free
         queue (taking them removes them from it) do not exceed the free blocks. At least one token is
-        always left to compute.
+        always left to compute. The blocks of the session's pin are cached hits that cost no free block;
+        once the call holds them the pin is dropped (its partial last block is recomputed).
         """
         kv, bs = self.kv, self.kv.block_size
         while True:
@@ -240,6 +228,9 @@ class EngineCore:
             req.cached_tokens = req.num_computed_tokens
         allocated = self._allocate(req, n)
         assert allocated, "free-block check and allocation disagree"
+        pin = self.pins.pop(req.session_id, None)
+        if pin is not None:
+            self.kv.free(pin.blocks)
         return n
 
     def _prefix_hits(self, req: SimRequest) -> int:
@@ -254,11 +245,14 @@ class EngineCore:
         return shared + min(kv.run_length("s", req.session_id, shared), limit - shared)
 
     def _evictable_hits(self, req: SimRequest, hits: int) -> int:
-        """Hit blocks nobody references. A waiting session's own blocks are never referenced (its calls
-        run one at a time), so only the shared-prefix blocks need looking at."""
+        """Hit blocks nobody references. A waiting call's own blocks are referenced only by its session's
+        pin (its calls run one at a time), so only the shared-prefix blocks need looking at one by one."""
         bs = self.kv.block_size
         shared = min(req.prefix_blocks(bs), hits)
-        return sum(1 for i in range(shared) if self.kv.is_evictable(req.block_key(i, bs))) + hits - shared
+        pin = self.pins.get(req.session_id)
+        pinned_own = max(0, min(hits, pin.computed_tokens // bs) - shared) if pin is not None else 0
+        prefix = sum(1 for i in range(shared) if self.kv.is_evictable(req.block_key(i, bs)))
+        return prefix + hits - shared - pinned_own
 
     # ------------------------------------------------------------------------------- completion
     def complete(self, plan: StepPlan, end: float) -> list[SimRequest]:

@@ -93,7 +93,7 @@ class SimEngine:
     def _repeatable(self, plan: StepPlan) -> bool:
         """The next step would schedule exactly this batch again, one decode token each."""
         core = self.core
-        if core.waiting or plan.preempted or core.pins or len(plan.scheduled) != len(core.running):
+        if core.waiting or plan.preempted or len(plan.scheduled) != len(core.running):
             return False
         return all(n == 1 and req.is_decoding for req, n in plan.scheduled) and \
             len(plan.scheduled) <= core.limits.max_num_batched_tokens
@@ -106,7 +106,8 @@ class SimEngine:
             batch = [(req, 1) for req, _ in plan.scheduled]
             reqs = [req for req, _ in batch]
             steps_left = min(req.max_tokens - req.num_output_tokens for req in reqs)
-            horizon = env.peek()
+            # stop before another process's next event and before a pin expires (the scheduler frees it)
+            horizon = min([env.peek(), *(p.deadline_s for p in core.pins.values())])
             t = env.now
             applied = 0
             while applied < steps_left:
