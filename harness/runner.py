@@ -229,7 +229,9 @@ class SimRun:
         stats = {"sim_s": self.env.now, "wall_s": time.perf_counter() - wall, "engine_steps": self.engine.steps,
                  "gpu_busy_s": self.engine.busy_s, "preemptions": self.core.num_preemptions,
                  "kv_evictions": self.kv.evictions, "num_gpu_blocks": self.kv.num_blocks,
-                 "background_calls": self.background_calls}
+                 "background_calls": self.background_calls, "pins_made": self.core.pins_made,
+                 "pins_used": self.core.pins_used, "pins_expired": self.core.pins_expired,
+                 "pins_released_early": self.core.pins_released_early}
         return Outcome(calls, conform(pd.DataFrame(session_rows), SESSION_COLUMNS), pd.DataFrame(self.timeline),
                        self.env.now, stats)
 

@@ -64,7 +64,10 @@ class EngineCore:
         self.running: list[SimRequest] = []
         self.pins: dict[str, Pin] = {}
         self.num_preemptions = 0
-        self.pins_released_early = 0
+        self.pins_made = 0
+        self.pins_used = 0  # a call was admitted onto its session's pin
+        self.pins_expired = 0
+        self.pins_released_early = 0  # released before the deadline because blocks ran short
         self._prefill_seconds = prefill_seconds
         policy.bind(self)
 
@@ -138,6 +141,7 @@ class EngineCore:
     def release_expired_pins(self, now: float) -> None:
         for session in [s for s, p in self.pins.items() if p.deadline_s <= now]:
             self.kv.free(self.pins.pop(session).blocks)
+            self.pins_expired += 1
 
     def _preempt(self, req: SimRequest, now: float) -> None:
         self.kv.free(req.blocks)
@@ -231,6 +235,7 @@ class EngineCore:
         pin = self.pins.pop(req.session_id, None)
         if pin is not None:
             self.kv.free(pin.blocks)
+            self.pins_used += 1
         return n
 
     def _prefix_hits(self, req: SimRequest) -> int:
@@ -298,6 +303,7 @@ class EngineCore:
         if decision.action == "keep" and decision.seconds > 0:
             self.pins[req.session_id] = Pin(req.session_id, req.blocks, req.num_computed_tokens, req.num_cached_blocks,
                                             t, t + decision.seconds)
+            self.pins_made += 1
         else:
             self.kv.free(req.blocks)
             if decision.action == "discard":  # the session's own blocks; the shared prefix stays cached
