@@ -28,6 +28,8 @@ class EngineSettings(BaseModel):
     num_gpu_blocks: int | None = Field(default=None, ge=1, description="override the KV block count")
     enable_prefix_caching: bool = True
     fast_forward: bool = Field(default=True, description="sim: skip over repeated all-decode steps")
+    kv_offload_gib: float = Field(default=0.0, ge=0, description="host-memory KV tier for offloading; 0 = none")
+    host_link_gbps: float = Field(default=25.0, gt=0, description="effective host<->GPU copy bandwidth, GB/s")
 
 
 class RunConfig(BaseModel):

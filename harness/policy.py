@@ -98,6 +98,8 @@ class EngineView(Protocol):
     def block_size(self) -> int: ...
     def prefill_seconds(self, tokens: int) -> float:
         """Estimated time to prefill `tokens` tokens from scratch (re-prefill cost of a freed context)."""
+    def offload_seconds(self, tokens: int) -> float | None:
+        """Time to load `tokens` of KV back from a host-memory tier; None when the engine has none."""
 
 
 @dataclass(frozen=True)
@@ -115,8 +117,13 @@ class Retention:
     def keep(seconds: float) -> Retention:
         return Retention("keep", seconds) if seconds > 0 else FREE
 
+    @staticmethod
+    def offload() -> Retention:
+        return OFFLOAD
+
 
 FREE = Retention("free")
+OFFLOAD = Retention("offload")  # copy to the host tier (if any) and free the device blocks
 DISCARD = Retention("discard")  # free and drop the session's blocks from the prefix cache (ablations)
 
 

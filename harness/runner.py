@@ -19,7 +19,7 @@ import simpy
 
 from harness.admission import AdmissionController, AdmitAll
 from harness.agent import AgentLoop
-from harness.engines.sim.core import EngineCore, SchedulerLimits
+from harness.engines.sim.core import EngineCore, HostTier, SchedulerLimits
 from harness.engines.sim.engine import SimEngine, SimToolPool, StepTime
 from harness.engines.sim.kv_cache import KVCache
 from harness.engines.sim.request import SimRequest
@@ -55,6 +55,8 @@ class SimSetup:
     cpu_stress: int = 0
     timeline_interval_s: float = 1.0
     fingerprint: str = ""  # identifies the cost model + settings, for caching isolated JCTs
+    host_tier_tokens: int = 0  # host-memory KV tier (0 = none)
+    host_load_s_per_token: float = 0.0
 
     def idle(self) -> SimSetup:
         """The same testbed without contention: the reference for isolated JCT."""
@@ -95,7 +97,8 @@ class SimRun:
         self.sink: Sink = sink or _NullSink()
         self.kv = KVCache(setup.num_blocks, setup.block_size, setup.enable_prefix_caching)
         self.policy = policy
-        self.core = EngineCore(self.kv, setup.limits, policy, setup.prefill_seconds)
+        host = HostTier(setup.host_tier_tokens, setup.host_load_s_per_token) if setup.host_tier_tokens else None
+        self.core = EngineCore(self.kv, setup.limits, policy, setup.prefill_seconds, host)
         self.engine = SimEngine(self.env, self.core, setup.step_time, setup.gpu_share, setup.fast_forward,
                                 on_step=self._sample)
         self.tools = SimToolPool(self.env, ToolPool(setup.tool_cores, setup.tool_mode, stress_cores=setup.cpu_stress))
@@ -231,7 +234,9 @@ class SimRun:
                  "kv_evictions": self.kv.evictions, "num_gpu_blocks": self.kv.num_blocks,
                  "background_calls": self.background_calls, "pins_made": self.core.pins_made,
                  "pins_used": self.core.pins_used, "pins_expired": self.core.pins_expired,
-                 "pins_released_early": self.core.pins_released_early}
+                 "pins_released_early": self.core.pins_released_early,
+                 "host_offloads": self.core.host.offloads if self.core.host else 0,
+                 "host_loads": self.core.host.loads if self.core.host else 0}
         return Outcome(calls, conform(pd.DataFrame(session_rows), SESSION_COLUMNS), pd.DataFrame(self.timeline),
                        self.env.now, stats)
 

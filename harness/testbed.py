@@ -64,7 +64,8 @@ def build_setup(config: RunConfig) -> SimSetup:
     args = config.engine_args
     limits = SchedulerLimits(args.max_num_batched_tokens, args.max_num_seqs, args.long_prefill_token_threshold)
     fingerprint = hashlib.sha256(json.dumps(
-        [profile.model_dump(mode="json"), limits.__dict__, args.enable_prefix_caching, config.tool_cores, config.tool_mode],
+        [profile.model_dump(mode="json"), limits.__dict__, args.enable_prefix_caching, config.tool_cores, config.tool_mode,
+         args.kv_offload_gib, args.host_link_gbps],
         sort_keys=True,
     ).encode()).hexdigest()[:16]
     return SimSetup(
@@ -81,4 +82,6 @@ def build_setup(config: RunConfig) -> SimSetup:
         cpu_stress=config.cpu_stress,
         timeline_interval_s=config.timeline_interval_s,
         fingerprint=fingerprint,
+        host_tier_tokens=int(args.kv_offload_gib * 2**30 / profile.kv_bytes_per_token),
+        host_load_s_per_token=profile.kv_bytes_per_token / (args.host_link_gbps * 1e9),
     )

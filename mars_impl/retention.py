@@ -15,6 +15,11 @@ are measured in seconds of engine time, so they compare directly:
   keep (pin until t) iff benefit > cost; t = the p90 of the tool's observed durations (so a pin
   outlives most calls of that tool but not its tail), at most `max_pin_s`.
 
+With a host-memory tier (`--kv-offload-gib`), offloading is a third choice worth R(C) - L(C), L the time
+to load the context back over the host link (the copy out overlaps the tool call; host memory is not
+the scarce resource, so holding it costs nothing): the engine picks the best of keep (benefit - cost),
+offload (R - L) and free (0), keep on ties.
+
 Below the low watermark the cost is 0, so every session is kept (nothing waits for those blocks, and the
 pin protects the context if pressure rises during the tool call). Under pressure, a session with a
 short tool and a large context (re-prefill dear, holding cheap) is kept and one with a long tool is
@@ -38,7 +43,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from baselines.stats import ToolDurations, context_tokens
-from harness.policy import DISCARD, FREE, EngineView, PinView, Retention, RequestView
+from harness.policy import DISCARD, FREE, OFFLOAD, EngineView, PinView, Retention, RequestView
 
 
 class RetentionSettings(BaseModel):
@@ -88,11 +93,15 @@ class RetentionPolicy:
         else:
             deadline, p_done, holding = min(s.max_pin_s, s.prior_tool_s), 1.0, min(s.max_pin_s, s.prior_tool_s)
         context = context_tokens(req)
-        benefit = p_done * engine.prefill_seconds(context) if context else 0.0
-        cost = self.pressure(engine) * holding * req.num_blocks / max(1, engine.num_total_blocks)
-        if benefit <= 0 or benefit <= cost:
+        reprefill = engine.prefill_seconds(context) if context else 0.0
+        keep_value = p_done * reprefill - self.pressure(engine) * holding * req.num_blocks / max(1, engine.num_total_blocks)
+        load = engine.offload_seconds(context)
+        offload_value = reprefill - load if load is not None else 0.0
+        if max(keep_value, offload_value) <= 0:
             return FREE
-        self._benefit_per_block[req.session_id] = benefit / max(1, req.num_blocks)
+        if offload_value > keep_value:
+            return OFFLOAD
+        self._benefit_per_block[req.session_id] = p_done * reprefill / max(1, req.num_blocks)
         return Retention.keep(deadline)
 
     def _samples(self, tool: str) -> np.ndarray:

@@ -42,5 +42,10 @@ class Engine:
     num_total_blocks: int = 2000
     block_size: int = 16
 
+    host_load_s_per_token: float | None = None  # None: no host tier
+
     def prefill_seconds(self, tokens: int) -> float:
         return tokens * 1e-5
+
+    def offload_seconds(self, tokens: int) -> float | None:
+        return None if self.host_load_s_per_token is None else tokens * self.host_load_s_per_token

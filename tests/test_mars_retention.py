@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from harness.config import EngineSettings, RunConfig
-from harness.policy import DISCARD, FREE, Retention
+from harness.policy import DISCARD, FREE, OFFLOAD, Retention
 from harness.runner import simulate
 from harness.testbed import build_setup
 from mars_impl.mars import MarsPolicy, MarsSettings
@@ -56,6 +56,15 @@ def test_unknown_tool_uses_every_tool_then_the_prior() -> None:
     assert decision.action == "keep" and abs(decision.seconds - 60.0) < 1e-9  # p90 of all 40 durations
 
 
+def test_with_a_host_tier_a_long_tool_under_pressure_is_offloaded() -> None:
+    policy = trained()
+    engine = Engine(kv_usage=0.95, num_total_blocks=8000, host_load_s_per_token=1e-6)  # load 0.02 s < 0.2 s
+    assert policy.decide(finished("run_tests"), engine, 0.0) == OFFLOAD
+    assert policy.decide(finished("grep"), engine, 0.0).action == "keep"  # 0.2 - 0.016 > 0.2 - 0.02
+    slow_link = Engine(kv_usage=0.95, num_total_blocks=8000, host_load_s_per_token=2e-5)  # load 0.4 s > 0.2 s
+    assert policy.decide(finished("run_tests"), slow_link, 0.0) == FREE
+
+
 def test_modes_lru_and_off() -> None:
     engine = Engine(kv_usage=0.5)
     assert trained("lru").decide(finished("grep"), engine, 0.0) == FREE
@@ -87,3 +96,16 @@ def test_on_the_engine_benefit_retention_beats_dropping_the_context() -> None:
     assert kept.sessions["completed"].all() and dropped.sessions["completed"].all()
     assert hit(kept) > hit(dropped) + 0.2
     assert kept.calls["finish_s"].sub(kept.calls["arrival_s"]).mean() < dropped.calls["finish_s"].sub(dropped.calls["arrival_s"]).mean()
+
+
+def test_on_the_engine_offloaded_contexts_come_back_from_the_host_tier() -> None:
+    sessions = list(generate(customize(get_preset("swe"), ["sessions=12", "rps=0.5", "seed=1"])))
+    small = EngineSettings(num_gpu_blocks=2500)
+    tiered = EngineSettings(num_gpu_blocks=2500, kv_offload_gib=64)
+    without = simulate(sessions, MarsPolicy(MarsSettings()), build_setup(RunConfig(engine_args=small)))
+    with_tier = simulate(sessions, MarsPolicy(MarsSettings()), build_setup(RunConfig(engine_args=tiered)))
+    assert without.stats["host_offloads"] == 0
+    assert with_tier.stats["host_offloads"] > 5 and with_tier.stats["host_loads"] > 5
+    assert with_tier.sessions["completed"].all()
+    hit = lambda out: out.calls["cached_tokens"].sum() / out.calls["prompt_tokens"].sum()  # noqa: E731
+    assert hit(with_tier) > hit(without) + 0.1  # measured 0.62 vs 0.47

@@ -66,6 +66,8 @@ def make_config(sets: tuple[str, ...], **values: Any) -> RunConfig:
               help="Cores taken by background CPU stressors.")
 @click.option("--gpu-share", type=click.FloatRange(min=0, max=1, min_open=True), default=1.0, show_default=True,
               help="Share of the GPU left to the engine by a co-tenant.")
+@click.option("--kv-offload-gib", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="Host-memory KV tier (GiB) that retention can offload to; 0 = none.")
 @click.option("--chat-rps", type=click.FloatRange(min=0), default=0.0, show_default=True,
               help="Background chat requests per second sharing the engine (GPU contention, not measured).")
 @click.option("--goodput", multiple=True, metavar="KEY:MS", help="vLLM-style SLOs for request goodput, e.g. ttft:500.")
@@ -74,7 +76,7 @@ def make_config(sets: tuple[str, ...], **values: Any) -> RunConfig:
 @json_option
 def run(backend: str, engine: str, workload: str, sessions: int | None, rps: float | None, arrival: str | None,
         cv: float | None, seed: int | None, sets: tuple[str, ...], gpu: str, model: str, tp: int, profile: str | None,
-        tool_cores: int, tool_mode: str, cpu_stress: int, gpu_share: float, chat_rps: float, goodput: tuple[str, ...], alpha: float,
+        tool_cores: int, tool_mode: str, cpu_stress: int, gpu_share: float, kv_offload_gib: float, chat_rps: float, goodput: tuple[str, ...], alpha: float,
         results_dir: Path, as_json: bool) -> None:
     """Run one backend on one workload; write results/<run_id>/ and print the summary.
 
@@ -88,6 +90,8 @@ def run(backend: str, engine: str, workload: str, sessions: int | None, rps: flo
       mars-bench run -b vllm -w swe --sessions 50 --gpu h200 --tool-cores 16 --tool-mode timeshare
       mars-bench run -b vllm -w swe-smoke --set engine_args.num_gpu_blocks=400 --json
     """
+    if kv_offload_gib:
+        sets = (f"engine_args.kv_offload_gib={kv_offload_gib}", *sets)
     config = make_config(
         sets, backend=backend, engine=engine, workload=workload, sessions=sessions, rps=rps, arrival=arrival, cv=cv,
         seed=seed, gpu=gpu, model=model, tp=tp, profile=profile, tool_cores=tool_cores, tool_mode=tool_mode,

@@ -6,6 +6,7 @@ process in `engine.py` owns time. Keeping the two apart lets tests drive single 
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -30,10 +31,46 @@ class StepPlan:
     start_s: float
     scheduled: list[tuple[SimRequest, int]] = field(default_factory=list)
     preempted: list[SimRequest] = field(default_factory=list)
+    transfer_s: float = 0.0  # KV loaded back from the host tier before the step can run
 
     @property
     def num_tokens(self) -> int:
         return sum(n for _, n in self.scheduled)
+
+
+class HostTier:
+    """Host-memory KV tier: offloaded session contexts, least recently offloaded evicted first.
+
+    Offloading (device to host) overlaps with the tool call, so it costs nothing on the critical path;
+    loading back costs tokens x KV bytes per token / host link bandwidth before the call's first step.
+    """
+
+    def __init__(self, capacity_tokens: int, load_s_per_token: float) -> None:
+        self.capacity_tokens = capacity_tokens
+        self.load_s_per_token = load_s_per_token
+        self.entries: OrderedDict[str, int] = OrderedDict()  # session -> offloaded context tokens
+        self.used_tokens = 0
+        self.offloads = 0
+        self.loads = 0
+
+    def put(self, session_id: str, tokens: int) -> None:
+        self.pop(session_id)
+        if tokens > self.capacity_tokens:
+            return
+        while self.used_tokens + tokens > self.capacity_tokens:
+            _, dropped = self.entries.popitem(last=False)
+            self.used_tokens -= dropped
+        self.entries[session_id] = tokens
+        self.used_tokens += tokens
+        self.offloads += 1
+
+    def get(self, session_id: str) -> int:
+        return self.entries.get(session_id, 0)
+
+    def pop(self, session_id: str) -> int:
+        tokens = self.entries.pop(session_id, 0)
+        self.used_tokens -= tokens
+        return tokens
 
 
 @dataclass
@@ -56,7 +93,7 @@ class EngineCore:
     """Waiting and running queues, the KV cache and the policy hooks; one `schedule` = one step."""
 
     def __init__(self, kv: KVCache, limits: SchedulerLimits, policy: Policy,
-                 prefill_seconds: Callable[[int], float] | None = None) -> None:
+                 prefill_seconds: Callable[[int], float] | None = None, host: HostTier | None = None) -> None:
         self.kv = kv
         self.limits = limits
         self.policy = policy
@@ -69,6 +106,8 @@ class EngineCore:
         self.pins_expired = 0
         self.pins_released_early = 0  # released before the deadline because blocks ran short
         self._prefill_seconds = prefill_seconds
+        self.host = host
+        self._transfer_s = 0.0  # load time of the requests admitted in the step being planned
         policy.bind(self)
 
     # ------------------------------------------------------------- EngineView (what policies read)
@@ -92,6 +131,10 @@ class EngineCore:
         if self._prefill_seconds is None:
             raise RuntimeError("this engine was built without a prefill-time estimate")
         return self._prefill_seconds(tokens)
+
+    def offload_seconds(self, tokens: int) -> float | None:
+        """Time to load `tokens` of KV back from the host tier; None when there is no host tier."""
+        return None if self.host is None else tokens * self.host.load_s_per_token
 
     # --------------------------------------------------------------------------------- requests
     def add(self, req: SimRequest, now: float) -> None:
@@ -192,7 +235,9 @@ class EngineCore:
         plan.scheduled = [(r, scheduled[id(r)]) for r in running if id(r) in scheduled]
         self.running = running
         if not plan.preempted:
+            self._transfer_s = 0.0
             self._schedule_waiting(plan, budget, now)
+            plan.transfer_s = self._transfer_s
         return plan
 
     def _schedule_waiting(self, plan: StepPlan, budget: int, now: float) -> None:
@@ -218,7 +263,8 @@ class EngineCore:
         kv, bs = self.kv, self.kv.block_size
         while True:
             hits = self._prefix_hits(req)
-            req.num_computed_tokens = hits * bs
+            loaded = self._host_blocks(req, hits)
+            req.num_computed_tokens = (hits + loaded) * bs
             n = self._chunk(req, budget, now)
             need = kv.blocks_for(req.num_computed_tokens + n) - hits
             if need + self._evictable_hits(req, hits) <= kv.num_free_blocks:
@@ -227,7 +273,9 @@ class EngineCore:
             if not self._release_a_pin(now):
                 return 0
         req.blocks = kv.take(req.block_key(i, bs) for i in range(hits))
-        req.num_cached_blocks = hits
+        if loaded:
+            self._load_from_host(req, hits, loaded)
+        req.num_cached_blocks = hits + loaded
         if req.last_scheduled_s is None and req.num_preemptions == 0:
             req.cached_tokens = req.num_computed_tokens
         allocated = self._allocate(req, n)
@@ -237,6 +285,25 @@ class EngineCore:
             self.kv.free(pin.blocks)
             self.pins_used += 1
         return n
+
+    def _host_blocks(self, req: SimRequest, hits: int) -> int:
+        """Full blocks beyond the device-cache hits that the host tier holds for this session."""
+        if self.host is None:
+            return 0
+        limit = (req.num_tokens - 1) // self.kv.block_size
+        return max(0, min(self.host.get(req.session_id) // self.kv.block_size, limit) - hits)
+
+    def _load_from_host(self, req: SimRequest, hits: int, loaded: int) -> None:
+        """Copy `loaded` blocks back from the host tier into fresh device blocks, cached as computed."""
+        assert self.host is not None
+        blocks = self.kv.allocate(loaded)
+        assert blocks is not None, "free-block check and host load disagree"
+        for i, block in enumerate(blocks, start=hits):
+            self.kv.cache_block(block, req.block_key(i, self.kv.block_size))
+        req.blocks.extend(blocks)
+        self.host.pop(req.session_id)
+        self.host.loads += 1
+        self._transfer_s += loaded * self.kv.block_size * self.host.load_s_per_token
 
     def _prefix_hits(self, req: SimRequest) -> int:
         """Leading blocks of the request's context that the prefix cache holds (shared prefix first)."""
@@ -306,6 +373,8 @@ class EngineCore:
             self.pins_made += 1
         else:
             self.kv.free(req.blocks)
+            if decision.action == "offload" and self.host is not None:
+                self.host.put(req.session_id, req.num_computed_tokens)
             if decision.action == "discard":  # the session's own blocks; the shared prefix stays cached
                 self.kv.forget(req.blocks[req.prefix_blocks(self.kv.block_size):])
         req.blocks = []

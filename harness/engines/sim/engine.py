@@ -75,7 +75,7 @@ class SimEngine:
                 waits = [self._wake] + ([env.timeout(max(0.0, expiry - env.now))] if expiry is not None else [])
                 yield env.any_of(waits)
                 continue
-            duration = self._duration(plan.scheduled)
+            duration = self._duration(plan.scheduled) + plan.transfer_s
             yield env.timeout(duration)
             self._account(duration)
             self._notify(core.complete(plan, env.now))
