@@ -42,8 +42,11 @@ Choices the reference leaves open (ours):
   long_wait_max_s (the limit of 1 / rps as rps -> 0).
 * **Tail mode** = arrivals are over, the KV signal is present and every backlog session is long. It
   lifts the three long-session gates and replaces the block budget by floor(tail_fit_fraction *
-  free_blocks), so long sessions are packed while their first turns fit. Slots still apply. Without the
-  KV signal there is nothing to pack against, so tail mode is off and the normal gates hold.
+  free_blocks), so long sessions are packed while their first turns fit; and (ours) by that fraction of
+  all blocks minus the first turns of the long sessions already active, since one on a tool call has
+  freed blocks it will take back (packing on free blocks alone made long sessions preempt each other
+  without end in the sim). Slots still apply. Without the KV signal there is nothing to pack against,
+  so tail mode is off and the normal gates hold.
 * **No deadlock.** The reference admits the oldest long session in tail mode when nothing runs. We apply
   it whenever arrivals are over: if nothing is active and the rules admit nothing, the oldest backlog
   session is admitted anyway, whatever its size. Otherwise a short session whose first turn exceeds even
@@ -157,8 +160,12 @@ def long_wait_threshold(rate: float | None, s: MarsAdmissionSettings) -> float:
     return max(s.long_wait_min_s, min(s.long_wait_max_s, gap))
 
 
+def first_turn_blocks_of(tokens: int, block_size: int) -> int:
+    return -(-tokens // block_size)
+
+
 def first_turn_blocks(session: Session, block_size: int) -> int:
-    return -(-session.first_prompt_tokens // block_size)
+    return first_turn_blocks_of(session.first_prompt_tokens, block_size)
 
 
 class ArrivalRate:
@@ -237,7 +244,7 @@ class MarsAdmission:
         self.arrivals_done = False
         self._window_at: float | None = None  # time of the last window update
         self._arrived_at: dict[str, float] = {}  # backlog session id -> time on_arrival saw it
-        self._active: dict[str, bool] = {}  # active session id -> is long
+        self._active: dict[str, int] = {}  # active session id -> first-turn prompt tokens if long, else 0
         self._rate = ArrivalRate()
         self._reading: Reading | None = None
         self._round: Round | None = None
@@ -259,7 +266,7 @@ class MarsAdmission:
         chosen = self._fill(backlog, signals.engine, reading, now)
         for session in chosen:
             self._arrived_at.pop(session.id, None)
-            self._active[session.id] = self.is_long(session)
+            self._active[session.id] = session.first_prompt_tokens if self.is_long(session) else 0
         return chosen
 
     def state(self) -> dict[str, Any]:
@@ -281,7 +288,7 @@ class MarsAdmission:
 
     @property
     def long_running(self) -> int:
-        return sum(self._active.values())
+        return sum(1 for tokens in self._active.values() if tokens)
 
     @property
     def arrival_rate(self) -> float | None:
@@ -399,5 +406,14 @@ class MarsAdmission:
         if engine is None:
             return None
         if tail:
-            return _floor(self.settings.tail_fit_fraction * engine.free_blocks)
+            return self._tail_budget(engine)
         return reading.budget_blocks
+
+    def _tail_budget(self, engine: EngineSignals) -> int:
+        """Tail packing: what fits in `tail_fit_fraction` of the free blocks, and (ours) in that fraction of
+        all blocks once the first turns of the long sessions already active are set aside. Free blocks
+        alone overstate the room: an active long session on a tool call has freed its KV and will need it
+        back, and packing on free blocks alone makes the long sessions preempt each other without end."""
+        f = self.settings.tail_fit_fraction
+        committed = sum(first_turn_blocks_of(tokens, engine.block_size) for tokens in self._active.values() if tokens)
+        return max(0, min(_floor(f * engine.free_blocks), _floor(f * engine.total_blocks) - committed))

@@ -223,3 +223,40 @@ def test_ctrl_c_marks_the_run_interrupted_and_keeps_what_it_measured(tmp_path: P
     from harness.results import load_run
 
     assert len(load_run(run_dir).calls()) >= 20
+
+
+def test_compare_runs_every_backend_on_the_same_workload(run_cli, tmp_path: Path) -> None:
+    out = run_cli("compare", "--backends", "vllm,mars", "-w", "swe", "--sessions", "10", "--rps", "0.5",
+                  "--seeds", "1,2", "--results-dir", str(tmp_path), "--out", str(tmp_path / "cmp"), "--json")
+    assert out.exit_code == 0, out.stderr
+    data = json.loads(out.stdout)
+    runs = data["runs"]
+    assert sorted((r["backend"], r["seed"]) for r in runs) == [("mars", 1), ("mars", 2), ("vllm", 1), ("vllm", 2)]
+    by_backend = {r["backend"]: r for r in data["comparison"]}
+    assert by_backend["vllm"]["speedup_vs_vllm"] == pytest.approx(1.0)
+    vllm_mean = sum(r["mean_jct_s"] for r in runs if r["backend"] == "vllm") / 2
+    assert by_backend["vllm"]["mean_jct_s"] == pytest.approx(vllm_mean)
+    # identical workloads: the same sessions arrive in every run of a seed
+    import pandas as pd
+
+    ids = {(r["backend"], r["seed"]): set(pd.read_parquet(Path(r["run_dir"]) / "sessions.parquet")["session_id"])
+           for r in runs}
+    assert ids[("vllm", 1)] == ids[("mars", 1)] and ids[("vllm", 2)] == ids[("mars", 2)]
+    assert ids[("vllm", 1)] != ids[("vllm", 2)]
+    md = (tmp_path / "cmp" / "comparison.md").read_text()
+    assert md.startswith("| backend | seeds | mean JCT s") and "| mars | 2 |" in md
+    assert (tmp_path / "cmp" / "comparison.csv").is_file() and (tmp_path / "cmp" / "runs.csv").is_file()
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--backends", "vllm,nope"], "unknown backend 'nope'"),
+        (["--backends", ""], "--backends"),
+        (["--seeds", "1,x"], "--seeds"),
+        (["--backends", "vllm,mars", "--reference", "sglang"], "--reference"),
+    ],
+)
+def test_compare_bad_input(run_cli, tmp_path: Path, args: list[str], needle: str) -> None:
+    result = run_cli("compare", *args, "--results-dir", str(tmp_path))
+    assert result.exit_code == 2 and needle in result.stderr and len(result.stderr.strip().splitlines()) == 1
