@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/mars-bench run --backend vllm --workload swe-smoke
+	$(BIN)/mars-bench run --backend mars --workload swe-smoke
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

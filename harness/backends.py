@@ -10,6 +10,7 @@ from baselines.autellix import AutellixPolicy
 from baselines.continuum import ContinuumDynamicPolicy, ContinuumPolicy
 from baselines.fcfs import FcfsPolicy
 from baselines.infercept import InferCeptPolicy
+from baselines.lpm import SglangPolicy
 from mars_impl.mars import PREVIEW_OVERRIDES, MarsPolicy, MarsSettings, mars_admission
 from harness.admission import AdmissionController, AdmitAll
 from harness.config import RunConfig
@@ -28,6 +29,9 @@ class Backend:
     engines: tuple[str, ...]
     make_policy: Callable[[RunConfig], Policy]
     make_admission: Callable[[RunConfig], AdmissionController]
+    # the sim engine's prefix cache when engine_args.prefix_cache is "auto": "block" (vLLM) or "radix" (SGLang);
+    # the testbed is built from the config (harness.testbed.build_setup), so the backend names it here
+    prefix_cache: str = "block"
 
 
 BACKENDS: dict[str, Backend] = {
@@ -82,6 +86,15 @@ BACKENDS: dict[str, Backend] = {
             ("sim",),
             lambda cfg: MarsPolicy(_preview(cfg.mars)),
             lambda cfg: mars_admission(_preview(cfg.mars), cfg.tool_cores, cfg.rps),
+        ),
+        Backend(
+            "sglang",
+            "SGLang: radix-tree prefix cache (LRU leaves), longest-prefix-match-first waiting queue, admission by "
+            "KV token budget (new_token_ratio), retraction of the least advanced decode, no admission control",
+            ("sim",),
+            lambda cfg: SglangPolicy(cfg.sglang),
+            lambda cfg: AdmitAll(),
+            prefix_cache="radix",
         ),
     )
 }

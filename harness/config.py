@@ -10,6 +10,7 @@ from harness.tools import ToolMode
 from baselines.autellix import AutellixSettings
 from baselines.continuum import ContinuumDynamicSettings, ContinuumSettings
 from baselines.infercept import InferCeptSettings
+from baselines.lpm import LpmSettings
 from mars_impl.mars import MarsSettings
 from workloads.arrivals import ArrivalProcess
 
@@ -30,6 +31,9 @@ class EngineSettings(BaseModel):
     fast_forward: bool = Field(default=True, description="sim: skip over repeated all-decode steps")
     kv_offload_gib: float = Field(default=0.0, ge=0, description="host-memory KV tier for offloading; 0 = none")
     host_link_gbps: float = Field(default=25.0, gt=0, description="effective host<->GPU copy bandwidth, GB/s")
+    prefix_cache: Literal["auto", "block", "radix"] = Field(
+        default="auto", description="sim prefix cache: block (vLLM: hashed blocks, LRU), radix (SGLang: radix "
+                                    "tree, LRU leaves); auto = the backend's (radix for sglang, else block)")
 
 
 class RunConfig(BaseModel):
@@ -64,3 +68,4 @@ class RunConfig(BaseModel):
     continuum_dy: ContinuumDynamicSettings = ContinuumDynamicSettings()
     autellix: AutellixSettings = AutellixSettings()
     infercept: InferCeptSettings = InferCeptSettings()
+    sglang: LpmSettings = LpmSettings()

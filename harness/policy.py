@@ -16,7 +16,7 @@ The engine's step, mirroring vLLM V1 `Scheduler.schedule()`:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
@@ -100,6 +100,10 @@ class EngineView(Protocol):
         """Estimated time to prefill `tokens` tokens from scratch (re-prefill cost of a freed context)."""
     def offload_seconds(self, tokens: int) -> float | None:
         """Time to load `tokens` of KV back from a host-memory tier; None when the engine has none."""
+    def cached_prefix_tokens(self, req: RequestView) -> int:
+        """Tokens of a waiting request's context the prefix cache holds now (what admission would hit)."""
+    def max_new_tokens(self, req: RequestView) -> int:
+        """Output tokens the call may still produce: its request's max_tokens minus what it produced."""
 
 
 @dataclass(frozen=True)
@@ -192,3 +196,13 @@ class Policy:
 
     def on_tool_end(self, session_id: str, tool_name: str, duration_s: float, now: float) -> None:
         """A session's tool call finished after `duration_s` (queue wait included); its next call follows."""
+
+    def admission_gate(self, now: float) -> Callable[[RequestView, int, int, int], bool] | None:
+        """The engine is about to admit waiting requests into the step being planned: return a gate it asks
+        before each one, in `order_waiting` order, or None to admit while the token budget, sequence slots
+        and KV blocks last (vLLM). The gate is called as `gate(req, cached_tokens, new_tokens,
+        locked_tokens)`: the request's prefix-cache hit, the tokens it would compute this step, and the
+        hit tokens nobody references now (admitting it takes them out of the free + evictable pool). The
+        first refusal ends admission for this step, as a blocked queue head does. A gate lives for one
+        step, so it can charge what it admits against a budget (SGLang's PrefillAdder)."""
+        return None

@@ -22,6 +22,7 @@ from harness.agent import AgentLoop
 from harness.engines.sim.core import EngineCore, HostTier, SchedulerLimits
 from harness.engines.sim.engine import SimEngine, SimToolPool, StepTime
 from harness.engines.sim.kv_cache import KVCache
+from harness.engines.sim.radix_cache import RadixCache
 from harness.engines.sim.request import SimRequest
 from harness.policy import Policy
 from harness.tables import CALL_COLUMNS, SESSION_COLUMNS, conform, empty_frame
@@ -57,6 +58,7 @@ class SimSetup:
     fingerprint: str = ""  # identifies the cost model + settings, for caching isolated JCTs
     host_tier_tokens: int = 0  # host-memory KV tier (0 = none)
     host_load_s_per_token: float = 0.0
+    prefix_cache: str = "block"  # "block": vLLM's hashed-block LRU cache; "radix": SGLang's radix tree
 
     def idle(self) -> SimSetup:
         """The same testbed without contention: the reference for isolated JCT."""
@@ -95,7 +97,8 @@ class SimRun:
         self.background_calls = 0
         self.admission = admission
         self.sink: Sink = sink or _NullSink()
-        self.kv = KVCache(setup.num_blocks, setup.block_size, setup.enable_prefix_caching)
+        cache = RadixCache if setup.prefix_cache == "radix" else KVCache
+        self.kv = cache(setup.num_blocks, setup.block_size, setup.enable_prefix_caching)
         self.policy = policy
         host = HostTier(setup.host_tier_tokens, setup.host_load_s_per_token) if setup.host_tier_tokens else None
         self.core = EngineCore(self.kv, setup.limits, policy, setup.prefill_seconds, host)

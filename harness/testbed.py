@@ -7,6 +7,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+from harness.backends import BACKENDS
 from harness.config import RunConfig
 from harness.engines.sim.core import SchedulerLimits
 from harness.engines.sim.cost_model import Profile, StepShape, num_kv_blocks, step_time
@@ -59,13 +60,22 @@ def make_prefill_seconds(profile: Profile, budget: int) -> Callable[[int], float
     return seconds
 
 
+def prefix_cache_kind(config: RunConfig) -> str:
+    """The sim's prefix cache: engine_args.prefix_cache, or for "auto" the backend's (radix for sglang)."""
+    if config.engine_args.prefix_cache != "auto":
+        return config.engine_args.prefix_cache
+    backend = BACKENDS.get(config.backend)
+    return backend.prefix_cache if backend is not None else "block"
+
+
 def build_setup(config: RunConfig) -> SimSetup:
     profile = build_profile(config)
     args = config.engine_args
     limits = SchedulerLimits(args.max_num_batched_tokens, args.max_num_seqs, args.long_prefill_token_threshold)
+    prefix_cache = prefix_cache_kind(config)
     fingerprint = hashlib.sha256(json.dumps(
         [profile.model_dump(mode="json"), limits.__dict__, args.enable_prefix_caching, config.tool_cores, config.tool_mode,
-         args.kv_offload_gib, args.host_link_gbps],
+         args.kv_offload_gib, args.host_link_gbps, *([prefix_cache] if prefix_cache != "block" else [])],
         sort_keys=True,
     ).encode()).hexdigest()[:16]
     return SimSetup(
@@ -84,4 +94,5 @@ def build_setup(config: RunConfig) -> SimSetup:
         fingerprint=fingerprint,
         host_tier_tokens=int(args.kv_offload_gib * 2**30 / profile.kv_bytes_per_token),
         host_load_s_per_token=profile.kv_bytes_per_token / (args.host_link_gbps * 1e9),
+        prefix_cache=prefix_cache,
     )

@@ -241,9 +241,13 @@ class EngineCore:
         return plan
 
     def _schedule_waiting(self, plan: StepPlan, budget: int, now: float) -> None:
+        gate = self.policy.admission_gate(now) if self.waiting else None
         for req in self.policy.order_waiting(list(self.waiting), now):
             if budget <= 0 or len(self.running) >= self.limits.max_num_seqs:
                 break
+            if gate is not None and not self._gate_admits(gate, req, budget, now):
+                break  # as SGLang's PrefillAdder: a request the budget refuses ends the step's admissions
+            self._link_context(req)
             n = self._admit(req, budget, now)
             if not n:
                 break  # as vLLM: the queue head blocks the rest
@@ -378,3 +382,31 @@ class EngineCore:
             if decision.action == "discard":  # the session's own blocks; the shared prefix stays cached
                 self.kv.forget(req.blocks[req.prefix_blocks(self.kv.block_size):])
         req.blocks = []
+
+    # ------------------------------------------------------------- prefix-aware policies (SGLang LPM)
+    def cached_prefix_tokens(self, req: SimRequest) -> int:
+        """EngineView: tokens of a waiting request's context the prefix cache holds now."""
+        return self._prefix_hits(req) * self.kv.block_size
+
+    def max_new_tokens(self, req: SimRequest) -> int:
+        """EngineView: output tokens the call may still produce."""
+        return req.max_tokens - req.num_output_tokens
+
+    def _gate_admits(self, gate: Callable[[SimRequest, int, int, int], bool], req: SimRequest, budget: int,
+                     now: float) -> bool:
+        """Ask the policy's admission gate about `req` with the hit and the chunk `_admit` would give it."""
+        bs = self.kv.block_size
+        hits = self._prefix_hits(req)
+        cached = (hits + self._host_blocks(req, hits)) * bs
+        computed, req.num_computed_tokens = req.num_computed_tokens, cached
+        chunk = self._chunk(req, budget, now)
+        req.num_computed_tokens = computed
+        return gate(req, cached, chunk, self._evictable_hits(req, hits) * bs)
+
+    def _link_context(self, req: SimRequest) -> None:
+        """A radix cache keys its tree by context, so it must know that a session's own blocks follow its
+        shared prefix (the block cache keys each block on its own and has no such method)."""
+        link = getattr(self.kv, "link_chain", None)
+        shared = req.prefix_blocks(self.kv.block_size)
+        if link is not None and shared:
+            link(req.block_key(shared, self.kv.block_size), req.block_key(shared - 1, self.kv.block_size))
