@@ -58,8 +58,9 @@ class LpmSettings(BaseModel):
     lpm_fallback_queue_len: int = Field(
         default=128, ge=0, description="LPM sorts only while at most this many requests wait; FCFS beyond")
     chunked_prefill_size: int = Field(
-        default=8192, ge=1, description="--chunked-prefill-size: most prompt tokens of one request per step "
-                                        "(SGLang's default for 35-160 GB GPUs: H100, H200)")
+        default=8192, ge=1, description="--chunked-prefill-size (SGLang's default for 35-160 GB GPUs: H100, H200): "
+                                        "here the cap on one request's prefill chunk; the engine's step budget "
+                                        "caps the batch")
     schedule_conservativeness: float = Field(
         default=1.0, gt=0, description="--schedule-conservativeness: scales the initial new-token ratio")
     init_new_token_ratio: float = Field(
@@ -81,19 +82,24 @@ class PrefillAdder:
     """One step's KV token budget for admitting waiting requests: the memory side of SGLang's
     PrefillAdder, as an admission gate (`Policy.admission_gate`)."""
 
-    def __init__(self, free_tokens: int, running_reserve: float, page_size: int, clip: int,
+    def __init__(self, free_tokens: int, running_reserve: float, page_size: int, clip: int, capacity_tokens: int,
                  max_new_tokens: Callable[[RequestView], int], slots: int | None) -> None:
         self.rem_total_tokens = free_tokens - running_reserve  # available + evictable - offset
         self.page_size = page_size
         self.clip = clip
+        self.capacity_tokens = capacity_tokens
         self.max_new_tokens = max_new_tokens
         self.slots = slots  # requests it may still admit (max_running_requests), None = no cap
 
     def __call__(self, req: RequestView, cached_tokens: int, new_tokens: int, locked_tokens: int) -> bool:
         if self.slots is not None and self.slots <= 0:
             return False
-        extend = req.num_prompt_tokens + req.num_output_tokens - cached_tokens
-        max_new = min(max(self.max_new_tokens(req), 0), self.clip)
+        context = req.num_prompt_tokens + req.num_output_tokens
+        extend = context - cached_tokens
+        # SGLang clips max_new_tokens to max_req_len - input - 1 (max_req_len = KV tokens - 1), so a request
+        # that fits the cache at all passes this check on an idle engine; the page term keeps that true here
+        room = self.capacity_tokens - self.page_size - context - 1
+        max_new = max(min(self.max_new_tokens(req), self.clip, room), 0)
         available = self.rem_total_tokens - locked_tokens  # its hit is locked while it is considered
         if extend + max_new + self.page_size >= available:
             return False  # NO_TOKEN
@@ -121,7 +127,8 @@ class SglangPolicy(Policy):
         s = self.settings = settings or LpmSettings()
         self.init_new_token_ratio = min(s.init_new_token_ratio * s.schedule_conservativeness, 1.0)
         self.min_new_token_ratio = min(self.init_new_token_ratio * s.min_new_token_ratio_factor, 1.0)
-        self.new_token_ratio_decay = (self.init_new_token_ratio - self.min_new_token_ratio) / s.new_token_ratio_decay_steps
+        span = self.init_new_token_ratio - self.min_new_token_ratio
+        self.new_token_ratio_decay = span / s.new_token_ratio_decay_steps
         self.new_token_ratio = self.init_new_token_ratio
         self._place: dict[str, int] = {}  # request id -> its place in SGLang's waiting queue
         self._next_place = 0
@@ -164,7 +171,7 @@ class SglangPolicy(Policy):
         reserve = self.new_token_ratio * sum(min(max(engine.max_new_tokens(r), 0), clip) for r in engine.running)
         slots = None if s.max_running_requests is None else s.max_running_requests - len(engine.running)
         return PrefillAdder(engine.num_free_blocks * engine.block_size, reserve, engine.block_size, clip,
-                            engine.max_new_tokens, slots)
+                            engine.num_total_blocks * engine.block_size, engine.max_new_tokens, slots)
 
     def prefill_cap(self, req: RequestView, now: float) -> int | None:
         return self.settings.chunked_prefill_size

@@ -149,6 +149,8 @@ class RadixCache:
                 self._touch(node)  # type: ignore[arg-type]
                 last = node
             blocks.append(block)
+        if last is not None:
+            self._queue_if_evictable(last)  # a hit that ends inside a leaf leaves its tail evictable
         return blocks
 
     def match_prefix(self, keys: Iterable[BlockKey]) -> list[int]:
@@ -191,7 +193,9 @@ class RadixCache:
                 self.num_evictable -= 1
             ref[existing] += 1
             self.duplicate_of[block] = existing
-            self._touch(self.node_of[existing])  # type: ignore[arg-type]
+            node = self.node_of[existing]
+            self._touch(node)  # type: ignore[arg-type]
+            self._queue_if_evictable(node)  # type: ignore[arg-type]
             return
         chain: Chain = (content[0], content[1])
         index = content[2]
