@@ -271,12 +271,14 @@ class EngineCore:
             req.num_computed_tokens = (hits + loaded) * bs
             n = self._chunk(req, budget, now)
             need = kv.blocks_for(req.num_computed_tokens + n) - hits
-            if need + self._evictable_hits(req, hits) <= kv.num_free_blocks:
+            free = kv.num_free_blocks
+            # evictable hits lie between 0 and `hits`: count them only when the answer depends on it
+            if need + hits <= free or (need <= free and need + self._evictable_hits(req, hits) <= free):
                 break
             req.num_computed_tokens = 0
             if not self._release_a_pin(now):
                 return 0
-        req.blocks = kv.take(req.block_key(i, bs) for i in range(hits))
+        req.blocks = kv.take(req.block_keys(hits, bs))
         if loaded:
             self._load_from_host(req, hits, loaded)
         req.num_cached_blocks = hits + loaded
@@ -344,8 +346,11 @@ class EngineCore:
             if req.last_scheduled_s is None:
                 req.first_scheduled_s = plan.start_s
             req.last_scheduled_s = plan.start_s
-            for index in range(req.num_cached_blocks, after // bs):
-                self.kv.cache_block(req.blocks[index], req.block_key(index, bs))
+            full = after // bs
+            if full > req.num_cached_blocks:
+                keys = req.block_keys(full, bs)
+                for index in range(req.num_cached_blocks, full):
+                    self.kv.cache_block(req.blocks[index], keys[index])
             req.num_cached_blocks = max(req.num_cached_blocks, after // bs)
             if after == req.num_tokens:
                 self._sample(req, end)

@@ -74,6 +74,26 @@ class KVCache:
             memo[start] = length
         return length
 
+    def _uncached(self, key: BlockKey) -> None:
+        """Keep the run memo exact when block `index` of a chain leaves the cache: runs through it end there."""
+        memo = self._runs.get(key[:2])
+        if memo:
+            index = key[2]
+            for start, length in memo.items():
+                if start <= index < start + length:
+                    memo[start] = index - start
+
+    def _newly_cached(self, key: BlockKey) -> None:
+        """A block joined the cache: a run ending right before it grows (through any cached blocks after)."""
+        memo = self._runs.get(key[:2])
+        if memo:
+            namespace, owner, index = key
+            for start, length in memo.items():
+                if start + length == index:
+                    while (namespace, owner, start + length) in self.cached:
+                        length += 1
+                    memo[start] = length
+
     def is_evictable(self, key: BlockKey) -> bool:
         """The block holding `key` is cached and unreferenced (taking it removes it from the free queue)."""
         return self.ref_cnt[self.cached[key]] == 0
@@ -108,7 +128,7 @@ class KVCache:
             old = self.block_hash[block]
             if old is not None:
                 del self.cached[old]
-                self._runs.pop(old[:2], None)
+                self._uncached(old)
                 self.block_hash[block] = None
                 self.evictions += 1
             self.ref_cnt[block] = 1
@@ -121,7 +141,7 @@ class KVCache:
             return
         self.block_hash[block] = content
         self.cached[content] = block
-        self._runs.pop(content[:2], None)
+        self._newly_cached(content)
 
     def free(self, blocks: list[int]) -> None:
         """Drop one reference from each block; unreferenced ones join the free queue, tail block first."""
@@ -136,7 +156,7 @@ class KVCache:
             key = self.block_hash[block]
             if self.ref_cnt[block] == 0 and key is not None:
                 del self.cached[key]
-                self._runs.pop(key[:2], None)
+                self._uncached(key)
                 self.block_hash[block] = None
                 self.free_queue.move_to_end(block, last=False)
 

@@ -42,6 +42,7 @@ class SimRequest:
     recomputed_tokens: int = 0
     num_preemptions: int = 0
     lost_until: int = 0  # tokens computed before the last preemption (recomputing them counts)
+    _keys: list[BlockKey] = field(default_factory=list, repr=False)  # block_key(i) for i < len, memoised
 
     # ------------------------------------------------------------------- RequestView for policies
     @property
@@ -80,6 +81,13 @@ class SimRequest:
         if index < self.prefix_blocks(block_size):
             return ("p", self.prefix_id, index)
         return ("s", self.session_id, index)
+
+    def block_keys(self, n: int, block_size: int) -> list[BlockKey]:
+        """Content keys of the first `n` blocks (a prefix of a memoised list: do not modify it)."""
+        keys = self._keys
+        for index in range(len(keys), n):
+            keys.append(self.block_key(index, block_size))
+        return keys[:n] if len(keys) > n else keys
 
     def row(self) -> dict:
         """This call as a row of the calls table (harness.tables.CALL_COLUMNS)."""
