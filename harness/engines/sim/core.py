@@ -410,8 +410,7 @@ class EngineCore:
 
     def _link_context(self, req: SimRequest) -> None:
         """A radix cache keys its tree by context, so it must know that a session's own blocks follow its
-        shared prefix (the block cache keys each block on its own and has no such method)."""
-        link = getattr(self.kv, "link_chain", None)
+        shared prefix (the block cache keys each block on its own and ignores this)."""
         shared = req.prefix_blocks(self.kv.block_size)
-        if link is not None and shared:
-            link(req.block_key(shared, self.kv.block_size), req.block_key(shared - 1, self.kv.block_size))
+        if shared:
+            self.kv.link_chain(req.block_key(shared, self.kv.block_size), req.block_key(shared - 1, self.kv.block_size))

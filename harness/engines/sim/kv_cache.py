@@ -94,6 +94,9 @@ class KVCache:
                         length += 1
                     memo[start] = length
 
+    def link_chain(self, first: BlockKey, after: BlockKey) -> None:
+        """Chains follow one another in a context (see RadixCache); block hashing needs no such link."""
+
     def is_evictable(self, key: BlockKey) -> bool:
         """The block holding `key` is cached and unreferenced (taking it removes it from the free queue)."""
         return self.ref_cnt[self.cached[key]] == 0
