@@ -1,4 +1,5 @@
-"""Resolve `--workload PRESET|FILE` plus the shared workload flags into a list of sessions."""
+"""Resolve `--workload PRESET|FILE` (synthetic presets, the SWE-bench data presets, JSONL workload files) plus
+the shared workload flags into a list of sessions."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ from pathlib import Path
 import numpy as np
 
 from harness.errors import BadInput
+from harness.overrides import parse_assignment
 from workloads.arrivals import ArrivalProcess, arrival_times
 from workloads.model import Session, load_sessions
+from workloads.swebench import DATA_PRESETS, DEFAULT_RPS, preset_sessions
 from workloads.synthetic import PRESETS, WorkloadSpec, customize, generate, get_preset
 
 
@@ -27,7 +30,8 @@ class WorkloadRequest:
 
 
 def is_file_source(source: str) -> bool:
-    return source not in PRESETS and (Path(source).exists() or source.endswith((".jsonl", ".json")))
+    return source not in PRESETS and source not in DATA_PRESETS and (
+        Path(source).exists() or source.endswith((".jsonl", ".json")))
 
 
 def _retime(sessions: list[Session], req: WorkloadRequest) -> list[Session]:
@@ -52,8 +56,25 @@ def preset_spec(req: WorkloadRequest) -> WorkloadSpec:
     return customize(get_preset(req.source), [*assignments, *req.sets])
 
 
+def _data_preset(req: WorkloadRequest) -> list[Session]:
+    """`swebench-lite` / `swebench-verified`: SWE-bench data found on this machine; `--set dataset=FILE`
+    (and tokenizer, split, instances, hints, prefix_tokens) say where and how, see `workloads.swebench`."""
+    settings = {}
+    for text in req.sets:
+        path, value = parse_assignment(text)
+        settings[".".join(path)] = value
+    sessions = preset_sessions(req.source, settings, seed=req.seed or 0)
+    if req.sessions is not None:
+        sessions = sessions[: req.sessions]
+    rng = np.random.default_rng([req.seed or 0, 1 << 31])
+    times = arrival_times(req.arrival or "fixed", len(sessions), req.rps or DEFAULT_RPS, rng, cv=req.cv or 1.0)
+    return [s.with_arrival(round(float(t), 6)) for s, t in zip(sessions, times)]
+
+
 def resolve(req: WorkloadRequest) -> tuple[str, list[Session]]:
     """(workload name, sessions in arrival order)."""
+    if req.source in DATA_PRESETS:
+        return req.source, _data_preset(req)
     if is_file_source(req.source):
         if req.sets:
             raise BadInput("--set applies to presets; edit the workload file instead")

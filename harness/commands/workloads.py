@@ -1,4 +1,5 @@
-"""`mars-bench workloads ...`: list presets, generate workload files, show their distributions."""
+"""`mars-bench workloads ...`: list presets, generate workload files, show their distributions, and import
+real agent workloads (SWE-bench instances, recorded agent trajectories)."""
 
 from __future__ import annotations
 
@@ -9,15 +10,17 @@ from rich.progress import track
 
 from harness.commands.options import json_option, workload_options, workload_request
 from harness.console import console, print_json, table
+from workloads import swebench, traces
 from workloads.model import save_sessions
 from workloads.source import is_file_source, preset_spec, resolve
 from workloads.stats import describe
 from workloads.synthetic import PRESETS, generate
+from workloads.tokens import load_tokenizer
 
 
 @click.group()
 def workloads() -> None:
-    """Agent workloads: synthetic presets and JSONL workload files."""
+    """Agent workloads: synthetic presets, JSONL workload files, imports of real agent workloads."""
 
 
 @workloads.command("list")
@@ -29,11 +32,14 @@ def list_presets(as_json: bool) -> None:
     Example:
       mars-bench workloads list
     """
+    data = {n: {"description": p.description, "sessions": p.instances, "rps": swebench.DEFAULT_RPS, "arrival": "fixed"}
+            for n, p in swebench.DATA_PRESETS.items()}
     if as_json:
-        print_json({name: spec.model_dump(mode="json", include={"description", "sessions", "rps", "arrival"})
-                    for name, spec in PRESETS.items()})
+        print_json({**{name: spec.model_dump(mode="json", include={"description", "sessions", "rps", "arrival"})
+                       for name, spec in PRESETS.items()}, **data})
         return
     rows = [(n, s.description, s.sessions, s.rps, s.arrival, ", ".join(s.mix)) for n, s in PRESETS.items()]
+    rows += [(n, d["description"], d["sessions"], d["rps"], d["arrival"], "swebench") for n, d in data.items()]
     console.print(table("workload presets", ["preset", "description", "sessions", "rps", "arrival", "kinds"], rows,
                         numeric_from=2))
 
@@ -54,6 +60,11 @@ def generate_cmd(workload: str, sessions: int | None, rps: float | None, arrival
     if is_file_source(workload):
         raise click.BadParameter(f"{workload!r} is a file; generate takes a preset ({', '.join(PRESETS)})",
                                  param_hint="PRESET")
+    if workload in swebench.DATA_PRESETS:
+        name, found = resolve(workload_request(workload, sessions, rps, arrival, cv, seed, sets))
+        save_sessions(found, output)
+        console.print(f"wrote {len(found)} sessions ({name}, seed {seed or 0}) to {output}")
+        return
     spec = preset_spec(workload_request(workload, sessions, rps, arrival, cv, seed, sets))
     sessions_out = list(track(generate(spec), total=spec.sessions, description="generating", console=console,
                               transient=True, disable=spec.sessions < 2000))
@@ -93,3 +104,79 @@ def show(workload: str, sessions: int | None, rps: float | None, arrival: str | 
     console.print(table(None, ["distribution", "mean", "p50", "p95", "max"], rows))
     tools = sorted(info["tools"].items(), key=lambda kv: -kv[1])
     console.print(table(None, ["tool", "calls"], tools))
+
+
+# ------------------------------------------------------------------------------------------ import
+@workloads.group("import")
+def import_group() -> None:
+    """Import real agent workloads: SWE-bench instances and recorded agent trajectories."""
+
+
+tokenizer_option = click.option(
+    "--tokenizer", type=click.Path(path_type=Path), metavar="PATH",
+    help="tokenizer.json or a HuggingFace model directory of the served model (exact token counts); "
+         "default: an estimate of 4 characters per token.")
+import_seed_option = click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
+import_rps_option = click.option("--rps", type=click.FloatRange(min=0, min_open=True), default=swebench.DEFAULT_RPS,
+                                 show_default=True, help="Arrival rate of the sessions (fixed spacing, file order).")
+output_option = click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
+                             help="JSONL workload file to write.")
+
+
+@import_group.command("swebench")
+@click.option("--dataset", required=True, metavar="NAME_OR_PATH",
+              help="A .parquet/.jsonl/.json file or directory of SWE-bench instances, or a hub id "
+                   "(lite, verified, SWE-bench/SWE-bench_Verified, ...) when cached or downloadable.")
+@click.option("--split", default="test", show_default=True, help="Dataset split.")
+@click.option("--instances", metavar="IDS|FILE", help="Only these instances: comma-separated ids, or a file of ids.")
+@tokenizer_option
+@import_seed_option
+@import_rps_option
+@click.option("--hints/--no-hints", default=True, show_default=True, help="Append hints_text to the task.")
+@click.option("--prefix-tokens", type=click.IntRange(min=0), default=swebench.AGENT_PREFIX_TOKENS, show_default=True,
+              help="Shared prefix: the agent's system prompt and tool specs, in tokens.")
+@output_option
+def import_swebench(dataset: str, split: str, instances: str | None, tokenizer: Path | None, seed: int, rps: float,
+                    hints: bool, prefix_tokens: int, output: Path) -> None:
+    """Turn SWE-bench instances into a workload file: the real problem statements, tokenized, in an
+    agent-shaped turn structure drawn from the `swe` preset and conditioned on each instance (repository,
+    patch size, tests to run). Deterministic for a seed; see workloads/swebench.py for every assumption.
+
+    \b
+    Examples:
+      mars-bench workloads import swebench --dataset lite.parquet -o lite.jsonl
+      mars-bench workloads import swebench --dataset verified --tokenizer ~/models/Qwen3-Coder-30B-A3B -o v.jsonl
+      mars-bench workloads import swebench --dataset lite.jsonl --instances django__django-11099 -o one.jsonl
+    """
+    counter = load_tokenizer(tokenizer)
+    found = swebench.load_instances(dataset, split, swebench.parse_instance_ids(instances))
+    sessions = swebench.import_swebench(found, counter, seed=seed, rps=rps, hints=hints, prefix_tokens=prefix_tokens)
+    save_sessions(sessions, output)
+    console.print(f"wrote {len(sessions)} sessions ({len(found)} SWE-bench instances from {dataset}, seed {seed}; "
+                  f"tokens: {counter.name}) to {output}")
+
+
+@import_group.command("trajectories")
+@click.argument("path", metavar="PATH")
+@click.option("--format", "fmt", type=click.Choice(list(traces.FORMATS)), required=True,
+              help="The agent that wrote the trajectories.")
+@tokenizer_option
+@import_seed_option
+@import_rps_option
+@output_option
+def import_trajectories(path: str, fmt: str, tokenizer: Path | None, seed: int, rps: float, output: Path) -> None:
+    """Replay recorded agent runs: per LLM call the new prompt tokens (messages since the previous call),
+    the output tokens, and the tool that ran with its recorded duration (else the `swe` preset's model of
+    that tool). PATH is a trajectory file or a directory searched recursively; see workloads/traces.py.
+
+    \b
+    Examples:
+      mars-bench workloads import trajectories trajs/ --format swe-agent -o swe-agent.jsonl
+      mars-bench workloads import trajectories sessions/abc123/events --format openhands -o oh.jsonl
+      mars-bench workloads import trajectories run/ --format mini-swe-agent --tokenizer tokenizer.json -o mini.jsonl
+    """
+    counter = load_tokenizer(tokenizer)
+    sessions = traces.import_trajectories(path, fmt, counter, seed=seed, rps=rps)
+    save_sessions(sessions, output)
+    console.print(f"wrote {len(sessions)} sessions ({fmt} trajectories from {path}, seed {seed}; "
+                  f"tokens: {counter.name}) to {output}")
