@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -10,8 +11,8 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-console = Console()
-err_console = Console(stderr=True)
+# Piped or captured output has no terminal width; give tables room rather than rich's default 80.
+console = Console(width=None if sys.stdout.isatty() else 160)
 
 
 def fail(message: str) -> None:
