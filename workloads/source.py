@@ -3,7 +3,7 @@ the shared workload flags into a list of sessions."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -66,9 +66,7 @@ def _data_preset(req: WorkloadRequest) -> list[Session]:
     sessions = preset_sessions(req.source, settings, seed=req.seed or 0)
     if req.sessions is not None:
         sessions = sessions[: req.sessions]
-    rng = np.random.default_rng([req.seed or 0, 1 << 31])
-    times = arrival_times(req.arrival or "fixed", len(sessions), req.rps or DEFAULT_RPS, rng, cv=req.cv or 1.0)
-    return [s.with_arrival(round(float(t), 6)) for s, t in zip(sessions, times)]
+    return _retime(sessions, replace(req, rps=req.rps or DEFAULT_RPS))
 
 
 def resolve(req: WorkloadRequest) -> tuple[str, list[Session]]:
