@@ -154,16 +154,21 @@ def iter_sessions(path: str | Path) -> Iterator[Session]:
                 yield parse_session_line(line, f"{path}:{lineno}")
 
 
+def require_unique(ids: Iterable[str], what: str, where: object) -> None:
+    """BadInput `where: duplicate WHAT 'x'` at the first id seen twice."""
+    seen: set[str] = set()
+    for item in ids:
+        if item in seen:
+            raise BadInput(f"{where}: duplicate {what} {item!r}")
+        seen.add(item)
+
+
 def load_sessions(path: str | Path) -> list[Session]:
     """All sessions of a workload file, sorted by arrival; ids must be unique."""
     sessions = list(iter_sessions(path))
     if not sessions:
         raise BadInput(f"{path}: workload file has no sessions")
-    seen: set[str] = set()
-    for s in sessions:
-        if s.id in seen:
-            raise BadInput(f"{path}: duplicate session id {s.id!r}")
-        seen.add(s.id)
+    require_unique((s.id for s in sessions), "session id", path)
     return sorted(sessions, key=lambda s: (s.arrival_s, s.id))
 
 

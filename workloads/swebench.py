@@ -66,7 +66,7 @@ from typing import Any
 import numpy as np
 
 from harness.errors import BadInput
-from workloads.model import Session, ToolCall, Turn
+from workloads.model import Session, ToolCall, Turn, require_unique
 from workloads.synthetic import LogNormal, SessionSpec, ToolKind, _pick, get_preset
 from workloads.tokens import TokenCounter
 
@@ -364,11 +364,7 @@ def load_instances(dataset: str, split: str = "test", instance_ids: Sequence[str
     instances = [instance_from_row(row, where) for where, row in rows]
     if not instances:
         raise BadInput(f"{dataset}: the dataset has no instances")
-    seen: set[str] = set()
-    for inst in instances:
-        if inst.instance_id in seen:
-            raise BadInput(f"{dataset}: duplicate instance_id {inst.instance_id!r}")
-        seen.add(inst.instance_id)
+    require_unique((inst.instance_id for inst in instances), "instance_id", dataset)
     if instance_ids:
         wanted = set(instance_ids)
         missing = [i for i in dict.fromkeys(instance_ids) if i not in seen]

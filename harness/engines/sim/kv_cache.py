@@ -26,8 +26,9 @@ BlockKey = tuple[str, Hashable, int]
 """(namespace, owner, index): block `index` of a chain of blocks, e.g. one session's context."""
 
 
-class KVCache:
-    """Block allocator with an LRU prefix cache. Blocks are integers 0..num_blocks-1."""
+class BlockCache:
+    """What every prefix-cache model shares: blocks 0..num_blocks-1 with reference counts, the index of
+    cached content, and the derived figures. Subclasses decide what is free and what is evicted."""
 
     def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool = True) -> None:
         if num_blocks < 1 or block_size < 1:
@@ -36,21 +37,18 @@ class KVCache:
         self.block_size = block_size
         self.enable_prefix_caching = enable_prefix_caching
         self.ref_cnt = [0] * num_blocks
-        self.block_hash: list[BlockKey | None] = [None] * num_blocks
+        self.block_hash: list[BlockKey | None] = [None] * num_blocks  # content key of a cached block
         self.cached: dict[BlockKey, int] = {}  # content key -> block
-        self._runs: dict[Hashable, dict[int, int]] = {}  # (namespace, owner) -> {start: cached run length}
-        self.free_queue: OrderedDict[int, None] = OrderedDict((b, None) for b in range(num_blocks))
-        self.evictions = 0  # cached blocks reused for other content
+        self.evictions = 0  # cached blocks given to other content
 
-    # ------------------------------------------------------------------------------------- state
     @property
     def num_free_blocks(self) -> int:
         """Blocks an allocation can take now (free and cached-but-unreferenced)."""
-        return len(self.free_queue)
+        raise NotImplementedError
 
     @property
     def num_used_blocks(self) -> int:
-        return self.num_blocks - len(self.free_queue)
+        return self.num_blocks - self.num_free_blocks
 
     @property
     def usage(self) -> float:
@@ -59,6 +57,39 @@ class KVCache:
 
     def blocks_for(self, tokens: int) -> int:
         return -(-tokens // self.block_size)
+
+    def take(self, keys: Iterable[BlockKey]) -> list[int]:
+        raise NotImplementedError
+
+    def link_chain(self, first: BlockKey, after: BlockKey) -> None:
+        """Chain `first` continues a context after block `after` (a session's own blocks follow its shared
+        prefix). Caches keyed block by block need no link; a radix tree does."""
+
+    def match_prefix(self, keys: Iterable[BlockKey]) -> list[int]:
+        """Take the cached blocks of the longest run of leading keys."""
+        if not self.enable_prefix_caching:
+            return []
+        hit: list[BlockKey] = []
+        for key in keys:
+            if key not in self.cached:
+                break
+            hit.append(key)
+        return self.take(hit)
+
+
+class KVCache(BlockCache):
+    """Block allocator with an LRU prefix cache (vLLM V1's BlockPool)."""
+
+    def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool = True) -> None:
+        super().__init__(num_blocks, block_size, enable_prefix_caching)
+        self._runs: dict[Hashable, dict[int, int]] = {}  # (namespace, owner) -> {start: cached run length}
+        self.free_queue: OrderedDict[int, None] = OrderedDict((b, None) for b in range(num_blocks))
+
+    # ------------------------------------------------------------------------------------- state
+    @property
+    def num_free_blocks(self) -> int:
+        """Blocks an allocation can take now (free and cached-but-unreferenced)."""
+        return len(self.free_queue)
 
     # --------------------------------------------------------------------------------- operations
     def run_length(self, namespace: Hashable, owner: Hashable, start: int) -> int:
@@ -94,9 +125,6 @@ class KVCache:
                         length += 1
                     memo[start] = length
 
-    def link_chain(self, first: BlockKey, after: BlockKey) -> None:
-        """Chains follow one another in a context (see RadixCache); block hashing needs no such link."""
-
     def is_evictable(self, key: BlockKey) -> bool:
         """The block holding `key` is cached and unreferenced (taking it removes it from the free queue)."""
         return self.ref_cnt[self.cached[key]] == 0
@@ -109,17 +137,6 @@ class KVCache:
                 del self.free_queue[block]
             self.ref_cnt[block] += 1
         return blocks
-
-    def match_prefix(self, keys: Iterable[BlockKey]) -> list[int]:
-        """Take the cached blocks of the longest run of leading keys."""
-        if not self.enable_prefix_caching:
-            return []
-        hit: list[BlockKey] = []
-        for key in keys:
-            if key not in self.cached:
-                break
-            hit.append(key)
-        return self.take(hit)
 
     def allocate(self, n: int) -> list[int] | None:
         """`n` fresh blocks from the LRU end of the free queue, or None (and no change) if too few."""

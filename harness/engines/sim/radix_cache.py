@@ -41,7 +41,7 @@ from __future__ import annotations
 import heapq
 from collections.abc import Hashable, Iterable
 
-from harness.engines.sim.kv_cache import BlockKey
+from harness.engines.sim.kv_cache import BlockCache, BlockKey
 
 Chain = tuple[str, Hashable]
 """(namespace, owner): the blocks of one context segment, e.g. one session's own context."""
@@ -71,29 +71,21 @@ class Node:
         return (self.chain[0], self.chain[1], self.start)
 
 
-class RadixCache:
+class RadixCache(BlockCache):
     """Block allocator with a radix-tree prefix cache and LRU eviction of unlocked leaves.
 
     Blocks are integers 0..num_blocks-1. Same interface as `KVCache`; `link_chain` is extra.
     """
 
     def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool = True) -> None:
-        if num_blocks < 1 or block_size < 1:
-            raise ValueError(f"KV cache needs num_blocks >= 1 and block_size >= 1, got {num_blocks}, {block_size}")
-        self.num_blocks = num_blocks
-        self.block_size = block_size
-        self.enable_prefix_caching = enable_prefix_caching
-        self.ref_cnt = [0] * num_blocks
-        self.block_hash: list[BlockKey | None] = [None] * num_blocks  # content key of a block in the tree
+        super().__init__(num_blocks, block_size, enable_prefix_caching)
         self.node_of: list[Node | None] = [None] * num_blocks
-        self.cached: dict[BlockKey, int] = {}  # content key -> block, for every block in the tree
         self.free_blocks: list[int] = list(range(num_blocks - 1, -1, -1))  # uncached and unreferenced; pop() next
         self.duplicate_of: dict[int, int] = {}  # a request's copy of cached content -> the tree's block
         self.root = Node(("", None), 0, None)
         self.tails: dict[Chain, Node] = {}  # chain -> its deepest node
         self.links: dict[Chain, tuple[int, BlockKey]] = {}  # chain -> (first index, key of the block before it)
         self.num_evictable = 0  # cached blocks nobody references
-        self.evictions = 0  # cached blocks freed to make room
         self._heap: list[tuple[int, int, Node]] = []  # (last_access, push number, leaf)
         self._clock = 0
         self._pushes = 0
@@ -103,18 +95,6 @@ class RadixCache:
     def num_free_blocks(self) -> int:
         """Blocks an allocation can take now: free plus evictable (SGLang's available + evictable size)."""
         return len(self.free_blocks) + self.num_evictable
-
-    @property
-    def num_used_blocks(self) -> int:
-        return self.num_blocks - self.num_free_blocks
-
-    @property
-    def usage(self) -> float:
-        """Fraction of blocks referenced by requests (vLLM's kv_cache_usage)."""
-        return self.num_used_blocks / self.num_blocks
-
-    def blocks_for(self, tokens: int) -> int:
-        return -(-tokens // self.block_size)
 
     # --------------------------------------------------------------------------------- operations
     def link_chain(self, first: BlockKey, after: BlockKey) -> None:
@@ -152,17 +132,6 @@ class RadixCache:
         if last is not None:
             self._queue_if_evictable(last)  # a hit that ends inside a leaf leaves its tail evictable
         return blocks
-
-    def match_prefix(self, keys: Iterable[BlockKey]) -> list[int]:
-        """Take the cached blocks of the longest run of leading keys."""
-        if not self.enable_prefix_caching:
-            return []
-        hit: list[BlockKey] = []
-        for key in keys:
-            if key not in self.cached:
-                break
-            hit.append(key)
-        return self.take(hit)
 
     def allocate(self, n: int) -> list[int] | None:
         """`n` fresh blocks, evicting least recently used leaves if the free ones are too few; None (and
