@@ -367,7 +367,8 @@ def load_instances(dataset: str, split: str = "test", instance_ids: Sequence[str
     require_unique((inst.instance_id for inst in instances), "instance_id", dataset)
     if instance_ids:
         wanted = set(instance_ids)
-        missing = [i for i in dict.fromkeys(instance_ids) if i not in seen]
+        known = {inst.instance_id for inst in instances}
+        missing = [i for i in dict.fromkeys(instance_ids) if i not in known]
         if missing:
             more = f" (+{len(missing) - 5} more)" if len(missing) > 5 else ""
             raise BadInput(f"--instances: not in {dataset}: {', '.join(missing[:5])}{more}")
