@@ -8,6 +8,7 @@ import click
 
 from harness import __version__
 from harness.commands.compare import compare
+from harness.commands.model import model
 from harness.commands.results import results
 from harness.commands.run import backends, run
 from harness.commands.workloads import workloads
@@ -39,7 +40,7 @@ def version() -> None:
     click.echo(f"mars-bench {__version__}")
 
 
-for command in (run, compare, backends, workloads, results):
+for command in (run, compare, backends, workloads, results, model):
     cli.add_command(command)
 
 
