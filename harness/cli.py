@@ -44,8 +44,26 @@ for command in (run, compare, backends, workloads, results, model):
     cli.add_command(command)
 
 
+def expand_goodput(argv: list[str]) -> list[str]:
+    """vLLM's `--goodput ttft:500 tpot:50` takes several values after one flag; click options take one, so
+    each further KEY:VALUE after the flag's first value becomes its own `--goodput`."""
+    out: list[str] = []
+    state = "normal"  # "value": the flag's first value comes next; "more": further KEY:VALUEs may follow
+    for arg in argv:
+        if state == "more" and ":" in arg and not arg.startswith("-"):
+            out += ["--goodput", arg]
+            continue
+        out.append(arg)
+        if arg == "--goodput":
+            state = "value"
+        else:
+            state = "more" if state == "value" else "normal"
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: click's errors and BadInput become one line and exit 2, never a traceback."""
+    argv = expand_goodput(list(sys.argv[1:] if argv is None else argv))
     try:
         cli.main(args=argv, prog_name="mars-bench", standalone_mode=False)
     except click.exceptions.Exit as e:

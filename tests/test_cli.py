@@ -260,3 +260,11 @@ def test_compare_runs_every_backend_on_the_same_workload(run_cli, tmp_path: Path
 def test_compare_bad_input(run_cli, tmp_path: Path, args: list[str], needle: str) -> None:
     result = run_cli("compare", *args, "--results-dir", str(tmp_path))
     assert result.exit_code == 2 and needle in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_goodput_takes_several_slos_after_one_flag_as_in_vllm(run_cli, tmp_path: Path) -> None:
+    out = run_cli("run", "-w", "swe-smoke", "--goodput", "ttft:2000", "tpot:100", "--results-dir", str(tmp_path), "--json")
+    assert out.exit_code == 0, out.stderr
+    data = json.loads(out.stdout)
+    assert data["goodput_slo"] == {"ttft": 2000.0, "tpot": 100.0}
+    assert data["request_goodput"] is not None and data["request_goodput"] <= data["request_throughput"]
