@@ -88,7 +88,7 @@ def run(backend: str, engine: str, workload: str, sessions: int | None, rps: flo
       mars-bench run --backend vllm --workload swe-smoke
       mars-bench run --backend vllm --workload paper --rps 0.2 --seed 1
       mars-bench run -b vllm -w swe --sessions 50 --gpu h200 --tool-cores 16 --tool-mode timeshare
-      mars-bench run -b vllm -w swe-smoke --set engine_args.num_gpu_blocks=400 --json
+      mars-bench run -b vllm -w swe-smoke --set engine_args.num_gpu_blocks=1000 --json
     """
     if kv_offload_gib:
         sets = (f"engine_args.kv_offload_gib={kv_offload_gib}", *sets)
