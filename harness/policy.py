@@ -114,10 +114,6 @@ class Retention:
     seconds: float = 0.0  # how long to keep (pin) or hold offloaded
 
     @staticmethod
-    def free() -> Retention:
-        return FREE
-
-    @staticmethod
     def keep(seconds: float) -> Retention:
         return Retention("keep", seconds) if seconds > 0 else FREE
 

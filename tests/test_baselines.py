@@ -81,7 +81,7 @@ def step(start_s: float, *scheduled: tuple[Req, int]) -> ScheduledStep:
 
 
 def pin(session: str, deadline: float) -> Pin:
-    return Pin(session, blocks=[1], computed_tokens=16, cached_blocks=1, since_s=0.0, deadline_s=deadline)
+    return Pin(session, blocks=[1], computed_tokens=16, since_s=0.0, deadline_s=deadline)
 
 
 # ----------------------------------------------------------------------------------------- settings

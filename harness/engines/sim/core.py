@@ -33,10 +33,6 @@ class StepPlan:
     preempted: list[SimRequest] = field(default_factory=list)
     transfer_s: float = 0.0  # KV loaded back from the host tier before the step can run
 
-    @property
-    def num_tokens(self) -> int:
-        return sum(n for _, n in self.scheduled)
-
 
 class HostTier:
     """Host-memory KV tier: offloaded session contexts, least recently offloaded evicted first.
@@ -80,7 +76,6 @@ class Pin:
     session_id: str
     blocks: list[int]
     computed_tokens: int
-    cached_blocks: int
     since_s: float
     deadline_s: float
 
@@ -377,8 +372,7 @@ class EngineCore:
         self.policy.on_finished(req, t)
         decision: Retention = FREE if req.is_last_turn else self.policy.on_turn_end(req, t)
         if decision.action == "keep" and decision.seconds > 0:
-            self.pins[req.session_id] = Pin(req.session_id, req.blocks, req.num_computed_tokens, req.num_cached_blocks,
-                                            t, t + decision.seconds)
+            self.pins[req.session_id] = Pin(req.session_id, req.blocks, req.num_computed_tokens, t, t + decision.seconds)
             self.pins_made += 1
         else:
             self.kv.free(req.blocks)
