@@ -308,8 +308,23 @@ def test_autellix_promotes_a_program_once_its_wait_reaches_twice_its_service() -
     assert policy.program("slow").wait == 0 and policy.program("rival").wait == 100
 
 
-def test_autellix_victim_is_the_highest_queue_then_most_blocks_then_latest_arrival() -> None:
+def test_autellix_victim_is_the_highest_queue_then_latest_arrival() -> None:
     policy = bound(AutellixPolicy())
+    reqs = {
+        "top_new": Req("top_new", arrival_s=9.0, num_blocks=900),
+        "low_big_old": Req("low_big_old", arrival_s=1.0, num_blocks=500),
+        "low_small_new": Req("low_small_new", arrival_s=2.0, num_blocks=10),
+    }
+    for r in reqs.values():
+        policy.on_arrival(r, r.arrival_s)
+    for name in ("low_big_old", "low_small_new"):  # each uses its queue-0 quantum: queue 1
+        policy.on_scheduled(step(5.0, (reqs[name], 2048)))
+    assert policy.choose_victim(list(reqs.values()), 10.0) is reqs["low_small_new"]  # stable: blocks don't count
+    assert policy.choose_victim([reqs["top_new"], reqs["low_big_old"]], 10.0) is reqs["low_big_old"]
+
+
+def test_autellix_blocks_tiebreak_is_the_highest_queue_then_most_blocks_then_latest_arrival() -> None:
+    policy = bound(AutellixPolicy(AutellixSettings(victim_tiebreak="blocks")))
     reqs = {
         "top_big": Req("top_big", arrival_s=9.0, num_blocks=900),
         "low_small": Req("low_small", arrival_s=1.0, num_blocks=10),
