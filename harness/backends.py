@@ -19,6 +19,8 @@ from harness.policy import Policy
 
 ENGINES: dict[str, str] = {
     "sim": "simulated vLLM-V1-style testbed (simpy): deterministic, a one-hour H100 experiment in seconds",
+    "vllm": "real vLLM engine in-process, the policy as its scheduler plugin (install the `vllm` extra; "
+            "`--model DIR` from `mars-bench model make-tiny` on a CPU machine)",
 }
 
 
@@ -40,35 +42,35 @@ BACKENDS: dict[str, Backend] = {
         Backend(
             "vllm",
             "vanilla vLLM V1: FCFS, chunked prefill, prefix caching (LRU), recompute preemption, no admission control",
-            ("sim",),
+            ("sim", "vllm"),
             lambda cfg: FcfsPolicy(),
             lambda cfg: AdmitAll(),
         ),
         Backend(
             "continuum",
             "Continuum: session-level FCFS, KV pinned for a 2 s TTL after short tool calls",
-            ("sim",),
+            ("sim", "vllm"),
             lambda cfg: ContinuumPolicy(cfg.continuum),
             lambda cfg: AdmitAll(),
         ),
         Backend(
             "continuum-dy",
             "Continuum with a TTL chosen per tool call from tool-duration CDFs, reload cost and queueing delay",
-            ("sim",),
+            ("sim", "vllm"),
             lambda cfg: ContinuumDynamicPolicy(cfg.continuum_dy),
             lambda cfg: AdmitAll(),
         ),
         Backend(
             "autellix",
             "Autellix (PLAS): program-level attained-service MLFQ with starvation promotion",
-            ("sim",),
+            ("sim", "vllm"),
             lambda cfg: AutellixPolicy(cfg.autellix),
             lambda cfg: AdmitAll(),
         ),
         Backend(
             "infercept",
             "InferCept: FCFS; KV kept across tool calls for TTL = discard cost / context",
-            ("sim",),
+            ("sim", "vllm"),
             lambda cfg: InferCeptPolicy(cfg.infercept),
             lambda cfg: AdmitAll(),
         ),
@@ -76,14 +78,14 @@ BACKENDS: dict[str, Backend] = {
             "mars",
             "MARS: AIMD admission on KV and tool-pool pressure, agent-centric MLFQ with quantum-capped chunks, "
             "chunk shrinking, benefit-tested KV retention across tool calls (ablations: --set mars.*)",
-            ("sim",),
+            ("sim", "vllm"),
             lambda cfg: MarsPolicy(cfg.mars),
             lambda cfg: mars_admission(cfg.mars, cfg.tool_cores, cfg.rps),
         ),
         Backend(
             "mars-preview",
             "MARS as in its public preview code: retention = LRU prefix cache only, CPU high mark 2.0",
-            ("sim",),
+            ("sim", "vllm"),
             lambda cfg: MarsPolicy(_preview(cfg.mars)),
             lambda cfg: mars_admission(_preview(cfg.mars), cfg.tool_cores, cfg.rps),
         ),
@@ -91,7 +93,7 @@ BACKENDS: dict[str, Backend] = {
             "sglang",
             "SGLang: radix-tree prefix cache (LRU leaves), longest-prefix-match-first waiting queue, admission by "
             "KV token budget (new_token_ratio), retraction of the least advanced decode, no admission control",
-            ("sim",),
+            ("sim",),  # on a real engine: SGLang itself (server backend)
             lambda cfg: SglangPolicy(cfg.sglang),
             lambda cfg: AdmitAll(),
             prefix_cache="radix",

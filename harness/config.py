@@ -42,7 +42,7 @@ class RunConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     backend: str = "vllm"
-    engine: Literal["sim"] = "sim"
+    engine: Literal["sim", "vllm"] = "sim"
     workload: str = "swe-smoke"
     sessions: int | None = Field(default=None, ge=1)
     rps: float | None = Field(default=None, gt=0)
@@ -51,7 +51,8 @@ class RunConfig(BaseModel):
     seed: int = 0
     workload_sets: tuple[str, ...] = ()
     gpu: str = "h100"
-    model: str = "qwen3-coder-30b-a3b"
+    model: str = Field(default="qwen3-coder-30b-a3b",
+                       description="sim: a catalog name or HF config directory; vllm: a model directory or hub id")
     tp: int = Field(default=1, ge=1)
     profile: str | None = None
     tool_cores: int = Field(default=8, ge=1)

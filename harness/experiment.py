@@ -8,12 +8,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from harness.admission import AdmissionController
 from harness.backends import get_backend
 from harness.config import RunConfig
+from harness.errors import BadInput
 from harness.metrics import RunSummary, parse_goodput, summarize
 from harness.results import RunWriter, make_run_id
-from harness.runner import isolated_jcts, simulate
+from harness.runner import Outcome, isolated_jcts, simulate
 from harness.testbed import build_setup
+from workloads.model import Session
 from workloads.source import WorkloadRequest, resolve
 from workloads.synthetic import background_chat
 
@@ -59,7 +62,8 @@ def run_experiment(config: RunConfig, results_dir: Path, progress: Progress | No
         source=config.workload, sessions=config.sessions, rps=config.rps, arrival=config.arrival, cv=config.cv,
         seed=config.seed, sets=config.workload_sets,
     ))
-    setup = build_setup(config)
+    simulated = config.engine == "sim" or config.profile is not None  # the sim gives the isolated reference
+    setup = build_setup(config) if simulated else None
     policy, admission = backend.make_policy(config), backend.make_admission(config)
 
     total = len(sessions)
@@ -71,14 +75,33 @@ def run_experiment(config: RunConfig, results_dir: Path, progress: Progress | No
         if progress is not None:
             progress("isolated reference", done, total)
 
-    isolated = isolated_jcts(sessions, setup, cache=results_dir / ".cache" / "isolated.json", progress=isolated_progress)
+    # the isolated reference is the simulated testbed's; a real engine's needs its calibrated profile (see
+    # `mars-bench calibrate`), so real runs report slowdown and goodput only with --profile
+    isolated = {} if setup is None else \
+        isolated_jcts(sessions, setup, cache=results_dir / ".cache" / "isolated.json", progress=isolated_progress)
     run_id = make_run_id(config.backend, name, config.seed, results_dir)
     meta_config = {**config.model_dump(mode="json"), "workload_name": name, "num_sessions": total}
     with RunWriter(results_dir, run_id, meta_config, config.seed) as writer:
         background = background_chat(config.chat_rps, max(s.arrival_s for s in sessions), config.seed)
-        outcome = simulate(sessions, policy, setup, admission, sink=_CountingSink(writer, total, progress),
-                           isolated=isolated, background=background)
+        sink = _CountingSink(writer, total, progress)
+        if config.engine == "vllm":
+            outcome = _run_vllm(config, sessions, admission, sink, background, writer.dir, results_dir)
+        else:
+            assert setup is not None
+            outcome = simulate(sessions, policy, setup, admission, sink=sink, isolated=isolated, background=background)
         summary = summarize(outcome.calls, outcome.sessions, alpha=config.alpha, goodput_slo=slo, end_s=outcome.end_s)
         payload = {**summary.model_dump(mode="json"), "engine_stats": outcome.stats}
         writer.finish(outcome.calls, outcome.sessions, payload, timeline=outcome.timeline)
     return RunResult(writer.dir, summary, outcome.stats)
+
+
+def _run_vllm(config: RunConfig, sessions: list[Session], admission: AdmissionController, sink: Any,
+              background: list[Session], run_dir: Path, results_dir: Path) -> Outcome:
+    """The run on the real in-process vLLM engine; the plugin's step log goes to the run directory."""
+    try:
+        from harness.engines.vllm import VllmRun, vllm_setup  # noqa: PLC0415
+    except ImportError as exc:
+        raise BadInput(f"--engine vllm needs vLLM: pip install -e '.[vllm]' (see README) ({exc})") from None
+    setup = vllm_setup(config, [*sessions, *background], cache_dir=results_dir / ".cache" / "vllm",
+                       step_log=run_dir / "steps.jsonl")
+    return VllmRun(sessions, config.model_dump(mode="json"), admission, setup, sink, background).run()

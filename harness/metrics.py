@@ -317,6 +317,7 @@ def _duration(c: pd.DataFrame, s: pd.DataFrame, end_s: float | None) -> float | 
 def _session_fields(s: pd.DataFrame, duration: float | None, alpha: float, ps: tuple[float, ...]) -> dict[str, Any]:
     done = s[s["completed"]]
     good = int((done["slowdown"] <= alpha).sum())  # NaN slowdown (isolated JCT unknown) is never good
+    known = s.empty or s["isolated_jct_s"].notna().any()  # no isolated reference at all: goodput unknown
     admitted = s["admission_wait_s"].dropna()
     return {
         "num_sessions": len(s),
@@ -325,9 +326,9 @@ def _session_fields(s: pd.DataFrame, duration: float | None, alpha: float, ps: t
         **_stats(done["jct_s"], "jct_s", ps),
         **_stats(done["slowdown"], "slowdown", ps),
         "session_throughput": _ratio(len(done), duration),
-        "goodput": _ratio(good, duration),
+        "goodput": _ratio(good, duration) if known else None,
         "goodput_alpha": float(alpha),
-        "goodput_fraction": _ratio(good, len(s)),
+        "goodput_fraction": _ratio(good, len(s)) if known else None,
         "mean_tool_wait_s": _mean(done["tool_wait_s"]),
         "mean_tool_s": _mean(done["tool_s"]),
         "mean_llm_s": _mean(done["llm_s"]),

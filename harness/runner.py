@@ -85,26 +85,21 @@ class _NullSink:
         pass
 
 
-class SimRun:
-    """One simulation: the simpy processes of arrivals, admission and agent loops around the engine."""
+class AgentRun:
+    """The simpy processes of arrivals, admission and agent loops around an engine; subclasses supply the
+    engine (simulated, or a real one on a real-time environment) through the methods marked below."""
 
-    def __init__(self, sessions: Sequence[Session], policy: Policy, admission: AdmissionController, setup: SimSetup,
-                 sink: Sink | None = None, background: Sequence[Session] = ()) -> None:
-        self.env = simpy.Environment()
-        self.setup = setup
+    def __init__(self, env: simpy.Environment, sessions: Sequence[Session], admission: AdmissionController,
+                 tools: ToolPool, sink: Sink | None = None, background: Sequence[Session] = (),
+                 timeline_interval_s: float = 1.0) -> None:
+        self.env = env
         self.sessions = sorted(sessions, key=lambda s: (s.arrival_s, s.id))
         self.background = sorted(background, key=lambda s: (s.arrival_s, s.id))  # unmeasured GPU contention
         self.background_calls = 0
         self.admission = admission
         self.sink: Sink = sink or _NullSink()
-        cache = RadixCache if setup.prefix_cache == "radix" else KVCache
-        self.kv = cache(setup.num_blocks, setup.block_size, setup.enable_prefix_caching)
-        self.policy = policy
-        host = HostTier(setup.host_tier_tokens, setup.host_load_s_per_token) if setup.host_tier_tokens else None
-        self.core = EngineCore(self.kv, setup.limits, policy, setup.prefill_seconds, host)
-        self.engine = SimEngine(self.env, self.core, setup.step_time, setup.gpu_share, setup.fast_forward,
-                                on_step=self._sample)
-        self.tools = SimToolPool(self.env, ToolPool(setup.tool_cores, setup.tool_mode, stress_cores=setup.cpu_stress))
+        self.timeline_interval_s = timeline_interval_s
+        self.tools = SimToolPool(env, tools)
         self.signals = SignalStream(self.engine_signals, self.tool_signals)
         self.backlog: list[Session] = []
         self._admission_state: dict[str, Any] = {}
@@ -115,12 +110,29 @@ class SimRun:
         self.timeline: list[dict[str, Any]] = []
         self._next_sample = 0.0
 
-    # ----------------------------------------------------------------------------- signals
+    # ------------------------------------------------------------------- the engine (subclasses)
     def engine_signals(self) -> EngineSignals:
-        kv = self.kv
-        return EngineSignals(kv_usage=kv.usage, free_blocks=kv.num_free_blocks, total_blocks=kv.num_blocks,
-                             block_size=kv.block_size, running=len(self.core.running), waiting=len(self.core.waiting))
+        raise NotImplementedError
 
+    def engine_timeline(self) -> dict[str, Any]:
+        """The engine's columns of a timeline sample."""
+        raise NotImplementedError
+
+    def engine_stats(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def fits_at_all(self, req: SimRequest) -> bool:
+        raise NotImplementedError
+
+    def submit(self, req: SimRequest) -> simpy.Event:
+        """Hand a call to the engine; the event succeeds when it finished (its fields filled in)."""
+        raise NotImplementedError
+
+    def tool_ended(self, session_id: str, tool_name: str, duration_s: float) -> None:
+        """A session's tool call finished (the policy's `on_tool_end`)."""
+        raise NotImplementedError
+
+    # ----------------------------------------------------------------------------- signals
     def tool_signals(self) -> ToolSignals:
         pool = self.tools.pool
         return ToolSignals(workers=pool.workers, inflight=pool.inflight, ema_wait_s=pool.ema_wait_s)
@@ -128,15 +140,13 @@ class SimRun:
     def _sample(self, now: float) -> None:
         if now < self._next_sample:
             return
-        interval = self.setup.timeline_interval_s
+        interval = self.timeline_interval_s
         self._next_sample = (math.floor(now / interval) + 1) * interval
         pool = self.tools.pool
         self.timeline.append({
-            "t": now, "kv_usage": self.kv.usage, "free_blocks": self.kv.num_free_blocks,
-            "running": len(self.core.running), "waiting": len(self.core.waiting), "pinned": len(self.core.pins),
+            "t": now, **self.engine_timeline(),
             "tool_inflight": pool.inflight, "tool_busy_cores": pool.busy_cores, "active_sessions": self.active,
-            "backlog": len(self.backlog), "gpu_busy_s": self.engine.busy_s, "preemptions": self.core.num_preemptions,
-            **{f"admission_{k}": v for k, v in self._admission_state.items()},
+            "backlog": len(self.backlog), **{f"admission_{k}": v for k, v in self._admission_state.items()},
         })
 
     # ----------------------------------------------------------------------------- processes
@@ -192,12 +202,12 @@ class SimRun:
                 arrival_s=env.now, num_prompt_tokens=spec.prompt_tokens, max_tokens=spec.max_tokens,
                 prefix_id=spec.prefix_id, prefix_tokens=spec.prefix_tokens,
             )
-            if not self.core.fits_at_all(req):
+            if not self.fits_at_all(req):
                 loop.fail(f"call {spec.turn} needs more KV blocks than the engine has")
                 if measured:
                     self.sink.event("session_failed", env.now, session_id=spec.session_id, reason=loop.failed)
                 break
-            yield self.engine.submit(req)
+            yield self.submit(req)
             if measured:
                 row = req.row()
                 self.call_rows.append(row)
@@ -209,7 +219,7 @@ class SimRun:
                 break
             done = yield self.tools.run((spec.session_id, spec.turn), tool.cpu_seconds, tool.cores)
             loop.tool_finished(done.wait_s, done.finished_s - done.started_s)
-            self.policy.on_tool_end(spec.session_id, tool.name, done.finished_s - done.submitted_s, env.now)
+            self.tool_ended(spec.session_id, tool.name, done.finished_s - done.submitted_s)
         if not measured:
             return
         self.active -= 1
@@ -232,16 +242,57 @@ class SimRun:
                         else _never_admitted(s) for s in self.sessions]
         calls = conform(pd.DataFrame(self.call_rows, columns=list(CALL_COLUMNS)), CALL_COLUMNS) \
             if self.call_rows else empty_frame(CALL_COLUMNS)
-        stats = {"sim_s": self.env.now, "wall_s": time.perf_counter() - wall, "engine_steps": self.engine.steps,
-                 "gpu_busy_s": self.engine.busy_s, "preemptions": self.core.num_preemptions,
-                 "kv_evictions": self.kv.evictions, "num_gpu_blocks": self.kv.num_blocks,
-                 "background_calls": self.background_calls, "pins_made": self.core.pins_made,
-                 "pins_used": self.core.pins_used, "pins_expired": self.core.pins_expired,
-                 "pins_released_early": self.core.pins_released_early,
-                 "host_offloads": self.core.host.offloads if self.core.host else 0,
-                 "host_loads": self.core.host.loads if self.core.host else 0}
+        stats = {"sim_s": self.env.now, "wall_s": time.perf_counter() - wall, **self.engine_stats(),
+                 "background_calls": self.background_calls}
         return Outcome(calls, conform(pd.DataFrame(session_rows), SESSION_COLUMNS), pd.DataFrame(self.timeline),
                        self.env.now, stats)
+
+
+class SimRun(AgentRun):
+    """One simulation: the agent runner around the simulated engine, on simpy time."""
+
+    def __init__(self, sessions: Sequence[Session], policy: Policy, admission: AdmissionController, setup: SimSetup,
+                 sink: Sink | None = None, background: Sequence[Session] = ()) -> None:
+        env = simpy.Environment()
+        super().__init__(env, sessions, admission, ToolPool(setup.tool_cores, setup.tool_mode,
+                                                            stress_cores=setup.cpu_stress),
+                         sink, background, setup.timeline_interval_s)
+        self.setup = setup
+        cache = RadixCache if setup.prefix_cache == "radix" else KVCache
+        self.kv = cache(setup.num_blocks, setup.block_size, setup.enable_prefix_caching)
+        self.policy = policy
+        host = HostTier(setup.host_tier_tokens, setup.host_load_s_per_token) if setup.host_tier_tokens else None
+        self.core = EngineCore(self.kv, setup.limits, policy, setup.prefill_seconds, host)
+        self.engine = SimEngine(env, self.core, setup.step_time, setup.gpu_share, setup.fast_forward,
+                                on_step=self._sample)
+
+    def engine_signals(self) -> EngineSignals:
+        kv = self.kv
+        return EngineSignals(kv_usage=kv.usage, free_blocks=kv.num_free_blocks, total_blocks=kv.num_blocks,
+                             block_size=kv.block_size, running=len(self.core.running), waiting=len(self.core.waiting))
+
+    def engine_timeline(self) -> dict[str, Any]:
+        return {"kv_usage": self.kv.usage, "free_blocks": self.kv.num_free_blocks, "running": len(self.core.running),
+                "waiting": len(self.core.waiting), "pinned": len(self.core.pins), "gpu_busy_s": self.engine.busy_s,
+                "preemptions": self.core.num_preemptions}
+
+    def engine_stats(self) -> dict[str, Any]:
+        core = self.core
+        return {"engine_steps": self.engine.steps, "gpu_busy_s": self.engine.busy_s,
+                "preemptions": core.num_preemptions, "kv_evictions": self.kv.evictions,
+                "num_gpu_blocks": self.kv.num_blocks, "pins_made": core.pins_made, "pins_used": core.pins_used,
+                "pins_expired": core.pins_expired, "pins_released_early": core.pins_released_early,
+                "host_offloads": core.host.offloads if core.host else 0,
+                "host_loads": core.host.loads if core.host else 0}
+
+    def fits_at_all(self, req: SimRequest) -> bool:
+        return self.core.fits_at_all(req)
+
+    def submit(self, req: SimRequest) -> simpy.Event:
+        return self.engine.submit(req)
+
+    def tool_ended(self, session_id: str, tool_name: str, duration_s: float) -> None:
+        self.policy.on_tool_end(session_id, tool_name, duration_s, self.env.now)
 
 
 def _never_admitted(session: Session) -> dict[str, Any]:

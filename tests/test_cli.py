@@ -98,7 +98,7 @@ def test_console_script_entry_point_exit_codes(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert proc.stderr.strip() == "mars-bench: error: unknown workload preset 'nope' (known: swe, long-context, " \
-                                  "cpu-heavy, chat, swe-smoke, paper)"
+                                  "cpu-heavy, chat, swe-smoke, tiny, paper)"
 
 
 def test_every_command_has_help_with_an_example(run_cli) -> None:

@@ -425,8 +425,10 @@ def test_properties(run_tables: tuple[pd.DataFrame, pd.DataFrame], alpha: float,
             assert p == [None] * 4
             continue
         assert p == sorted(p), name
-    assert s.goodput is not None and s.session_throughput is not None
-    assert s.goodput <= s.session_throughput
+    assert s.session_throughput is not None
+    # goodput is unknown (None) exactly when no session has an isolated reference
+    assert (s.goodput is None) == bool(sessions["isolated_jct_s"].isna().all() and len(sessions))
+    assert s.goodput is None or s.goodput <= s.session_throughput
     assert s.request_goodput is not None and s.request_throughput is not None
     assert s.request_goodput <= s.request_throughput
     assert 0 <= s.prefix_cache_hit_rate <= 1

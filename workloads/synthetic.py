@@ -262,6 +262,27 @@ def _preset_specs() -> dict[str, WorkloadSpec]:
                 )
             },
         ),
+        "tiny": WorkloadSpec(
+            name="tiny",
+            description="real-engine run on a CPU machine (tiny model): 16 sessions of 3-5 short turns, ~30 s",
+            sessions=16,
+            rps=1.0,
+            mix={
+                "swe": SessionSpec(
+                    prefix_tokens=LogNormal(median=128, sigma=0.1, low=100, high=160),
+                    task_tokens=LogNormal(median=300, sigma=0.5, low=100, high=600),
+                    turns=LogNormal(median=4, sigma=0.25, low=3, high=5),
+                    output_tokens=LogNormal(median=24, sigma=0.4, low=8, high=64),
+                    followup_tokens=LogNormal(median=20, sigma=0.3, low=5, high=60),
+                    tools={
+                        name: kind.model_copy(update={
+                            "cpu_seconds": LogNormal(median=1.0, sigma=0.7, low=0.1, high=4.0), "cores": {1: 1.0},
+                            "output_tokens": LogNormal(median=60, sigma=0.6, low=20, high=200)})
+                        for name, kind in _swe_tools().items()
+                    },
+                )
+            },
+        ),
         "paper": WorkloadSpec(
             name="paper",
             description="MARS evaluation setup: 400 sessions at 0.2/s, up to 8 rounds, SWE + repo-level + terminal",

@@ -113,7 +113,8 @@ def run(backend: str, engine: str, workload: str, sessions: int | None, rps: flo
         return
     console.print(table(f"{config.backend} on {config.engine}: {workload}", ["metric", "value"],
                         summary_table_rows(summary)))
-    console.print(f"results: {result.dir}  (simulated {result.stats['sim_s']:.0f} s in {result.stats['wall_s']:.1f} s)")
+    ran = "simulated" if config.engine == "sim" else f"ran on {config.engine}:"
+    console.print(f"results: {result.dir}  ({ran} {result.stats['sim_s']:.0f} s in {result.stats['wall_s']:.1f} s)")
 
 
 @click.command()
