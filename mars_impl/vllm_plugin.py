@@ -168,6 +168,13 @@ class PolicyScheduler(Scheduler):
         self.kv_cache_manager.allocate_slots = self._allocate_slots  # type: ignore[method-assign]
         self.engine_view = PluginEngineView(self)
         self.mb_policy.bind(self.engine_view)
+        # hooks the policy leaves at vLLM's behaviour cost nothing per step
+        kind = type(self.mb_policy)
+        self._orders_running = kind.order_running is not Policy.order_running
+        self._orders_waiting = kind.order_waiting is not Policy.order_waiting
+        self._caps = kind.prefill_cap is not Policy.prefill_cap
+        self._shrinks = kind.on_allocation_failure is not Policy.on_allocation_failure
+        self._observes = kind.on_scheduled is not Policy.on_scheduled
 
     # ------------------------------------------------------------------ EngineView for the policy
     def now(self) -> float:
@@ -226,39 +233,49 @@ class PolicyScheduler(Scheduler):
         now = self.now()
         self._release_expired_pins(now)
         policy = self.mb_policy
-        if self.running:
-            order = policy.order_running(self.running_views, now)
-            self.running[:] = [v.req for v in order] + [r for r in self.running if r.request_id not in self.views]
-        if len(self.waiting) > 1:
-            order = policy.order_waiting(self.waiting_views, now)
-            known = {v.request_id for v in order}
-            rest = [r for r in self.waiting if r.request_id not in known]
+        if self._orders_running and len(self.running) > 1:
+            self.running[:] = self._in_policy_order(self.running, policy.order_running, now)
+        if self._orders_waiting and len(self.waiting) > 1:
+            order = self._in_policy_order(self.waiting, policy.order_waiting, now)
             self.waiting.clear()
-            self.waiting.extend([v.req for v in order] + rest)
+            self.waiting.extend(order)
         self._step = _Step(start_s=now, scheduled=[])
         self._step_events = {"shrunk": [], "capped": [], "pins_released": [], "victims": []}
         if self._log is not None:
             self._step_events["running_before"] = [[v.meta.call_id, _phase(v)] for v in self.running_views]
         out = super().schedule(*args, **kwargs)
-        step = self._step
+        step, views, pins, logging = self._step, self.views, self.pins, self._log is not None
         for rid, n in out.num_scheduled_tokens.items():
-            view = self.views.get(rid)
+            view = views.get(rid)
             if view is None:
                 continue
             if view.last_scheduled_s is None:
                 view.first_scheduled_s = now
             view.last_scheduled_s = now
-            before = view.req.num_computed_tokens - n  # vLLM already advanced it
-            decode = view.req.num_output_tokens > 0 and before >= view.req.num_tokens - 1
-            step.phases[view.meta.call_id] = "decode" if decode else "prefill"
-            if view.lost_until > before:
-                view.recomputed_tokens += min(before + n, view.lost_until) - before
             step.scheduled.append((view, n))
-            pin = self.pins.pop(view.session_id, None)
-            if pin is not None:  # the call holds its prefix hits now: the pin's references can go
-                self.kv_cache_manager.block_pool.free_blocks(reversed(pin.blocks))
-                self.counters["pins_used"] += 1
+            if view.lost_until or logging:
+                req = view.req
+                before = req.num_computed_tokens - n  # vLLM already advanced it
+                if view.lost_until > before:
+                    view.recomputed_tokens += min(before + n, view.lost_until) - before
+                if logging:
+                    decode = req.num_output_tokens > 0 and before >= req.num_tokens - 1
+                    step.phases[view.meta.call_id] = "decode" if decode else "prefill"
+            if pins:
+                pin = pins.pop(view.session_id, None)
+                if pin is not None:  # the call holds its prefix hits now: the pin's references can go
+                    self.kv_cache_manager.block_pool.free_blocks(reversed(pin.blocks))
+                    self.counters["pins_used"] += 1
         return out
+
+    def _in_policy_order(self, queue: Any, order: Any, now: float) -> list[Request]:
+        """The requests of `queue` in the policy's order; requests without a view (none in practice) last."""
+        views = self.views
+        known = [views[r.request_id] for r in queue if r.request_id in views]
+        ordered = [v.req for v in order(known, now)]
+        if len(known) < len(queue):
+            ordered += [r for r in queue if r.request_id not in views]
+        return ordered
 
     def update_from_output(self, scheduler_output: Any, model_runner_output: Any) -> Any:
         out = super().update_from_output(scheduler_output, model_runner_output)
@@ -270,13 +287,14 @@ class PolicyScheduler(Scheduler):
             if prefill >= 64 and duration > 0:  # a prefill-dominated step: update the per-token estimate
                 self._s_per_prefill_token = 0.8 * self._s_per_prefill_token + 0.2 * duration / sum(
                     n for _, n in step.scheduled)
-            self.mb_policy.on_scheduled(ScheduledStep(step.start_s, duration, step.scheduled, step.preempted))
-            self._write_step(step, duration)
+            if self._observes:
+                self.mb_policy.on_scheduled(ScheduledStep(step.start_s, duration, step.scheduled, step.preempted))
+            if self._log is not None:
+                self._write_step(step, duration)
         return out
 
     def _write_step(self, step: _Step, duration: float) -> None:
-        if self._log is None:
-            return
+        assert self._log is not None
         record = {
             "t": round(step.start_s, 6), "duration_s": round(duration, 6),
             "scheduled": [[v.meta.call_id, n, step.phases.get(v.meta.call_id, "prefill")] for v, n in step.scheduled],
@@ -293,15 +311,15 @@ class PolicyScheduler(Scheduler):
     def _reserve_prefill_lookahead(self, request: Request, num_computed_tokens: int, num_new_tokens: int) -> int:
         n = super()._reserve_prefill_lookahead(request, num_computed_tokens, num_new_tokens)
         view = self.views.get(request.request_id)
-        if view is None or n <= 1:
+        if view is None or n <= 1 or not (self._caps or self._shrinks):
             return n
         now = self.now()
-        if not view.is_decoding:
+        if self._caps and not view.is_decoding:
             cap = self.mb_policy.prefill_cap(view, now)
             if cap is not None and max(1, cap) < n:
                 n = max(1, cap)
                 self._step_events["capped"].append([view.meta.call_id, n])
-        if request.status == RequestStatus.RUNNING:  # shrink while the chunk's new blocks don't fit
+        if self._shrinks and request.status == RequestStatus.RUNNING:  # shrink while the new blocks don't fit
             held = self.num_request_blocks(request.request_id)
             available = self.num_free_blocks + sum(p.num_blocks for p in self.pins.values())
             while _blocks_for(num_computed_tokens + n, self.block_size) - held > available:
@@ -392,6 +410,8 @@ class PolicyScheduler(Scheduler):
         return True
 
     def _release_expired_pins(self, now: float) -> None:
+        if not self.pins:
+            return
         for session in [s for s, p in self.pins.items() if p.deadline_s <= now]:
             pin = self.pins.pop(session)
             self.kv_cache_manager.block_pool.free_blocks(reversed(pin.blocks))
