@@ -57,6 +57,10 @@ class RunConfig(BaseModel):
     profile: str | None = None
     tool_cores: int = Field(default=8, ge=1)
     tool_mode: ToolMode = "queue"
+    tools: Literal["timed", "real"] = Field(
+        default="timed", description="timed: tool calls take their modelled time; real: pinned processes doing "
+                                     "the CPU work (real engine only)")
+    allow_commands: bool = Field(default=False, description="--tools real: run a workload's recorded commands")
     cpu_stress: int = Field(default=0, ge=0, description="cores taken by background CPU stressors")
     gpu_share: float = Field(default=1.0, gt=0, le=1, description="share of the GPU left by a co-tenant")
     chat_rps: float = Field(default=0.0, ge=0, description="background chat requests/s sharing the engine")

@@ -62,6 +62,8 @@ def run_experiment(config: RunConfig, results_dir: Path, progress: Progress | No
         source=config.workload, sessions=config.sessions, rps=config.rps, arrival=config.arrival, cv=config.cv,
         seed=config.seed, sets=config.workload_sets,
     ))
+    if config.tools == "real" and config.engine == "sim":
+        raise BadInput("--tools real runs tool processes in real time: it needs a real engine (--engine vllm)")
     simulated = config.engine == "sim" or config.profile is not None  # the sim gives the isolated reference
     setup = build_setup(config) if simulated else None
     policy, admission = backend.make_policy(config), backend.make_admission(config)

@@ -9,7 +9,7 @@ import hashlib
 import json
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -29,6 +29,14 @@ from harness.tables import CALL_COLUMNS, SESSION_COLUMNS, conform, empty_frame
 from harness.tools import ToolMode, ToolPool
 from mars_impl.signals import EngineSignals, SignalStream, ToolSignals
 from workloads.model import Session
+
+
+class ToolRunner(Protocol):
+    """Runs tool calls on the run's environment (SimToolPool: modelled; RealToolPool: real processes)."""
+
+    pool: Any  # the signals: workers, inflight, ema_wait_s, busy_cores
+
+    def run(self, job_id: Hashable, cpu_seconds: float, cores: int, command: str | None = None) -> simpy.Event: ...
 
 
 class Sink(Protocol):
@@ -90,7 +98,7 @@ class AgentRun:
     engine (simulated, or a real one on a real-time environment) through the methods marked below."""
 
     def __init__(self, env: simpy.Environment, sessions: Sequence[Session], admission: AdmissionController,
-                 tools: ToolPool, sink: Sink | None = None, background: Sequence[Session] = (),
+                 tools: ToolPool | ToolRunner, sink: Sink | None = None, background: Sequence[Session] = (),
                  timeline_interval_s: float = 1.0) -> None:
         self.env = env
         self.sessions = sorted(sessions, key=lambda s: (s.arrival_s, s.id))
@@ -99,7 +107,7 @@ class AgentRun:
         self.admission = admission
         self.sink: Sink = sink or _NullSink()
         self.timeline_interval_s = timeline_interval_s
-        self.tools = SimToolPool(env, tools)
+        self.tools: ToolRunner = SimToolPool(env, tools) if isinstance(tools, ToolPool) else tools
         self.signals = SignalStream(self.engine_signals, self.tool_signals)
         self.backlog: list[Session] = []
         self._admission_state: dict[str, Any] = {}
@@ -217,7 +225,7 @@ class AgentRun:
             tool = loop.call_finished(req.arrival_s, env.now, req.num_prompt_tokens, req.num_output_tokens)
             if tool is None:
                 break
-            done = yield self.tools.run((spec.session_id, spec.turn), tool.cpu_seconds, tool.cores)
+            done = yield self.tools.run((spec.session_id, spec.turn), tool.cpu_seconds, tool.cores, tool.command)
             loop.tool_finished(done.wait_s, done.finished_s - done.started_s)
             self.tool_ended(spec.session_id, tool.name, done.finished_s - done.submitted_s)
         if not measured:

@@ -61,3 +61,59 @@ def test_sglang_is_not_a_vllm_policy(run_cli, tiny_model_dir: Path, tmp_path: Pa
     res = run_cli("run", "--engine", "vllm", "--model", str(tiny_model_dir), "-b", "sglang", "-w", "tiny",
                   "--results-dir", str(tmp_path))
     assert res.exit_code == 2 and "does not run on engine 'vllm'" in res.stderr
+
+
+def _tool_processes() -> list[int]:
+    """Live processes running the real-tool busy loop (harness.real_tools.BURN)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and b"process_time" in (entry / "cmdline").read_bytes():
+                pids.append(int(entry.name))
+        except OSError:
+            continue
+    return pids
+
+
+def test_real_tools_run_beside_the_real_engine_and_leave_nothing_behind(run_cli, tiny_model_dir: Path,
+                                                                          tmp_path: Path) -> None:
+    res = run_cli("run", "--engine", "vllm", "--model", str(tiny_model_dir), "-b", "mars", "-w", "tiny",
+                  "--tools", "real", "--tool-cores", "1", "--cpu-stress", "0", *PRESSURE,
+                  "--results-dir", str(tmp_path), "--json")
+    assert res.exit_code == 0, res.stderr[-2000:]
+    out = json.loads(res.stdout)
+    stats = json.loads((Path(out["run_dir"]) / "summary.json").read_text())["engine_stats"]
+    sessions = pd.read_parquet(Path(out["run_dir"]) / "sessions.parquet")
+    assert out["completed_sessions"] == 16 and stats["tools"] == "real"
+    assert stats["tool_calls_run"] == 52 and stats["tool_calls_failed"] == 0  # the tiny preset's 52 tool calls
+    assert (sessions["tool_s"] > 0).all()
+    assert not _tool_processes()
+
+
+def test_ctrl_c_stops_the_run_keeps_what_was_measured_and_kills_the_tools(tiny_model_dir: Path, tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    cmd = [sys.executable, "-m", "harness.cli", "run", "--engine", "vllm", "--model", str(tiny_model_dir), "-b",
+           "mars", "-w", "tiny", "--tools", "real", "--tool-cores", "1", *PRESSURE, "--results-dir", str(tmp_path)]
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    events = None
+    while time.monotonic() < deadline and proc.poll() is None:  # wait until calls have finished
+        runs = list(tmp_path.glob("*/events.jsonl"))
+        if runs and runs[0].read_text().count('"kind":"call"') >= 5:
+            events = runs[0]
+            break
+        time.sleep(0.5)
+    assert events is not None and proc.poll() is None, proc.stderr.read().decode()[-2000:] if proc.poll() else ""
+    os.kill(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode != 0 and b"Traceback" not in err, err.decode()[-2000:]
+    meta = json.loads((events.parent / "run.json").read_text())
+    assert meta["status"] == "interrupted"
+    record = find_run(tmp_path, "latest")
+    assert len(record.calls()) >= 5  # what was measured before Ctrl-C is kept
+    assert not _tool_processes()

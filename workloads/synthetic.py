@@ -264,7 +264,7 @@ def _preset_specs() -> dict[str, WorkloadSpec]:
         ),
         "tiny": WorkloadSpec(
             name="tiny",
-            description="real-engine run on a CPU machine (tiny model): 16 sessions of 3-5 short turns, ~30 s",
+            description="real-engine run on a CPU machine (tiny model): 16 sessions of 3-5 short turns, tools for one core, ~20 s",
             sessions=16,
             rps=1.0,
             mix={
@@ -276,7 +276,7 @@ def _preset_specs() -> dict[str, WorkloadSpec]:
                     followup_tokens=LogNormal(median=20, sigma=0.3, low=5, high=60),
                     tools={
                         name: kind.model_copy(update={
-                            "cpu_seconds": LogNormal(median=1.0, sigma=0.7, low=0.1, high=4.0), "cores": {1: 1.0},
+                            "cpu_seconds": LogNormal(median=0.2, sigma=0.7, low=0.05, high=0.8), "cores": {1: 1.0},
                             "output_tokens": LogNormal(median=60, sigma=0.6, low=20, high=200)})
                         for name, kind in _swe_tools().items()
                     },

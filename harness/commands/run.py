@@ -62,6 +62,9 @@ def make_config(sets: tuple[str, ...], **values: Any) -> RunConfig:
 @click.option("--tool-cores", type=click.IntRange(min=1), default=8, show_default=True, help="CPU cores for tools.")
 @click.option("--tool-mode", type=click.Choice(["queue", "timeshare"]), default="queue", show_default=True,
               help="queue: one call per core, FIFO wait; timeshare: all start, processor sharing.")
+@click.option("--tools", "tools", type=click.Choice(["timed", "real"]), default="timed", show_default=True,
+              help="timed: tool calls take their modelled time; real (--engine vllm): pinned processes do the CPU work.")
+@click.option("--allow-commands", is_flag=True, help="--tools real: run the workload's recorded tool commands.")
 @click.option("--cpu-stress", type=click.IntRange(min=0), default=0, show_default=True,
               help="Cores taken by background CPU stressors.")
 @click.option("--gpu-share", type=click.FloatRange(min=0, max=1, min_open=True), default=1.0, show_default=True,
@@ -76,7 +79,7 @@ def make_config(sets: tuple[str, ...], **values: Any) -> RunConfig:
 @json_option
 def run(backend: str, engine: str, workload: str, sessions: int | None, rps: float | None, arrival: str | None,
         cv: float | None, seed: int | None, sets: tuple[str, ...], gpu: str, model: str, tp: int, profile: str | None,
-        tool_cores: int, tool_mode: str, cpu_stress: int, gpu_share: float, kv_offload_gib: float, chat_rps: float, goodput: tuple[str, ...], alpha: float,
+        tool_cores: int, tool_mode: str, tools: str, allow_commands: bool, cpu_stress: int, gpu_share: float, kv_offload_gib: float, chat_rps: float, goodput: tuple[str, ...], alpha: float,
         results_dir: Path, as_json: bool) -> None:
     """Run one backend on one workload; write results/<run_id>/ and print the summary.
 
@@ -95,7 +98,7 @@ def run(backend: str, engine: str, workload: str, sessions: int | None, rps: flo
     config = make_config(
         sets, backend=backend, engine=engine, workload=workload, sessions=sessions, rps=rps, arrival=arrival, cv=cv,
         seed=seed, gpu=gpu, model=model, tp=tp, profile=profile, tool_cores=tool_cores, tool_mode=tool_mode,
-        cpu_stress=cpu_stress, gpu_share=gpu_share, chat_rps=chat_rps, goodput=goodput, alpha=alpha,
+        tools=tools, allow_commands=allow_commands, cpu_stress=cpu_stress, gpu_share=gpu_share, chat_rps=chat_rps, goodput=goodput, alpha=alpha,
     )
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=True, disable=as_json) as bars:

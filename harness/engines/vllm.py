@@ -32,7 +32,8 @@ from harness.admission import AdmissionController
 from harness.agent import CallSpec
 from harness.engines.sim.request import SimRequest
 from harness.errors import BadInput
-from harness.runner import AgentRun, Sink
+from harness.real_tools import RealToolPool
+from harness.runner import AgentRun, Sink, ToolRunner
 from harness.tools import ToolMode, ToolPool
 from mars_impl.signals import EngineSignals
 from workloads.model import Session
@@ -68,6 +69,8 @@ class VllmSetup:
     cache_dir: str | None = None
     tool_cores: int = 8
     tool_mode: ToolMode = "queue"
+    real_tools: bool = False
+    allow_commands: bool = False
     cpu_stress: int = 0
     timeline_interval_s: float = 1.0
     seed: int = 0
@@ -174,12 +177,21 @@ class VllmRun(AgentRun):
         from vllm.v1.engine.llm_engine import LLMEngine  # noqa: PLC0415
 
         env = simpy.rt.RealtimeEnvironment(strict=False)
-        super().__init__(env, sessions, admission, ToolPool(setup.tool_cores, setup.tool_mode,
-                                                            stress_cores=setup.cpu_stress),
-                         sink, background, setup.timeline_interval_s)
+        tools: ToolPool | ToolRunner = ToolPool(setup.tool_cores, setup.tool_mode, stress_cores=setup.cpu_stress)
+        if setup.real_tools:
+            try:
+                tools = RealToolPool(env, setup.tool_cores, setup.tool_mode, setup.cpu_stress, setup.allow_commands)
+            except ValueError as exc:
+                raise BadInput(f"--tools real: {exc}") from None
+        self.real_tools = tools if isinstance(tools, RealToolPool) else None
+        super().__init__(env, sessions, admission, tools, sink, background, setup.timeline_interval_s)
         self.setup = setup
         plugin = {"config": config_json, "step_log": setup.step_log, "epoch": time.monotonic()}
-        self.llm = LLMEngine.from_engine_args(EngineArgs(**engine_args(setup, plugin)))
+        try:
+            self.llm = LLMEngine.from_engine_args(EngineArgs(**engine_args(setup, plugin)))
+        except Exception as exc:  # vLLM reports bad settings as exceptions deep in its start-up
+            self.close()
+            raise BadInput(f"the vLLM engine did not start: {str(exc).splitlines()[-1] if str(exc) else exc!r}") from None
         self.sched = self.llm.engine_core.engine_core.scheduler
         self.tokens = SessionTokens(self.llm.model_config.get_vocab_size(), setup.seed)
         self.calls: dict[str, _Call] = {}
@@ -293,7 +305,14 @@ class VllmRun(AgentRun):
         s = self.sched
         return {"engine_steps": self.steps, "gpu_busy_s": self.busy_s, "num_gpu_blocks": s.num_total_blocks,
                 "block_size": s.block_size, "vllm_version": _vllm_version(), "vllm_cached_tokens": self.cached_tokens,
-                **s.counters}
+                **s.counters, **self._tool_stats()}
+
+    def _tool_stats(self) -> dict[str, Any]:
+        pool = self.real_tools
+        if pool is None:
+            return {"tools": "timed"}
+        return {"tools": "real", "tool_cpus": pool.cpus, "tool_calls_run": pool.completed,
+                "tool_calls_failed": pool.failed}
 
     def run(self, isolated: dict[str, float] | None = None) -> Any:
         self.env.sync()  # real time starts now, not when the engine finished loading
@@ -305,7 +324,9 @@ class VllmRun(AgentRun):
             self.close()
 
     def close(self) -> None:
-        """Stop the engine (its workers and memory); safe to call twice."""
+        """Stop the tool processes and the engine (its workers and memory); safe to call twice."""
+        if getattr(self, "real_tools", None) is not None:
+            self.real_tools.close()
         llm, self.llm = getattr(self, "llm", None), None
         if llm is not None:
             core = getattr(llm, "engine_core", None)
@@ -329,7 +350,8 @@ def vllm_setup(config: Any, sessions: Sequence[Session], cache_dir: Path, step_l
         gpu_memory_utilization=e.gpu_memory_utilization, enable_prefix_caching=e.enable_prefix_caching,
         long_prefill_token_threshold=e.long_prefill_token_threshold,
         load_format="auto" if has_weights or not local else "dummy", cache_dir=str(cache_dir),
-        tool_cores=config.tool_cores, tool_mode=config.tool_mode, cpu_stress=config.cpu_stress,
+        tool_cores=config.tool_cores, tool_mode=config.tool_mode, real_tools=config.tools == "real",
+        allow_commands=config.allow_commands, cpu_stress=config.cpu_stress,
         timeline_interval_s=config.timeline_interval_s, seed=config.seed,
         step_log=str(step_log) if step_log else None)
 

@@ -147,7 +147,8 @@ class SimToolPool:
         self._wake: simpy.Event = env.event()
         env.process(self._loop())
 
-    def run(self, job_id: Hashable, cpu_seconds: float, cores: int) -> simpy.Event:
+    def run(self, job_id: Hashable, cpu_seconds: float, cores: int, command: str | None = None) -> simpy.Event:
+        """Model the call's CPU time (a recorded `command` is never run here: see harness.real_tools)."""
         done = self.env.event()
         self._done[job_id] = done
         self.pool.submit(job_id, cpu_seconds, cores, self.env.now)

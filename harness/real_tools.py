@@ -1,0 +1,172 @@
+"""Real CPU tools (`--tools real`, real engine only): every tool call runs as processes pinned to the tool
+cores and does the turn's CPU work for real, so tools and the engine contend for the machine as they do
+in production.
+
+A call of `cpu_seconds` on `cores` cores starts `cores` worker processes (clamped to the pool, work
+conserved as in harness.tools), each burning `cpu_seconds` of its own CPU time (a busy loop on
+`time.process_time`, so the work is exact however the OS shares the cores), or, when the workload
+records a command and `--allow-commands` is given, runs that command through the shell. Disciplines as
+in harness.tools: `queue` (one FIFO; the head starts when enough tool cores are free, nobody overtakes)
+and `timeshare` (everything starts at once; the OS shares the cores). `--cpu-stress K` adds K busy
+processes on the same cores for the whole run.
+
+Every process is pinned (`os.sched_setaffinity`) to the tool CPUs, runs in its own session (so the pool
+kills the whole group), under a CPU-time limit and an address-space limit, and is killed when the pool
+closes - at the end of the run, on an error, on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import signal
+import subprocess
+import sys
+from collections import deque
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import simpy
+
+from harness.tools import Ema, ToolCompletion, ToolMode
+
+POLL_S = 0.005  # how often running tools are checked for completion
+MEMORY_LIMIT_BYTES = 2 << 30
+BURN = "import sys, time\nend = time.process_time() + float(sys.argv[1])\nwhile time.process_time() < end:\n    pass\n"
+SPIN = "while True:\n    pass\n"
+
+
+def tool_cpus(requested: int, available: Sequence[int] | None = None) -> list[int]:
+    """The CPUs tools are pinned to: the last `requested` of the process's CPUs, keeping the first one for
+    the engine when there is more than one (all of them on a one-CPU machine)."""
+    cpus = sorted(available if available is not None else os.sched_getaffinity(0))
+    pool = cpus[1:] if len(cpus) > 1 else cpus
+    return pool[-requested:] if requested < len(pool) else pool
+
+
+@dataclass
+class _Call:
+    job_id: Hashable
+    cpu_seconds: float
+    cores: int  # requested
+    workers: int  # granted (clamped to the pool)
+    submitted_s: float
+    command: str | None
+    event: simpy.Event
+    started_s: float | None = None
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+
+class RealToolPool:
+    """Runs tool calls as pinned processes on a (real-time) simpy environment; the interface of
+    harness.engines.sim.engine.SimToolPool, and the signals of harness.tools.ToolPool."""
+
+    def __init__(self, env: simpy.Environment, cores: int, mode: ToolMode = "queue", stress_cores: int = 0,
+                 allow_commands: bool = False, ema_alpha: float = 0.2, cpus: Sequence[int] | None = None) -> None:
+        self.env = env
+        self.mode = mode
+        self.cpus = list(cpus) if cpus is not None else tool_cpus(cores)
+        self.cores = len(self.cpus)
+        if mode == "queue" and stress_cores >= self.cores:
+            raise ValueError(f"{stress_cores} stress processes leave none of the {self.cores} tool CPUs "
+                             f"({self.cpus}) for tool calls in queue mode; use fewer or --tool-mode timeshare")
+        self.workers = self.cores - stress_cores if mode == "queue" else self.cores
+        self.allow_commands = allow_commands
+        self.pool = self  # SimToolPool's shape: the runner reads the signals from `.pool`
+        self._ema = Ema(ema_alpha)
+        self._queue: deque[_Call] = deque()
+        self._running: list[_Call] = []
+        self._busy = 0
+        self._stressors = [self._spawn([sys.executable, "-c", SPIN]) for _ in range(stress_cores)]
+        self._wake: simpy.Event = env.event()
+        self.completed = 0
+        self.failed = 0
+        env.process(self._loop())
+
+    # ----------------------------------------------------------------------------- signals
+    @property
+    def inflight(self) -> int:
+        return len(self._queue) + len(self._running)
+
+    @property
+    def busy_cores(self) -> float:
+        return float(self._busy)
+
+    @property
+    def ema_wait_s(self) -> float:
+        return self._ema.value if self._ema.value is not None else 0.0
+
+    # ----------------------------------------------------------------------------- calls
+    def run(self, job_id: Hashable, cpu_seconds: float, cores: int, command: str | None = None) -> simpy.Event:
+        event = self.env.event()
+        call = _Call(job_id, cpu_seconds, cores, min(cores, self.workers), self.env.now, command, event)
+        self._queue.append(call)
+        self._start_heads()
+        if not self._wake.triggered:
+            self._wake.succeed()
+        return event
+
+    def _start_heads(self) -> None:
+        while self._queue and (self.mode == "timeshare" or self._queue[0].workers <= self.workers - self._busy):
+            call = self._queue.popleft()
+            call.started_s = self.env.now
+            if self.mode == "queue":
+                self._ema.update(call.started_s - call.submitted_s)
+            work = call.cpu_seconds * call.cores / call.workers
+            if call.command is not None and self.allow_commands:
+                call.procs = [self._spawn(["/bin/sh", "-c", call.command], cpu_limit=None)]
+            else:
+                call.procs = [self._spawn([sys.executable, "-c", BURN, f"{work:.6f}"], cpu_limit=work)
+                              for _ in range(call.workers)]
+            self._busy += call.workers
+            self._running.append(call)
+
+    def _spawn(self, argv: list[str], cpu_limit: float | None = None) -> subprocess.Popen[bytes]:
+        cpus = set(self.cpus)
+
+        def confine() -> None:  # in the child, before exec
+            os.sched_setaffinity(0, cpus)
+            resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT_BYTES, MEMORY_LIMIT_BYTES))
+            if cpu_limit is not None:  # the busy loop can't overrun; a hung one is stopped by the kernel
+                limit = int(cpu_limit) + 5
+                resource.setrlimit(resource.RLIMIT_CPU, (limit, limit + 1))
+
+        return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                start_new_session=True, preexec_fn=confine)  # noqa: PLW1509 - no threads here
+
+    def _loop(self) -> Any:
+        env = self.env
+        while True:
+            if not self._running:
+                self._wake = env.event()
+                yield self._wake
+                continue
+            yield env.timeout(POLL_S)
+            done = [c for c in self._running if all(p.poll() is not None for p in c.procs)]
+            for call in done:
+                self._running.remove(call)
+                self._busy -= call.workers
+                self.completed += 1
+                self.failed += any(p.returncode != 0 for p in call.procs)
+                assert call.started_s is not None
+                if self.mode == "timeshare":
+                    self._ema.update(max(0.0, env.now - call.submitted_s - call.cpu_seconds * call.cores / call.workers))
+                call.event.succeed(ToolCompletion(call.job_id, call.cores, call.cpu_seconds, call.submitted_s,
+                                                  call.started_s, env.now, call.started_s - call.submitted_s))
+            if done:
+                self._start_heads()
+
+    def close(self) -> None:
+        """Kill every process the pool started (tools and stressors); safe to call twice."""
+        procs = [p for c in self._running for p in c.procs] + self._stressors
+        for proc in procs:
+            if proc.poll() is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        for proc in procs:
+            proc.wait()
+        self._running.clear()
+        self._stressors = []
