@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 
 import click
 
@@ -13,7 +15,7 @@ from harness.commands.results import results
 from harness.commands.run import backends, run
 from harness.commands.workloads import workloads
 from harness.console import fail
-from harness.errors import BadInput
+from harness.errors import BadInput, EngineFailed
 
 EXIT_OK, EXIT_RUN_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -61,9 +63,17 @@ def expand_goodput(argv: list[str]) -> list[str]:
     return out
 
 
+def _terminate(signum: int, frame: object) -> None:
+    """SIGTERM ends a run as Ctrl-C does: the engine, servers and tool processes are stopped, what was
+    measured is kept, the run is marked interrupted."""
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: click's errors and BadInput become one line and exit 2, never a traceback."""
     argv = expand_goodput(list(sys.argv[1:] if argv is None else argv))
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminate)
     try:
         cli.main(args=argv, prog_name="mars-bench", standalone_mode=False)
     except click.exceptions.Exit as e:
@@ -81,6 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     except BadInput as e:
         fail(str(e))
         return EXIT_BAD_INPUT
+    except EngineFailed as e:
+        fail(str(e))
+        return EXIT_RUN_FAILED
     except BrokenPipeError:
         return EXIT_OK
     return EXIT_OK

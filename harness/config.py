@@ -43,6 +43,8 @@ class RunConfig(BaseModel):
 
     backend: str = "vllm"
     engine: Literal["sim", "vllm"] = "sim"
+    vllm_mode: Literal["in-process", "server"] = Field(
+        default="in-process", description="--engine vllm: the engine in this process, or vLLM's OpenAI server")
     workload: str = "swe-smoke"
     sessions: int | None = Field(default=None, ge=1)
     rps: float | None = Field(default=None, gt=0)

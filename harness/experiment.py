@@ -101,9 +101,15 @@ def _run_vllm(config: RunConfig, sessions: list[Session], admission: AdmissionCo
               background: list[Session], run_dir: Path, results_dir: Path) -> Outcome:
     """The run on the real in-process vLLM engine; the plugin's step log goes to the run directory."""
     try:
+        import vllm  # noqa: F401, PLC0415
+
         from harness.engines.vllm import VllmRun, vllm_setup  # noqa: PLC0415
+        from harness.engines.vllm_server import VllmServerRun  # noqa: PLC0415
     except ImportError as exc:
         raise BadInput(f"--engine vllm needs vLLM: pip install -e '.[vllm]' (see README) ({exc})") from None
     setup = vllm_setup(config, [*sessions, *background], cache_dir=results_dir / ".cache" / "vllm",
                        step_log=run_dir / "steps.jsonl")
-    return VllmRun(sessions, config.model_dump(mode="json"), admission, setup, sink, background).run()
+    config_json = config.model_dump(mode="json")
+    if config.vllm_mode == "server":
+        return VllmServerRun(sessions, config_json, admission, setup, run_dir, sink, background).run()
+    return VllmRun(sessions, config_json, admission, setup, sink, background).run()

@@ -61,8 +61,13 @@ def _blocks_for(tokens: int, block_size: int) -> int:
 class RequestMeta:
     """The session metadata a call carries (see harness.engines.vllm.call_meta)."""
 
-    def __init__(self, raw: Mapping[str, Any] | None, request_id: str) -> None:
-        raw = raw or {}
+    def __init__(self, raw: Mapping[str, Any] | str | None, request_id: str) -> None:
+        if isinstance(raw, str):  # over HTTP `vllm_xargs` values are flat: the metadata comes as JSON
+            try:
+                raw = json.loads(raw)
+            except ValueError:
+                raw = None
+        raw = raw if isinstance(raw, Mapping) else {}  # bad metadata must never stop the engine
         self.call_id: str = str(raw.get("call_id", request_id))  # the harness's id (vLLM adds a suffix to its own)
         self.session_id: str = str(raw.get("session_id", request_id))
         self.turn: int = int(raw.get("turn", 0))
@@ -71,6 +76,7 @@ class RequestMeta:
         self.session_arrival_s: float | None = raw.get("session_arrival_s")
         self.prev_tool: Mapping[str, Any] | None = raw.get("prev_tool")
         self.measured: bool = bool(raw.get("measured", True))
+        self.epoch: float | None = raw.get("epoch")  # the harness's clock origin (CLOCK_MONOTONIC seconds)
 
 
 class VllmRequestView:
@@ -164,6 +170,8 @@ class PolicyScheduler(Scheduler):
         self._step: _Step | None = None
         self._step_events: dict[str, list[Any]] = {}
         self._log = open(settings["step_log"], "a") if settings.get("step_log") else None  # noqa: SIM115
+        # per-call figures for a harness in another process (server mode): one JSON line per finished call
+        self._call_log = open(settings["call_log"], "a") if settings.get("call_log") else None  # noqa: SIM115
         self._allocate = self.kv_cache_manager.allocate_slots
         self.kv_cache_manager.allocate_slots = self._allocate_slots  # type: ignore[method-assign]
         self.engine_view = PluginEngineView(self)
@@ -218,9 +226,11 @@ class PolicyScheduler(Scheduler):
 
     # ------------------------------------------------------------------------------- requests
     def add_request(self, request: Request) -> None:
-        now = self.now()
         extra = (request.sampling_params.extra_args or {}) if request.sampling_params else {}
         meta = RequestMeta(extra.get(META_KEY), request.request_id)
+        if meta.epoch is not None:  # a server started before the run: take the harness's clock
+            self.epoch = float(meta.epoch)
+        now = self.now()
         view = VllmRequestView(request, meta, now, self)
         self.views[request.request_id] = view
         super().add_request(request)
@@ -373,9 +383,12 @@ class PolicyScheduler(Scheduler):
         view = self.views.pop(request.request_id, None)
         retention = FREE
         if view is not None:
-            self.finished_calls[view.meta.call_id] = {
-                "preemptions": request.num_preemptions, "recomputed_tokens": view.recomputed_tokens,
-                "first_scheduled_s": view.first_scheduled_s}
+            figures = {"preemptions": request.num_preemptions, "recomputed_tokens": view.recomputed_tokens,
+                       "first_scheduled_s": view.first_scheduled_s}
+            self.finished_calls[view.meta.call_id] = figures
+            if self._call_log is not None:
+                self._call_log.write(json.dumps({"call_id": view.meta.call_id, **figures}) + "\n")
+                self._call_log.flush()
         if view is not None and request.status in (RequestStatus.FINISHED_LENGTH_CAPPED, RequestStatus.FINISHED_STOPPED):
             now = self.now()
             self.mb_policy.on_finished(view, now)

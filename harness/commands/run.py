@@ -57,6 +57,8 @@ def make_config(sets: tuple[str, ...], **values: Any) -> RunConfig:
 @click.command()
 @click.option("--backend", "-b", default="vllm", show_default=True, help="Serving policy (see `mars-bench backends`).")
 @click.option("--engine", type=click.Choice(list(ENGINES)), default="sim", show_default=True, help="Engine to run on.")
+@click.option("--vllm-mode", type=click.Choice(["in-process", "server"]), default="in-process", show_default=True,
+              help="--engine vllm: the engine in this process, or vLLM's OpenAI server launched for the run.")
 @workload_options(default="swe-smoke")
 @hardware_options
 @click.option("--tool-cores", type=click.IntRange(min=1), default=8, show_default=True, help="CPU cores for tools.")
@@ -77,7 +79,7 @@ def make_config(sets: tuple[str, ...], **values: Any) -> RunConfig:
 @click.option("--alpha", type=float, default=3.0, show_default=True, help="Goodput: sessions with slowdown <= alpha.")
 @results_dir_option
 @json_option
-def run(backend: str, engine: str, workload: str, sessions: int | None, rps: float | None, arrival: str | None,
+def run(backend: str, engine: str, vllm_mode: str, workload: str, sessions: int | None, rps: float | None, arrival: str | None,
         cv: float | None, seed: int | None, sets: tuple[str, ...], gpu: str, model: str, tp: int, profile: str | None,
         tool_cores: int, tool_mode: str, tools: str, allow_commands: bool, cpu_stress: int, gpu_share: float, kv_offload_gib: float, chat_rps: float, goodput: tuple[str, ...], alpha: float,
         results_dir: Path, as_json: bool) -> None:
@@ -96,7 +98,7 @@ def run(backend: str, engine: str, workload: str, sessions: int | None, rps: flo
     if kv_offload_gib:
         sets = (f"engine_args.kv_offload_gib={kv_offload_gib}", *sets)
     config = make_config(
-        sets, backend=backend, engine=engine, workload=workload, sessions=sessions, rps=rps, arrival=arrival, cv=cv,
+        sets, backend=backend, engine=engine, vllm_mode=vllm_mode, workload=workload, sessions=sessions, rps=rps, arrival=arrival, cv=cv,
         seed=seed, gpu=gpu, model=model, tp=tp, profile=profile, tool_cores=tool_cores, tool_mode=tool_mode,
         tools=tools, allow_commands=allow_commands, cpu_stress=cpu_stress, gpu_share=gpu_share, chat_rps=chat_rps, goodput=goodput, alpha=alpha,
     )

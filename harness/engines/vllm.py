@@ -167,26 +167,125 @@ def engine_args(setup: VllmSetup, plugin_settings: dict[str, Any]) -> dict[str, 
     return args
 
 
-class VllmRun(AgentRun):
+class RealEngineRun(AgentRun):
+    """What every real-engine run shares: a real-time environment, timed or real tools, append-only
+    session prompts, the session metadata each call carries, and per-token timing of the outputs.
+    Subclasses send calls to the engine and deliver its outputs (`_tokens_arrived`, `_finish`)."""
+
+    def __init__(self, sessions: Sequence[Session], admission: AdmissionController, setup: VllmSetup,
+                 sink: Sink | None = None, background: Sequence[Session] = ()) -> None:
+        prepare_environment(setup.cache_dir)
+        env = simpy.rt.RealtimeEnvironment(strict=False)
+        tools: ToolPool | ToolRunner = ToolPool(setup.tool_cores, setup.tool_mode, stress_cores=setup.cpu_stress)
+        self.real_tools: RealToolPool | None = None
+        if setup.real_tools:
+            try:
+                self.real_tools = RealToolPool(env, setup.tool_cores, setup.tool_mode, setup.cpu_stress,
+                                               setup.allow_commands)
+            except ValueError as exc:
+                raise BadInput(f"--tools real: {exc}") from None
+            tools = self.real_tools
+        super().__init__(env, sessions, admission, tools, sink, background, setup.timeline_interval_s)
+        self.setup = setup
+        self.calls: dict[str, _Call] = {}
+        self.prev_tool: dict[str, dict[str, Any]] = {}
+        self.cached_tokens = 0
+        self.tokens: SessionTokens | None = None
+        self._epoch = time.monotonic()
+
+    # ------------------------------------------------------------------------------ calls
+    def _prepare(self, req: SimRequest) -> tuple[list[int], dict[str, Any]]:
+        """The call's prompt ids and metadata; registers it as in flight."""
+        assert self.tokens is not None
+        spec = CallSpec(req.session_id, req.turn, req.num_prompt_tokens, req.max_tokens, req.is_last_turn,
+                        req.tool_name, req.prefix_id, req.prefix_tokens, req.session_arrival_s)
+        meta = call_meta(req.request_id, spec, req.session_id in self.loops, self.prev_tool.pop(req.session_id, None))
+        meta["epoch"] = self._epoch
+        return self.tokens.prompt(spec), meta
+
+    def tool_ended(self, session_id: str, tool_name: str, duration_s: float) -> None:
+        self.prev_tool[session_id] = {"name": tool_name, "duration_s": duration_s}
+
+    def fits_at_all(self, req: SimRequest) -> bool:
+        tokens = req.num_prompt_tokens + req.max_tokens
+        return tokens <= self.setup.max_model_len
+
+    def _now(self) -> float:
+        return time.monotonic() - self._epoch
+
+    def _tokens_arrived(self, call: _Call, new: Sequence[int], start: float, end: float) -> None:
+        """New output ids of a call, produced by the step [start, end] (harness clock)."""
+        req = call.req
+        for _ in new:
+            if req.num_output_tokens == 0:
+                req.first_token_s = end
+            else:
+                req.itl_s.append(end - req.last_token_s)
+            req.last_token_s = end
+            req.num_output_tokens += 1
+        call.output_ids.extend(int(t) for t in new)
+        if math.isnan(req.first_scheduled_s):
+            req.first_scheduled_s = start
+
+    def _finish(self, call: _Call, cached_tokens: int, figures: dict[str, Any], end: float) -> None:
+        assert self.tokens is not None
+        req = call.req
+        del self.calls[req.request_id]
+        req.finish_s = end
+        req.cached_tokens = cached_tokens
+        self.cached_tokens += cached_tokens
+        req.num_preemptions = int(figures.get("preemptions", 0))
+        req.recomputed_tokens = int(figures.get("recomputed_tokens", 0))
+        first = figures.get("first_scheduled_s")
+        if first is not None and not math.isnan(first):
+            req.first_scheduled_s = first
+        if req.is_last_turn:
+            self.tokens.end(req.session_id)
+        else:
+            self.tokens.add_output(req.session_id, call.output_ids)
+        call.event.succeed(req)
+
+    # ------------------------------------------------------------------------------ run
+    def run(self, isolated: dict[str, float] | None = None) -> Any:
+        self.env.sync()  # real time starts now, not when the engine finished loading
+        self._epoch = time.monotonic()
+        self._started()
+        try:
+            return super().run(isolated)
+        finally:
+            self.close()
+
+    def _started(self) -> None:
+        """The run's clock just started (at `self._epoch`)."""
+
+    def _tool_stats(self) -> dict[str, Any]:
+        pool = self.real_tools
+        if pool is None:
+            return {"tools": "timed"}
+        return {"tools": "real", "tool_cpus": pool.cpus, "tool_calls_run": pool.completed,
+                "tool_calls_failed": pool.failed}
+
+    def close(self) -> None:
+        """Stop the tool processes and the engine; safe to call twice."""
+        if self.real_tools is not None:
+            self.real_tools.close()
+        self._close_engine()
+
+    def _close_engine(self) -> None:
+        raise NotImplementedError
+
+
+class VllmRun(RealEngineRun):
     """One run on a real in-process vLLM engine, in real time."""
 
     def __init__(self, sessions: Sequence[Session], config_json: dict[str, Any], admission: AdmissionController,
                  setup: VllmSetup, sink: Sink | None = None, background: Sequence[Session] = ()) -> None:
-        prepare_environment(setup.cache_dir)
+        self.llm: Any = None
+        super().__init__(sessions, admission, setup, sink, background)
         from vllm import EngineArgs  # noqa: PLC0415 - heavy, and only after the environment is set
         from vllm.v1.engine.llm_engine import LLMEngine  # noqa: PLC0415
 
-        env = simpy.rt.RealtimeEnvironment(strict=False)
-        tools: ToolPool | ToolRunner = ToolPool(setup.tool_cores, setup.tool_mode, stress_cores=setup.cpu_stress)
-        if setup.real_tools:
-            try:
-                tools = RealToolPool(env, setup.tool_cores, setup.tool_mode, setup.cpu_stress, setup.allow_commands)
-            except ValueError as exc:
-                raise BadInput(f"--tools real: {exc}") from None
-        self.real_tools = tools if isinstance(tools, RealToolPool) else None
-        super().__init__(env, sessions, admission, tools, sink, background, setup.timeline_interval_s)
-        self.setup = setup
-        plugin = {"config": config_json, "step_log": setup.step_log, "epoch": time.monotonic()}
+        plugin = {"config": config_json, "step_log": setup.step_log, "epoch": self._epoch}
         try:
             self.llm = LLMEngine.from_engine_args(EngineArgs(**engine_args(setup, plugin)))
         except Exception as exc:  # vLLM reports bad settings as exceptions deep in its start-up
@@ -194,44 +293,32 @@ class VllmRun(AgentRun):
             raise BadInput(f"the vLLM engine did not start: {str(exc).splitlines()[-1] if str(exc) else exc!r}") from None
         self.sched = self.llm.engine_core.engine_core.scheduler
         self.tokens = SessionTokens(self.llm.model_config.get_vocab_size(), setup.seed)
-        self.calls: dict[str, _Call] = {}
-        self.prev_tool: dict[str, dict[str, Any]] = {}
         self.steps = 0
         self.busy_s = 0.0
-        self.cached_tokens = 0
         self._wake: simpy.Event | None = None
-        self._epoch = 0.0
-        env.process(self._loop())
+        self.env.process(self._loop())
 
-    # ------------------------------------------------------------------------------ the engine
+    def _started(self) -> None:
+        self.sched.epoch = self._epoch
+
     def fits_at_all(self, req: SimRequest) -> bool:
         tokens = req.num_prompt_tokens + req.max_tokens
-        return tokens <= self.setup.max_model_len and \
-            math.ceil(tokens / self.sched.block_size) <= self.sched.num_total_blocks
+        return super().fits_at_all(req) and math.ceil(tokens / self.sched.block_size) <= self.sched.num_total_blocks
 
     def submit(self, req: SimRequest) -> simpy.Event:
         from vllm import SamplingParams  # noqa: PLC0415
         from vllm.inputs import TokensPrompt  # noqa: PLC0415
         from vllm.sampling_params import RequestOutputKind  # noqa: PLC0415
 
-        spec = CallSpec(req.session_id, req.turn, req.num_prompt_tokens, req.max_tokens, req.is_last_turn,
-                        req.tool_name, req.prefix_id, req.prefix_tokens, req.session_arrival_s)
-        measured = req.session_id in self.loops
-        meta = call_meta(req.request_id, spec, measured, self.prev_tool.pop(req.session_id, None))
+        prompt, meta = self._prepare(req)
         params = SamplingParams(max_tokens=req.max_tokens, ignore_eos=True, temperature=0.0,
                                 output_kind=RequestOutputKind.DELTA, extra_args={"mars": meta})
         event = self.env.event()
         self.calls[req.request_id] = _Call(req, event)
-        self.llm.add_request(req.request_id, TokensPrompt(prompt_token_ids=self.tokens.prompt(spec)), params)
+        self.llm.add_request(req.request_id, TokensPrompt(prompt_token_ids=prompt), params)
         if self._wake is not None and not self._wake.triggered:
             self._wake.succeed()
         return event
-
-    def tool_ended(self, session_id: str, tool_name: str, duration_s: float) -> None:
-        self.prev_tool[session_id] = {"name": tool_name, "duration_s": duration_s}
-
-    def _now(self) -> float:
-        return time.monotonic() - self._epoch
 
     def _loop(self) -> Any:
         env = self.env
@@ -250,44 +337,15 @@ class VllmRun(AgentRun):
             if not outputs and t1 - t0 < IDLE_BACKOFF_S:
                 wait = max(wait, IDLE_BACKOFF_S)
             yield env.timeout(max(0.0, wait))
-            self._deliver(outputs, t0 - self._epoch, t1 - self._epoch)
-
-    def _deliver(self, outputs: Sequence[Any], start: float, end: float) -> None:
-        for out in outputs:
-            call = self.calls.get(out.request_id)
-            if call is None:
-                continue
-            req = call.req
-            new = list(out.outputs[0].token_ids) if out.outputs else []
-            for _ in new:
-                if req.num_output_tokens == 0:
-                    req.first_token_s = end
-                else:
-                    req.itl_s.append(end - req.last_token_s)
-                req.last_token_s = end
-                req.num_output_tokens += 1
-            call.output_ids.extend(new)
-            if math.isnan(req.first_scheduled_s):
-                req.first_scheduled_s = start
-            if out.finished:
-                self._finish(call, out, end)
-
-    def _finish(self, call: _Call, out: Any, end: float) -> None:
-        req = call.req
-        del self.calls[req.request_id]
-        req.finish_s = end
-        req.cached_tokens = int(out.num_cached_tokens or 0)
-        self.cached_tokens += req.cached_tokens
-        info = self.sched.finished_calls.pop(req.request_id, {})
-        req.num_preemptions = int(info.get("preemptions", 0))
-        req.recomputed_tokens = int(info.get("recomputed_tokens", 0))
-        if not math.isnan(info.get("first_scheduled_s", math.nan)):
-            req.first_scheduled_s = info["first_scheduled_s"]
-        if req.is_last_turn:
-            self.tokens.end(req.session_id)
-        else:
-            self.tokens.add_output(req.session_id, call.output_ids)
-        call.event.succeed(req)
+            start, end = t0 - self._epoch, t1 - self._epoch
+            for out in outputs:
+                call = self.calls.get(out.request_id)
+                if call is None:
+                    continue
+                self._tokens_arrived(call, list(out.outputs[0].token_ids) if out.outputs else [], start, end)
+                if out.finished:
+                    figures = self.sched.finished_calls.pop(call.req.request_id, {})
+                    self._finish(call, int(out.num_cached_tokens or 0), figures, end)
 
     # ------------------------------------------------------------------------------ signals, stats
     def engine_signals(self) -> EngineSignals:
@@ -305,29 +363,10 @@ class VllmRun(AgentRun):
         s = self.sched
         return {"engine_steps": self.steps, "gpu_busy_s": self.busy_s, "num_gpu_blocks": s.num_total_blocks,
                 "block_size": s.block_size, "vllm_version": _vllm_version(), "vllm_cached_tokens": self.cached_tokens,
-                **s.counters, **self._tool_stats()}
+                "vllm_mode": "in-process", **s.counters, **self._tool_stats()}
 
-    def _tool_stats(self) -> dict[str, Any]:
-        pool = self.real_tools
-        if pool is None:
-            return {"tools": "timed"}
-        return {"tools": "real", "tool_cpus": pool.cpus, "tool_calls_run": pool.completed,
-                "tool_calls_failed": pool.failed}
-
-    def run(self, isolated: dict[str, float] | None = None) -> Any:
-        self.env.sync()  # real time starts now, not when the engine finished loading
-        self._epoch = time.monotonic()
-        self.sched.epoch = self._epoch
-        try:
-            return super().run(isolated)
-        finally:
-            self.close()
-
-    def close(self) -> None:
-        """Stop the tool processes and the engine (its workers and memory); safe to call twice."""
-        if getattr(self, "real_tools", None) is not None:
-            self.real_tools.close()
-        llm, self.llm = getattr(self, "llm", None), None
+    def _close_engine(self) -> None:
+        llm, self.llm = self.llm, None
         if llm is not None:
             core = getattr(llm, "engine_core", None)
             if core is not None and hasattr(core, "shutdown"):
@@ -343,7 +382,7 @@ def vllm_setup(config: Any, sessions: Sequence[Session], cache_dir: Path, step_l
     e = config.engine_args
     max_model_len = longest + 1
     if e.num_gpu_blocks is not None and e.block_size is not None:  # vLLM refuses a limit the KV can't hold
-        max_model_len = min(max_model_len, e.num_gpu_blocks * e.block_size)
+        max_model_len = min(max_model_len, (e.num_gpu_blocks - 1) * e.block_size)  # one block is the null block
     return VllmSetup(
         model=model, max_model_len=max_model_len, max_num_batched_tokens=e.max_num_batched_tokens,
         max_num_seqs=e.max_num_seqs, num_gpu_blocks=e.num_gpu_blocks, block_size=e.block_size,
