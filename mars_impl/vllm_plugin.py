@@ -40,6 +40,7 @@ from vllm.v1.core.sched.request_queue import FCFSRequestQueue, SchedulingPolicy
 from vllm.v1.core.sched.scheduler import Scheduler
 from vllm.v1.request import Request, RequestStatus
 
+from harness.engines.sim.core import Pin
 from harness.policy import FREE, Policy, Retention, ScheduledStep
 
 SUPPORTED_VLLM = ("0.32.",)
@@ -126,21 +127,6 @@ class VllmRequestView:
 
 
 @dataclass
-class VllmPin:
-    """A session's KV blocks kept across a tool call (PinView)."""
-
-    session_id: str
-    blocks: list[Any]
-    computed_tokens: int
-    since_s: float
-    deadline_s: float
-
-    @property
-    def num_blocks(self) -> int:
-        return len(self.blocks)
-
-
-@dataclass
 class _Step:
     start_s: float
     scheduled: list[tuple[VllmRequestView, int]]
@@ -163,7 +149,7 @@ class PolicyScheduler(Scheduler):
         self.waiting = FCFSRequestQueue()
         self.views: dict[str, VllmRequestView] = {}
         self.finished_calls: dict[str, dict[str, Any]] = {}  # request id -> per-call figures, for the harness
-        self.pins: dict[str, VllmPin] = {}
+        self.pins: dict[str, Pin] = {}
         self.counters = {"preemptions": 0, "pins_made": 0, "pins_used": 0, "pins_expired": 0,
                          "pins_released_early": 0, "chunks_shrunk": 0, "chunks_capped": 0}
         self._s_per_prefill_token = float(settings.get("prefill_s_per_token", 1e-4))
@@ -407,7 +393,7 @@ class PolicyScheduler(Scheduler):
         if old is not None:
             self.kv_cache_manager.block_pool.free_blocks(reversed(old.blocks))
         self.kv_cache_manager.block_pool.touch(blocks)
-        self.pins[view.session_id] = VllmPin(view.session_id, blocks, len(blocks) * self.block_size, now,
+        self.pins[view.session_id] = Pin(view.session_id, blocks, len(blocks) * self.block_size, now,
                                              now + retention.seconds)
         self.counters["pins_made"] += 1
 

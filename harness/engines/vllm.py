@@ -217,12 +217,7 @@ class RealEngineRun(AgentRun):
         """New output ids of a call, produced by the step [start, end] (harness clock)."""
         req = call.req
         for _ in new:
-            if req.num_output_tokens == 0:
-                req.first_token_s = end
-            else:
-                req.itl_s.append(end - req.last_token_s)
-            req.last_token_s = end
-            req.num_output_tokens += 1
+            req.sample_token(end)
         call.output_ids.extend(int(t) for t in new)
         if math.isnan(req.first_scheduled_s):
             req.first_scheduled_s = start

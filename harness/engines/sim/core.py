@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from harness.engines.sim.kv_cache import KVCache
 from harness.engines.sim.request import SimRequest
@@ -74,7 +75,7 @@ class Pin:
     """KV blocks kept for a session across a tool call, until `deadline_s` (harness.policy.PinView)."""
 
     session_id: str
-    blocks: list[int]
+    blocks: list[Any]  # block ids (sim) or vLLM KVCacheBlocks (the real engine's plugin)
     computed_tokens: int
     since_s: float
     deadline_s: float
@@ -360,12 +361,7 @@ class EngineCore:
         return finished
 
     def _sample(self, req: SimRequest, t: float) -> None:
-        if req.num_output_tokens == 0:
-            req.first_token_s = t
-        else:
-            req.itl_s.append(t - req.last_token_s)
-        req.last_token_s = t
-        req.num_output_tokens += 1
+        req.sample_token(t)
 
     def _finish(self, req: SimRequest, t: float) -> None:
         req.finish_s = t

@@ -89,6 +89,15 @@ class SimRequest:
             keys.append(self.block_key(index, block_size))
         return keys[:n] if len(keys) > n else keys
 
+    def sample_token(self, t: float) -> None:
+        """One output token produced at time `t` (TTFT, inter-token latency)."""
+        if self.num_output_tokens == 0:
+            self.first_token_s = t
+        else:
+            self.itl_s.append(t - self.last_token_s)
+        self.last_token_s = t
+        self.num_output_tokens += 1
+
     def row(self) -> dict:
         """This call as a row of the calls table (harness.tables.CALL_COLUMNS)."""
         return {
