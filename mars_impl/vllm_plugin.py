@@ -83,31 +83,31 @@ class RequestMeta:
 class VllmRequestView:
     """A vLLM `Request` as the policy's RequestView."""
 
+    __slots__ = ("req", "meta", "_sched", "request_id", "session_id", "turn", "is_last_turn", "tool_name",
+                 "arrival_s", "session_arrival_s", "num_prompt_tokens", "last_scheduled_s", "first_scheduled_s",
+                 "lost_until", "recomputed_tokens")
+
     def __init__(self, req: Request, meta: RequestMeta, arrival_s: float, sched: PolicyScheduler) -> None:
         self.req = req
         self.meta = meta
-        self._arrival_s = arrival_s
         self._sched = sched
+        # what never changes is a plain attribute: policies read these in every sort key
+        self.request_id: str = req.request_id
+        self.session_id = meta.session_id
+        self.turn = meta.turn
+        self.is_last_turn = meta.is_last_turn
+        self.tool_name = meta.tool_name
+        self.arrival_s = arrival_s
+        self.session_arrival_s = arrival_s if meta.session_arrival_s is None else float(meta.session_arrival_s)
+        self.num_prompt_tokens: int = req.num_prompt_tokens
         self.last_scheduled_s: float | None = None
         self.first_scheduled_s: float = float("nan")
         self.lost_until = 0  # tokens computed before the last preemption (computing them again is recompute)
         self.recomputed_tokens = 0
 
-    request_id = property(lambda self: self.req.request_id)
-    session_id = property(lambda self: self.meta.session_id)
-    turn = property(lambda self: self.meta.turn)
-    is_last_turn = property(lambda self: self.meta.is_last_turn)
-    tool_name = property(lambda self: self.meta.tool_name)
-    arrival_s = property(lambda self: self._arrival_s)
-    num_prompt_tokens = property(lambda self: self.req.num_prompt_tokens)
     num_output_tokens = property(lambda self: self.req.num_output_tokens)
     num_computed_tokens = property(lambda self: self.req.num_computed_tokens)
     num_preemptions = property(lambda self: self.req.num_preemptions)
-
-    @property
-    def session_arrival_s(self) -> float:
-        s = self.meta.session_arrival_s
-        return self._arrival_s if s is None else float(s)
 
     @property
     def num_blocks(self) -> int:
