@@ -55,6 +55,7 @@ class _State:
     last_run_s: float | None = None  # None: not run since entering or since preemption
     preempted_at: int | None = None  # preemption sequence number while waiting after a preemption
     cap: int | None = None  # quantum given for the step being planned
+    level_at: tuple[float, int] | None = None  # (now, level): the level within one step, computed once
 
 
 class MlfqScheduler(Policy):
@@ -90,8 +91,13 @@ class MlfqScheduler(Policy):
         state = self._st(req)
         if state.last_run_s is None:
             return 0
+        cached = state.level_at
+        if cached is not None and cached[0] == now:  # nothing a level depends on changes within a step
+            return cached[1]
         base = max(state.feedback, self.remaining_level(req))
-        return max(0, base - int((now - state.last_run_s) // self.settings.aging_s))
+        level = max(0, base - int((now - state.last_run_s) // self.settings.aging_s))
+        state.level_at = (now, level)
+        return level
 
     # ------------------------------------------------------------------------------ hooks
     def on_arrival(self, req: RequestView, now: float) -> None:
@@ -147,12 +153,14 @@ class MlfqScheduler(Policy):
         self._preemptions += 1
         state.feedback = 0
         state.last_run_s = None
+        state.level_at = None
         state.preempted_at = self._preemptions
 
     def on_scheduled(self, step: ScheduledStep) -> None:
         for req, tokens in step.scheduled:
             state = self._st(req)
             state.preempted_at = None
+            state.level_at = None
             state.last_run_s = step.start_s
             if req.is_decoding or req.num_output_tokens > 0 and req.remaining_prefill_tokens == 0:
                 state.feedback = 0

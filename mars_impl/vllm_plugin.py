@@ -142,6 +142,7 @@ class PolicyScheduler(Scheduler):
         super().__init__(*args, **kwargs)
         settings = dict(self.vllm_config.additional_config or {}).get(CONFIG_KEY) or {}
         self.epoch: float = float(settings.get("epoch", time.monotonic()))
+        self._planning_at: float | None = None  # `now` of the step schedule() is planning
         self.mb_policy: Policy = _make_policy(settings)
         # vLLM's PRIORITY victim path keeps the step's bookkeeping exact for any victim; the waiting queue
         # stays a FCFS deque that we reorder (preempted requests at its front, as vLLM FCFS does).
@@ -172,7 +173,10 @@ class PolicyScheduler(Scheduler):
 
     # ------------------------------------------------------------------ EngineView for the policy
     def now(self) -> float:
-        """Seconds since the run's epoch (the harness's clock: both read CLOCK_MONOTONIC)."""
+        """Seconds since the run's epoch (the harness's clock: both read CLOCK_MONOTONIC); one value for all
+        the hooks of a step being planned, as in the simulated engine."""
+        if self._planning_at is not None:
+            return self._planning_at
         return time.monotonic() - self.epoch
 
     @property
@@ -239,7 +243,11 @@ class PolicyScheduler(Scheduler):
         self._step_events = {"shrunk": [], "capped": [], "pins_released": [], "victims": []}
         if self._log is not None:
             self._step_events["running_before"] = [[v.meta.call_id, _phase(v)] for v in self.running_views]
-        out = super().schedule(*args, **kwargs)
+        self._planning_at = now
+        try:
+            out = super().schedule(*args, **kwargs)
+        finally:
+            self._planning_at = None
         step, views, pins, logging = self._step, self.views, self.pins, self._log is not None
         for rid, n in out.num_scheduled_tokens.items():
             view = views.get(rid)
