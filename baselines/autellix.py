@@ -31,13 +31,13 @@ Running and waiting requests are ordered by (queue, call arrival).
 
 Where we differ from the preview code: its victim is max (queue, KV blocks, arrival); ours by default is
 max (queue, arrival), vLLM's own priority victim rule (`victim_tiebreak="blocks"` restores the preview's).
-Measured on the `paper` preset (seed 1): with "most blocks first" two long prompts in the last queue preempt
+Measured on the `paper` preset (seed 1, older vLLM's first-chunk admission): with "most blocks first" two long prompts in the last queue preempt
 each other in turn - each preemption makes the other the bigger one - and each eats the other's prefix
 cache, so their prompts are recomputed many times over (572k preemptions and ~12 minutes of simulation per
 run, mean JCT 25,404 s); with the stable arrival order the run takes ~20 s. The preview's wait is
 cumulative over the program's life (past calls' waits added, the current call's reset only on promotion);
-ours restarts whenever the session's call runs, so only a current starvation promotes. Within a queue it serves waiting calls in insertion order with
-preempted ones in front; we order by arrival.
+ours restarts whenever the session's call runs, so only a current starvation promotes. Within a queue it
+serves waiting calls in insertion order with preempted ones in front; we order by arrival.
 """
 
 from __future__ import annotations

@@ -23,6 +23,9 @@ class EngineSettings(BaseModel):
     max_num_batched_tokens: int = Field(default=8192, ge=1, description="token budget of one step")
     max_num_seqs: int = Field(default=256, ge=1, description="most requests in one batch")
     long_prefill_token_threshold: int = Field(default=0, ge=0, description="cap on a prefill chunk; 0 = off")
+    scheduler_reserve_full_isl: bool = Field(
+        default=True, description="admit a waiting request only if its whole context fits in free KV blocks "
+                                  "(vLLM 0.32's default; false = only its first chunk, as older vLLM)")
     # None = the cost profile's value (16 tokens, 0.9, computed from memory).
     block_size: int | None = Field(default=None, ge=1, description="tokens per KV block")
     gpu_memory_utilization: float | None = Field(default=None, gt=0, le=1)

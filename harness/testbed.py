@@ -71,7 +71,8 @@ def prefix_cache_kind(config: RunConfig) -> str:
 def build_setup(config: RunConfig) -> SimSetup:
     profile = build_profile(config)
     args = config.engine_args
-    limits = SchedulerLimits(args.max_num_batched_tokens, args.max_num_seqs, args.long_prefill_token_threshold)
+    limits = SchedulerLimits(args.max_num_batched_tokens, args.max_num_seqs, args.long_prefill_token_threshold,
+                             args.scheduler_reserve_full_isl)
     prefix_cache = prefix_cache_kind(config)
     fingerprint = hashlib.sha256(json.dumps(
         [profile.model_dump(mode="json"), limits.__dict__, args.enable_prefix_caching, config.tool_cores, config.tool_mode,

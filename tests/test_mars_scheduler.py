@@ -170,7 +170,8 @@ def test_on_the_engine_a_long_prompt_cannot_take_a_step_from_short_work() -> Non
 
 def test_on_the_engine_chunks_shrink_before_anyone_is_preempted() -> None:
     # 300 blocks = 4,800 tokens for 2 x 2,500-token prompts chunked 512 at a time: b's chunks run out.
-    setup = build_setup(RunConfig(engine_args=EngineSettings(num_gpu_blocks=300, max_num_batched_tokens=512)))
+    setup = build_setup(RunConfig(engine_args=EngineSettings(num_gpu_blocks=300, max_num_batched_tokens=512,
+                                                             scheduler_reserve_full_isl=False)))
     policy = Recorder()
     sessions = [_one_turn("a", 0.0, 2500, 800), _one_turn("b", 0.0, 2500, 50)]
     out = SimRun(sessions, policy, AdmitAll(), setup).run()

@@ -214,3 +214,18 @@ def test_background_chat_shares_the_engine_but_is_not_measured() -> None:
     assert busy.stats["background_calls"] == len(background) > 20
     assert set(busy.calls["session_id"]) == {s.id for s in sessions}
     assert (busy.calls["finish_s"] - busy.calls["arrival_s"]).mean() > (quiet.calls["finish_s"] - quiet.calls["arrival_s"]).mean()
+
+
+@pytest.mark.parametrize("reserve", [True, False])
+def test_a_waiting_call_is_admitted_only_when_its_whole_prompt_fits_as_vllm_0_32(reserve: bool) -> None:
+    # 200 blocks of 16; a (2,500 tokens) starts with a 512-token chunk and leaves 168 free blocks;
+    # b needs 175 blocks for its whole prompt: vLLM 0.32 (reserve) keeps it waiting, older vLLM admits it.
+    args = EngineSettings(num_gpu_blocks=200, max_num_batched_tokens=512, scheduler_reserve_full_isl=reserve)
+    sessions = [Session(id="a", arrival_s=0.0, turns=(Turn(new_tokens=2500, output_tokens=4),)),
+                Session(id="b", arrival_s=0.0, turns=(Turn(new_tokens=2800, output_tokens=4),))]
+    out = simulate(sessions, Policy(), build_setup(RunConfig(engine_args=args))).calls.set_index("session_id")
+    a_done = out.loc["a", "finish_s"]
+    if reserve:
+        assert out.loc["b", "first_scheduled_s"] >= out.loc["a", "first_token_s"]  # after a's prompt was in
+    else:
+        assert out.loc["b", "first_scheduled_s"] < out.loc["a", "first_token_s"] < a_done

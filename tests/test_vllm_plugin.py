@@ -38,7 +38,7 @@ def run_engine(model_dir: Path, tmp: Path, backend: str, sets: dict[str, Any] | 
     setup = VllmSetup(model=str(model_dir), max_model_len=1024, num_gpu_blocks=blocks, block_size=BLOCK,
                       max_num_batched_tokens=512, load_format="dummy",
                       # admit on the first chunk (vLLM < 0.32's rule): running prefills then meet full KV
-                      extra_engine_args=(("scheduler_reserve_full_isl", False),))
+                      scheduler_reserve_full_isl=False)
     llm = LLMEngine.from_engine_args(EngineArgs(**engine_args(
         setup, {"config": config.model_dump(mode="json"), "step_log": str(log)})))
     try:

@@ -65,6 +65,7 @@ class VllmSetup:
     gpu_memory_utilization: float | None = None
     enable_prefix_caching: bool = True
     long_prefill_token_threshold: int = 0
+    scheduler_reserve_full_isl: bool = True
     load_format: str = "auto"
     cache_dir: str | None = None
     tool_cores: int = 8
@@ -153,6 +154,7 @@ def engine_args(setup: VllmSetup, plugin_settings: dict[str, Any]) -> dict[str, 
         "max_num_batched_tokens": setup.max_num_batched_tokens,
         "max_num_seqs": setup.max_num_seqs,
         "enable_prefix_caching": setup.enable_prefix_caching,
+        "scheduler_reserve_full_isl": setup.scheduler_reserve_full_isl,
         "seed": setup.seed,
     }
     if setup.num_gpu_blocks is not None:
@@ -383,6 +385,7 @@ def vllm_setup(config: Any, sessions: Sequence[Session], cache_dir: Path, step_l
         max_num_seqs=e.max_num_seqs, num_gpu_blocks=e.num_gpu_blocks, block_size=e.block_size,
         gpu_memory_utilization=e.gpu_memory_utilization, enable_prefix_caching=e.enable_prefix_caching,
         long_prefill_token_threshold=e.long_prefill_token_threshold,
+        scheduler_reserve_full_isl=e.scheduler_reserve_full_isl,
         load_format="auto" if has_weights or not local else "dummy", cache_dir=str(cache_dir),
         tool_cores=config.tool_cores, tool_mode=config.tool_mode, real_tools=config.tools == "real",
         allow_commands=config.allow_commands, cpu_stress=config.cpu_stress,

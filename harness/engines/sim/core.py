@@ -23,6 +23,7 @@ class SchedulerLimits:
     max_num_batched_tokens: int = 8192
     max_num_seqs: int = 256
     long_prefill_token_threshold: int = 0  # 0 = off; otherwise caps every prefill chunk
+    reserve_full_prompt: bool = True  # admit a waiting call only if its whole context fits (vLLM >= 0.32)
 
 
 @dataclass
@@ -224,7 +225,7 @@ class EngineCore:
                 if index < i:
                     i -= 1
             if preempted_self:
-                continue
+                break  # as vLLM: a request that had to preempt itself ends the running pass
             scheduled[id(req)] = n
             budget -= n
             i += 1
@@ -266,7 +267,8 @@ class EngineCore:
             loaded = self._host_blocks(req, hits)
             req.num_computed_tokens = (hits + loaded) * bs
             n = self._chunk(req, budget, now)
-            need = kv.blocks_for(req.num_computed_tokens + n) - hits
+            end = req.num_tokens if self.limits.reserve_full_prompt else req.num_computed_tokens + n
+            need = kv.blocks_for(max(end, req.num_computed_tokens + n)) - hits
             free = kv.num_free_blocks
             # evictable hits lie between 0 and `hits`: count them only when the answer depends on it
             if need + hits <= free or (need <= free and need + self._evictable_hits(req, hits) <= free):

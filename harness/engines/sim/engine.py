@@ -68,6 +68,8 @@ class SimEngine:
             if self.on_step is not None:
                 self.on_step(env.now)
             plan = core.schedule(env.now)
+            if not plan.scheduled and plan.preempted:
+                continue  # the step only preempted (a request that preempted itself ends it): plan again
             if not plan.scheduled:
                 # Nothing fits (pinned KV holds the cache): wait for a new call or the next pin expiry.
                 self._wake = env.event()
