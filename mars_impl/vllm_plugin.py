@@ -149,7 +149,7 @@ class PolicyScheduler(Scheduler):
         self.policy = SchedulingPolicy.PRIORITY
         self.waiting = FCFSRequestQueue()
         self.views: dict[str, VllmRequestView] = {}
-        self.finished_calls: dict[str, dict[str, Any]] = {}  # request id -> per-call figures, for the harness
+        self.finished_calls: dict[str, dict[str, Any]] = {}  # call id -> per-call figures, for an in-process harness
         self.pins: dict[str, Pin] = {}
         self.counters = {"preemptions": 0, "pins_made": 0, "pins_used": 0, "pins_expired": 0,
                          "pins_released_early": 0, "chunks_shrunk": 0, "chunks_capped": 0}
@@ -212,7 +212,6 @@ class PolicyScheduler(Scheduler):
     def num_request_blocks(self, request_id: str) -> int:
         managers = self.kv_cache_manager.coordinator.single_type_managers
         return len(managers[0].req_to_blocks.get(request_id, ()))
-
 
     # ------------------------------------------------------------------------------- requests
     def add_request(self, request: Request) -> None:
@@ -379,10 +378,11 @@ class PolicyScheduler(Scheduler):
         if view is not None:
             figures = {"preemptions": request.num_preemptions, "recomputed_tokens": view.recomputed_tokens,
                        "first_scheduled_s": view.first_scheduled_s}
-            self.finished_calls[view.meta.call_id] = figures
             if self._call_log is not None:
                 self._call_log.write(json.dumps({"call_id": view.meta.call_id, **figures}) + "\n")
                 self._call_log.flush()
+            else:
+                self.finished_calls[view.meta.call_id] = figures
         if view is not None and request.status in (RequestStatus.FINISHED_LENGTH_CAPPED, RequestStatus.FINISHED_STOPPED):
             now = self.now()
             self.mb_policy.on_finished(view, now)
