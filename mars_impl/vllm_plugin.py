@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -433,6 +433,25 @@ def _phase(view: VllmRequestView) -> str:
     return "decode" if view.is_decoding else "prefill"
 
 
+class _Views(Sequence):
+    """vLLM requests seen as their views, without copying: `len` is O(1) (policies often want only that)."""
+
+    def __init__(self, requests: Any, views: dict[str, VllmRequestView]) -> None:
+        self._requests, self._views = requests, views
+
+    def __len__(self) -> int:
+        return len(self._requests)
+
+    def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, slice):
+            return [self._views[r.request_id] for r in list(self._requests)[index]]
+        return self._views[self._requests[index].request_id]
+
+    def __iter__(self) -> Any:
+        views = self._views
+        return (views[r.request_id] for r in self._requests)
+
+
 class PluginEngineView:
     """The EngineView a policy is bound to: vLLM's own `running` / `waiting` hold vLLM Requests, so the
     policy reads views of them through this object."""
@@ -440,8 +459,8 @@ class PluginEngineView:
     def __init__(self, sched: PolicyScheduler) -> None:
         self._sched = sched
 
-    running = property(lambda self: self._sched.running_views)
-    waiting = property(lambda self: self._sched.waiting_views)
+    running = property(lambda self: _Views(self._sched.running, self._sched.views))
+    waiting = property(lambda self: _Views(self._sched.waiting, self._sched.views))
     pins = property(lambda self: self._sched.pins)
     kv_usage = property(lambda self: self._sched.kv_usage)
     num_free_blocks = property(lambda self: self._sched.num_free_blocks)
