@@ -76,7 +76,6 @@ class VllmSetup:
     timeline_interval_s: float = 1.0
     seed: int = 0
     step_log: str | None = None
-    extra_engine_args: tuple[tuple[str, Any], ...] = ()  # any other vLLM EngineArgs, as (name, value) pairs
 
 
 def prepare_environment(cache_dir: str | None = None) -> None:
@@ -165,7 +164,6 @@ def engine_args(setup: VllmSetup, plugin_settings: dict[str, Any]) -> dict[str, 
         args["gpu_memory_utilization"] = setup.gpu_memory_utilization
     if setup.long_prefill_token_threshold:
         args["long_prefill_token_threshold"] = setup.long_prefill_token_threshold
-    args.update(setup.extra_engine_args)
     return args
 
 
