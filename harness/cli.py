@@ -15,7 +15,7 @@ from harness.commands.results import results
 from harness.commands.run import backends, run
 from harness.commands.workloads import workloads
 from harness.console import fail
-from harness.errors import BadInput, EngineFailed
+from harness.errors import BadInput, EngineFailed, stop_requested
 
 EXIT_OK, EXIT_RUN_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -64,16 +64,19 @@ def expand_goodput(argv: list[str]) -> list[str]:
 
 
 def _terminate(signum: int, frame: object) -> None:
-    """SIGTERM ends a run as Ctrl-C does: the engine, servers and tool processes are stopped, what was
-    measured is kept, the run is marked interrupted."""
+    """Ctrl-C and SIGTERM end a run: the engine, servers and tool processes are stopped, what was measured
+    is kept, the run is marked interrupted."""
+    stop_requested.set()
     raise KeyboardInterrupt
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: click's errors and BadInput become one line and exit 2, never a traceback."""
     argv = expand_goodput(list(sys.argv[1:] if argv is None else argv))
+    stop_requested.clear()
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _terminate)
+        signal.signal(signal.SIGINT, _terminate)
     try:
         cli.main(args=argv, prog_name="mars-bench", standalone_mode=False)
     except click.exceptions.Exit as e:

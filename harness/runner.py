@@ -24,6 +24,7 @@ from harness.engines.sim.engine import SimEngine, SimToolPool, StepTime
 from harness.engines.sim.kv_cache import KVCache
 from harness.engines.sim.radix_cache import RadixCache
 from harness.engines.sim.request import SimRequest
+from harness.errors import stop_requested
 from harness.policy import Policy
 from harness.tables import CALL_COLUMNS, SESSION_COLUMNS, conform, empty_frame
 from harness.tools import ToolMode, ToolPool
@@ -146,6 +147,9 @@ class AgentRun:
         return ToolSignals(workers=pool.workers, inflight=pool.inflight, ema_wait_s=pool.ema_wait_s)
 
     def _sample(self, now: float) -> None:
+        """Called at every engine step: a timeline sample when one is due, and the stop check."""
+        if stop_requested.is_set():
+            raise KeyboardInterrupt  # a Ctrl-C whose exception was swallowed on its way
         if now < self._next_sample:
             return
         interval = self.timeline_interval_s
