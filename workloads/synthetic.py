@@ -210,13 +210,15 @@ def _chat() -> SessionSpec:
     )
 
 
+def _small_tools(cpu_seconds: LogNormal, output_tokens: LogNormal | None = None) -> dict[str, ToolKind]:
+    """The coding agent's tools at a small scale, one core each (smoke and real-engine presets)."""
+    update: dict[str, object] = {"cpu_seconds": cpu_seconds, "cores": {1: 1.0}}
+    if output_tokens is not None:
+        update["output_tokens"] = output_tokens
+    return {name: kind.model_copy(update=update) for name, kind in _swe_tools().items()}
+
+
 def _preset_specs() -> dict[str, WorkloadSpec]:
-    smoke_tools = {
-        name: kind.model_copy(
-            update={"cpu_seconds": LogNormal(median=0.3, sigma=0.8, low=0.02, high=2.0), "cores": {1: 1.0}}
-        )
-        for name, kind in _swe_tools().items()
-    }
     return {
         "swe": WorkloadSpec(
             name="swe",
@@ -258,13 +260,13 @@ def _preset_specs() -> dict[str, WorkloadSpec]:
                     task_tokens=LogNormal(median=1500, sigma=0.5, low=300, high=4000),
                     turns=LogNormal(median=3, sigma=0.3, low=2, high=5),
                     output_tokens=LogNormal(median=40, sigma=0.4, low=16, high=96),
-                    tools=smoke_tools,
+                    tools=_small_tools(LogNormal(median=0.3, sigma=0.8, low=0.02, high=2.0)),
                 )
             },
         ),
         "tiny": WorkloadSpec(
             name="tiny",
-            description="real-engine run on a CPU machine (tiny model): 16 sessions of 3-5 short turns, tools for one core, ~20 s",
+            description="real-engine run on a CPU machine (tiny model): 16 sessions of 3-5 short turns, tools for one core, ~15 s",
             sessions=16,
             rps=1.0,
             mix={
@@ -274,12 +276,8 @@ def _preset_specs() -> dict[str, WorkloadSpec]:
                     turns=LogNormal(median=4, sigma=0.25, low=3, high=5),
                     output_tokens=LogNormal(median=24, sigma=0.4, low=8, high=64),
                     followup_tokens=LogNormal(median=20, sigma=0.3, low=5, high=60),
-                    tools={
-                        name: kind.model_copy(update={
-                            "cpu_seconds": LogNormal(median=0.2, sigma=0.7, low=0.05, high=0.8), "cores": {1: 1.0},
-                            "output_tokens": LogNormal(median=60, sigma=0.6, low=20, high=200)})
-                        for name, kind in _swe_tools().items()
-                    },
+                    tools=_small_tools(LogNormal(median=0.2, sigma=0.7, low=0.05, high=0.8),
+                                       LogNormal(median=60, sigma=0.6, low=20, high=200)),
                 )
             },
         ),
