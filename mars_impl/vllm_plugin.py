@@ -121,10 +121,6 @@ class VllmRequestView:
     def remaining_prefill_tokens(self) -> int:
         return 0 if self.is_decoding else max(0, self.req.num_tokens - self.req.num_computed_tokens)
 
-    @property
-    def max_tokens(self) -> int:
-        return int(self.req.max_tokens)
-
 
 @dataclass
 class _Step:
@@ -180,14 +176,6 @@ class PolicyScheduler(Scheduler):
         return time.monotonic() - self.epoch
 
     @property
-    def running_views(self) -> list[VllmRequestView]:
-        return [self.views[r.request_id] for r in self.running if r.request_id in self.views]
-
-    @property
-    def waiting_views(self) -> list[VllmRequestView]:
-        return [self.views[r.request_id] for r in self.waiting if r.request_id in self.views]
-
-    @property
     def kv_usage(self) -> float:
         return float(self.kv_cache_manager.usage)
 
@@ -241,7 +229,7 @@ class PolicyScheduler(Scheduler):
         self._step = _Step(start_s=now, scheduled=[])
         self._step_events = {"shrunk": [], "capped": [], "pins_released": [], "victims": []}
         if self._log is not None:
-            self._step_events["running_before"] = [[v.meta.call_id, _phase(v)] for v in self.running_views]
+            self._step_events["running_before"] = [[v.meta.call_id, _phase(v)] for v in self.engine_view.running]
         self._planning_at = now
         try:
             out = super().schedule(*args, **kwargs)
@@ -343,7 +331,7 @@ class PolicyScheduler(Scheduler):
         if blocks is None and request.status == RequestStatus.RUNNING and self.running:
             # vLLM preempts max(priority, arrival) next: make that the policy's victim
             now = self.now()
-            views = self.running_views
+            views = list(self.engine_view.running)
             victim = self.mb_policy.choose_victim(views, now) if views else None
             for r in self.running:
                 r.priority = 0

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.processes import wait_for_calls
 from workloads.model import dump_session, load_sessions
 from workloads.synthetic import customize, generate, get_preset
 
@@ -196,21 +197,13 @@ def test_run_with_a_partial_profile_file(run_cli, tmp_path: Path) -> None:
 def test_ctrl_c_marks_the_run_interrupted_and_keeps_what_it_measured(tmp_path: Path) -> None:
     import os
     import signal
-    import time
 
     proc = subprocess.Popen(
         [sys.executable, "-m", "harness.cli", "run", "-w", "paper", "--results-dir", str(tmp_path)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "COLUMNS": "120"},
     )
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            events = list(tmp_path.glob("*/events.jsonl"))
-            if events and events[0].read_text().count('"kind":"call"') >= 20:
-                break
-            time.sleep(0.05)
-        else:
-            pytest.fail("the run wrote no calls in time")
+        wait_for_calls(tmp_path, proc, 20, timeout_s=120, poll_s=0.05)
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=60)
     finally:

@@ -11,6 +11,7 @@ import pytest
 
 from harness.results import find_run
 from harness.tables import CALL_COLUMNS, SESSION_COLUMNS
+from tests.processes import processes_with, wait_for_calls
 
 pytestmark = pytest.mark.engine
 
@@ -65,14 +66,7 @@ def test_sglang_is_not_a_vllm_policy(run_cli, tiny_model_dir: Path, tmp_path: Pa
 
 def _tool_processes() -> list[int]:
     """Live processes running the real-tool busy loop (harness.real_tools.BURN)."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        try:
-            if entry.name.isdigit() and b"process_time" in (entry / "cmdline").read_bytes():
-                pids.append(int(entry.name))
-        except OSError:
-            continue
-    return pids
+    return processes_with(b"process_time")
 
 
 def test_real_tools_run_beside_the_real_engine_and_leave_nothing_behind(run_cli, tiny_model_dir: Path,
@@ -95,24 +89,15 @@ def test_ctrl_c_stops_the_run_keeps_what_was_measured_and_kills_the_tools(tiny_m
     import signal
     import subprocess
     import sys
-    import time
 
     cmd = [sys.executable, "-m", "harness.cli", "run", "--engine", "vllm", "--model", str(tiny_model_dir), "-b",
            "mars", "-w", "tiny", "--tools", "real", "--tool-cores", "1", *PRESSURE, "--results-dir", str(tmp_path)]
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    events = None
-    while time.monotonic() < deadline and proc.poll() is None:  # wait until calls have finished
-        runs = list(tmp_path.glob("*/events.jsonl"))
-        if runs and runs[0].read_text().count('"kind":"call"') >= 5:
-            events = runs[0]
-            break
-        time.sleep(0.5)
-    assert events is not None and proc.poll() is None, proc.stderr.read().decode()[-2000:] if proc.poll() else ""
+    run = wait_for_calls(tmp_path, proc, 5, timeout_s=120)
     os.kill(proc.pid, signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode != 0 and b"Traceback" not in err, err.decode()[-2000:]
-    meta = json.loads((events.parent / "run.json").read_text())
+    meta = json.loads((run / "run.json").read_text())
     assert meta["status"] == "interrupted"
     record = find_run(tmp_path, "latest")
     assert len(record.calls()) >= 5  # what was measured before Ctrl-C is kept

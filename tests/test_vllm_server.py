@@ -17,39 +17,22 @@ import pytest
 from harness.engines.vllm_server import parse_metrics, server_command
 from harness.results import find_run
 from harness.tables import CALL_COLUMNS
+from tests.processes import processes_with, wait_for_calls
 
 pytestmark = pytest.mark.engine
 
 PRESSURE = ("--set", "engine_args.num_gpu_blocks=50", "--set", "engine_args.block_size=32")
 
 
-def server_pids(marker: Path) -> list[int]:
-    """Processes whose command line names `marker` (the run's results directory is in the server's)."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        try:
-            if entry.name.isdigit() and str(marker).encode() in (entry / "cmdline").read_bytes():
-                pids.append(int(entry.name))
-        except OSError:
-            continue
-    return [p for p in pids if p != os.getpid()]
+def server_pids(run: Path) -> list[int]:
+    """The server's processes: its command line names the run directory (its logs are there)."""
+    return processes_with(str(run).encode())
 
 
 def start_run(model: Path, results: Path) -> subprocess.Popen[bytes]:
     cmd = [sys.executable, "-m", "harness.cli", "run", "--engine", "vllm", "--vllm-mode", "server", "--model",
            str(model), "-b", "mars", "-w", "tiny", *PRESSURE, "--results-dir", str(results)]
     return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-
-
-def wait_for_calls(results: Path, proc: subprocess.Popen[bytes], n: int = 5, timeout_s: float = 180) -> Path:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        runs = list(results.glob("*/events.jsonl"))
-        if runs and runs[0].read_text().count('"kind":"call"') >= n:
-            return runs[0].parent
-        assert proc.poll() is None, proc.stderr.read().decode()[-2000:] if proc.stderr else ""
-        time.sleep(0.5)
-    raise AssertionError("no calls finished in time")
 
 
 def test_server_command_line_and_metrics_parsing() -> None:
@@ -81,7 +64,7 @@ def test_a_run_against_the_server_then_the_server_is_gone(run_cli, tiny_model_di
 
 def test_ctrl_c_stops_the_server_and_keeps_the_measured_calls(tiny_model_dir: Path, tmp_path: Path) -> None:
     proc = start_run(tiny_model_dir, tmp_path)
-    run = wait_for_calls(tmp_path, proc)
+    run = wait_for_calls(tmp_path, proc, 5)
     assert server_pids(run)
     os.kill(proc.pid, signal.SIGINT)
     _, err = proc.communicate(timeout=60)
@@ -93,7 +76,7 @@ def test_ctrl_c_stops_the_server_and_keeps_the_measured_calls(tiny_model_dir: Pa
 
 def test_a_server_killed_mid_run_fails_the_run_with_a_clear_message(tiny_model_dir: Path, tmp_path: Path) -> None:
     proc = start_run(tiny_model_dir, tmp_path)
-    run = wait_for_calls(tmp_path, proc)
+    run = wait_for_calls(tmp_path, proc, 5)
     for pid in server_pids(run):
         os.kill(pid, signal.SIGKILL)
     _, err = proc.communicate(timeout=120)

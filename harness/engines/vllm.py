@@ -191,17 +191,27 @@ class RealEngineRun(AgentRun):
         self.prev_tool: dict[str, dict[str, Any]] = {}
         self.cached_tokens = 0
         self.tokens: SessionTokens | None = None
+        self._wake: simpy.Event | None = None  # set while the engine's loop waits for a call
         self._epoch = time.monotonic()
 
     # ------------------------------------------------------------------------------ calls
-    def _prepare(self, req: SimRequest) -> tuple[list[int], dict[str, Any]]:
-        """The call's prompt ids and metadata; registers it as in flight."""
+    def submit(self, req: SimRequest) -> simpy.Event:
+        """Build the call's prompt ids and metadata, register it as in flight, send it, wake the loop."""
         assert self.tokens is not None
         spec = CallSpec(req.session_id, req.turn, req.num_prompt_tokens, req.max_tokens, req.is_last_turn,
                         req.tool_name, req.prefix_id, req.prefix_tokens, req.session_arrival_s)
         meta = call_meta(req.request_id, spec, req.session_id in self.loops, self.prev_tool.pop(req.session_id, None))
         meta["epoch"] = self._epoch
-        return self.tokens.prompt(spec), meta
+        event = self.env.event()
+        self.calls[req.request_id] = _Call(req, event)
+        self._send(req, self.tokens.prompt(spec), meta)
+        if self._wake is not None and not self._wake.triggered:
+            self._wake.succeed()
+        return event
+
+    def _send(self, req: SimRequest, prompt: list[int], meta: dict[str, Any]) -> None:
+        """Hand the call to the engine (subclasses)."""
+        raise NotImplementedError
 
     def tool_ended(self, session_id: str, tool_name: str, duration_s: float) -> None:
         self.prev_tool[session_id] = {"name": tool_name, "duration_s": duration_s}
@@ -290,7 +300,6 @@ class VllmRun(RealEngineRun):
         self.tokens = SessionTokens(self.llm.model_config.get_vocab_size(), setup.seed)
         self.steps = 0
         self.busy_s = 0.0
-        self._wake: simpy.Event | None = None
         self.env.process(self._loop())
 
     def _started(self) -> None:
@@ -300,20 +309,14 @@ class VllmRun(RealEngineRun):
         tokens = req.num_prompt_tokens + req.max_tokens
         return super().fits_at_all(req) and math.ceil(tokens / self.sched.block_size) <= self.sched.num_total_blocks
 
-    def submit(self, req: SimRequest) -> simpy.Event:
+    def _send(self, req: SimRequest, prompt: list[int], meta: dict[str, Any]) -> None:
         from vllm import SamplingParams  # noqa: PLC0415
         from vllm.inputs import TokensPrompt  # noqa: PLC0415
         from vllm.sampling_params import RequestOutputKind  # noqa: PLC0415
 
-        prompt, meta = self._prepare(req)
         params = SamplingParams(max_tokens=req.max_tokens, ignore_eos=True, temperature=0.0,
                                 output_kind=RequestOutputKind.DELTA, extra_args={"mars": meta})
-        event = self.env.event()
-        self.calls[req.request_id] = _Call(req, event)
         self.llm.add_request(req.request_id, TokensPrompt(prompt_token_ids=prompt), params)
-        if self._wake is not None and not self._wake.triggered:
-            self._wake.succeed()
-        return event
 
     def _loop(self) -> Any:
         env = self.env
@@ -357,7 +360,7 @@ class VllmRun(RealEngineRun):
     def engine_stats(self) -> dict[str, Any]:
         s = self.sched
         return {"engine_steps": self.steps, "gpu_busy_s": self.busy_s, "num_gpu_blocks": s.num_total_blocks,
-                "block_size": s.block_size, "vllm_version": _vllm_version(), "vllm_cached_tokens": self.cached_tokens,
+                "block_size": s.block_size, "vllm_version": vllm_version(), "vllm_cached_tokens": self.cached_tokens,
                 "vllm_mode": "in-process", **s.counters, **self._tool_stats()}
 
     def _close_engine(self) -> None:
@@ -391,7 +394,7 @@ def vllm_setup(config: Any, sessions: Sequence[Session], cache_dir: Path, step_l
         step_log=str(step_log) if step_log else None)
 
 
-def _vllm_version() -> str:
+def vllm_version() -> str:
     import vllm  # noqa: PLC0415
 
     return str(vllm.__version__)

@@ -29,11 +29,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import simpy
 
 from harness.admission import AdmissionController
 from harness.engines.sim.request import SimRequest
-from harness.engines.vllm import RealEngineRun, SessionTokens, VllmSetup, _Call, _vllm_version, engine_args
+from harness.engines.vllm import RealEngineRun, SessionTokens, VllmSetup, engine_args, vllm_version
 from harness.errors import EngineFailed
 from harness.runner import Sink
 from mars_impl.signals import EngineSignals
@@ -172,22 +171,15 @@ class VllmServerRun(RealEngineRun):
         self._figures: dict[str, dict[str, Any]] = {}
         self._call_log_pos = 0
         self._metrics: dict[str, float] = {}
-        self._wake: simpy.Event | None = None
         self.env.process(self._drain())
 
     # ------------------------------------------------------------------------------ calls
-    def submit(self, req: SimRequest) -> simpy.Event:
-        prompt, meta = self._prepare(req)
-        event = self.env.event()
-        self.calls[req.request_id] = _Call(req, event)
+    def _send(self, req: SimRequest, prompt: list[int], meta: dict[str, Any]) -> None:
         body = {"model": self.server.model if self.server else "", "prompt": prompt, "max_tokens": req.max_tokens,
                 "ignore_eos": True, "temperature": 0.0, "stream": True, "return_token_ids": True,
                 "stream_options": {"include_usage": True}, "vllm_xargs": {"mars": json.dumps(meta)}}
         assert self._pool is not None
         self._pool.submit(self._stream, req.request_id, body)
-        if self._wake is not None and not self._wake.triggered:
-            self._wake.succeed()
-        return event
 
     def _stream(self, call_id: str, body: dict[str, Any]) -> None:
         """On a worker thread: stream one completion, posting (call, kind, payload, t0, t1) to the inbox."""
@@ -285,7 +277,7 @@ class VllmServerRun(RealEngineRun):
             m = self._scrape()
         except httpx.HTTPError:
             m = self._metrics
-        return {"vllm_mode": "server", "vllm_version": _vllm_version(), "vllm_cached_tokens": self.cached_tokens,
+        return {"vllm_mode": "server", "vllm_version": vllm_version(), "vllm_cached_tokens": self.cached_tokens,
                 "vllm_preemptions": m.get("preemptions"), "vllm_prefix_cache_hits": m.get("prefix_cache_hits"),
                 "vllm_prefix_cache_queries": m.get("prefix_cache_queries"),
                 "server_log": str(self.server.log_path) if self.server else None, **self._tool_stats()}
