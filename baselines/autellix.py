@@ -82,7 +82,7 @@ class _Program:
     """PLAS state of one session."""
 
     service: int = 0  # tokens computed for all its calls
-    wait: int = 0  # tokens computed for others since its current call last ran
+    waiting_since: int = 0  # the policy's token clock when its current call arrived or last ran
     queue: int = 0  # queue of its current call, 0 = top
     allowance: int = 0  # tokens left of the current call's quantum in that queue
 
@@ -95,6 +95,7 @@ class AutellixPolicy(Policy):
         self._programs: dict[str, _Program] = {}
         self._in_engine: dict[str, str] = {}  # request id -> session id, from arrival to finish
         self._ended: set[str] = set()  # sessions whose last call finished this step
+        self._clock = 0  # tokens the engine computed in all: a program's wait is read off it, O(1) per step
 
     # ------------------------------------------------------------------------------- queries
     def queue_for_service(self, service: int) -> int:
@@ -102,7 +103,14 @@ class AutellixPolicy(Policy):
         return bisect_right(self.settings.service_thresholds, service)
 
     def program(self, session_id: str) -> _Program:
-        return self._programs.setdefault(session_id, _Program())
+        program = self._programs.get(session_id)
+        if program is None:
+            program = self._programs[session_id] = _Program()
+        return program
+
+    def wait_tokens(self, session_id: str) -> int:
+        """Tokens computed for other calls since the session's current call arrived or last ran."""
+        return self._clock - self.program(session_id).waiting_since
 
     def _key(self, req: RequestView) -> tuple[int, float, str]:
         return (self.program(req.session_id).queue, req.arrival_s, req.request_id)
@@ -111,7 +119,7 @@ class AutellixPolicy(Policy):
     def on_arrival(self, req: RequestView, now: float) -> None:
         p = self.program(req.session_id)
         self._enter(p, self.queue_for_service(p.service))
-        p.wait = 0
+        p.waiting_since = self._clock
         self._in_engine[req.request_id] = req.session_id
 
     def order_running(self, running: list[R], now: float) -> list[R]:
@@ -137,19 +145,14 @@ class AutellixPolicy(Policy):
             self._ended.add(req.session_id)
 
     def on_scheduled(self, step: ScheduledStep) -> None:
-        total = sum(n for _, n in step.scheduled)
-        ran: set[str] = set()
+        self._clock += sum(n for _, n in step.scheduled)
         for req, n in step.scheduled:
             p = self.program(req.session_id)
-            ran.add(req.session_id)
             p.service += n
-            p.wait = 0
+            p.waiting_since = self._clock
             p.allowance -= n
             if p.allowance <= 0 and req.request_id in self._in_engine:  # quantum used up, work remains
                 self._enter(p, min(p.queue + 1, len(self.settings.quanta) - 1))
-        for session in self._in_engine.values():
-            if session not in ran:
-                self.program(session).wait += total
         for session in self._ended:
             self._programs.pop(session, None)
         self._ended.clear()
@@ -162,5 +165,5 @@ class AutellixPolicy(Policy):
     def _promote_starving(self, reqs: Sequence[RequestView]) -> None:
         for req in reqs:
             p = self.program(req.session_id)
-            if p.queue > 0 and p.wait >= self.settings.starvation_ratio * p.service:
+            if p.queue > 0 and self._clock - p.waiting_since >= self.settings.starvation_ratio * p.service:
                 self._enter(p, 0)

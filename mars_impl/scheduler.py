@@ -11,9 +11,11 @@ Levels (0 = most urgent):
   A request that has not run since it entered the engine (or since it was preempted) counts as
   long-waiting, so new, resumed and preempted calls start at level 0.
 
-Orders: running by (effective level, last scheduled, arrival); waiting with preempted requests first
-(the most recently preempted at the very front, as vLLM prepends them), then by (effective level,
-insertion order, arrival). A prefill chunk is capped at the quantum of its effective level
+Orders: running by (effective level, last scheduled, arrival). Waiting: every waiting request is at level
+0 (it has not run since it entered the engine or since its preemption), so the MLFQ order of the waiting
+queue is preempted requests first (the most recently preempted at the very front), then insertion order -
+the order both engines keep their waiting queue in (vLLM's FCFS queue prepends preempted requests), so the
+policy leaves it as it is and costs nothing per step there. A prefill chunk is capped at the quantum of its effective level
 (2048 / 1024 / 512 / 256) whenever other work competes for the step (ours: a request alone in the engine
 gains nothing from a cap, so it is not slowed down at light load; `cap_when_alone` restores the strict
 rule). When KV allocation fails for a prefill chunk it is halved (down to one block) before anyone is
@@ -50,12 +52,10 @@ class SchedulerSettings(BaseModel):
 
 @dataclass
 class _State:
-    seq: int  # insertion order into the engine's waiting queue
     feedback: int = 0
     last_run_s: float | None = None  # None: not run since entering or since preemption
-    preempted_at: int | None = None  # preemption sequence number while waiting after a preemption
+    base: int = 0  # max(feedback, remaining-work level) after its last step: both change only when it runs
     cap: int | None = None  # quantum given for the step being planned
-    level_at: tuple[float, int] | None = None  # (now, level): the level within one step, computed once
 
 
 class MlfqScheduler(Policy):
@@ -66,21 +66,18 @@ class MlfqScheduler(Policy):
     def __init__(self, settings: SchedulerSettings | None = None) -> None:
         self.settings = settings or SchedulerSettings()
         self._state: dict[str, _State] = {}
-        self._seq = 0
-        self._preemptions = 0
 
     # ------------------------------------------------------------------------------ levels
     def _st(self, req: RequestView) -> _State:
         state = self._state.get(req.request_id)
         if state is None:
-            self._seq += 1
-            state = self._state[req.request_id] = _State(seq=self._seq)
+            state = self._state[req.request_id] = _State()
         return state
 
     def remaining_level(self, req: RequestView) -> int:
-        if req.is_decoding:
-            return 0
-        remaining = req.remaining_prefill_tokens
+        return 0 if req.is_decoding else self._tokens_level(req.remaining_prefill_tokens)
+
+    def _tokens_level(self, remaining: int) -> int:
         for level, limit in enumerate(self.settings.level_thresholds):
             if remaining <= limit:
                 return level
@@ -91,34 +88,28 @@ class MlfqScheduler(Policy):
         state = self._st(req)
         if state.last_run_s is None:
             return 0
-        cached = state.level_at
-        if cached is not None and cached[0] == now:  # nothing a level depends on changes within a step
-            return cached[1]
-        base = max(state.feedback, self.remaining_level(req))
-        level = max(0, base - int((now - state.last_run_s) // self.settings.aging_s))
-        state.level_at = (now, level)
-        return level
+        return max(0, state.base - int((now - state.last_run_s) // self.settings.aging_s))
 
     # ------------------------------------------------------------------------------ hooks
     def on_arrival(self, req: RequestView, now: float) -> None:
         self._st(req)
 
     def order_running(self, running: list[R], now: float) -> list[R]:
-        if self.settings.scheduler == "fcfs":
+        if self.settings.scheduler == "fcfs" or len(running) < 2:
             return running
-        return sorted(running, key=lambda r: (self.level(r, now), self._st(r).last_run_s or 0.0, r.arrival_s))
+        states, st, aging = self._state, self._st, self.settings.aging_s
 
-    def order_waiting(self, waiting: list[R], now: float) -> list[R]:
-        if self.settings.scheduler == "fcfs":
-            return waiting
+        def key(r: R) -> tuple[int, float, float]:  # (level, last scheduled, arrival), `level` inlined
+            state = states.get(r.request_id) or st(r)
+            last = state.last_run_s
+            if last is None:
+                return (0, 0.0, r.arrival_s)
+            level = state.base - int((now - last) // aging)
+            return (level if level > 0 else 0, last, r.arrival_s)
 
-        def key(r: R) -> tuple:
-            state = self._st(r)
-            if state.preempted_at is not None:
-                return (0, -state.preempted_at, 0, 0.0)
-            return (1, self.level(r, now), state.seq, r.arrival_s)
+        return sorted(running, key=key)
 
-        return sorted(waiting, key=key)
+    # order_waiting: the engine's queue order is the MLFQ order (see the module docstring)
 
     def prefill_cap(self, req: RequestView, now: float) -> int | None:
         state = self._st(req)
@@ -150,23 +141,24 @@ class MlfqScheduler(Policy):
 
     def on_preempted(self, req: RequestView, now: float) -> None:
         state = self._st(req)
-        self._preemptions += 1
         state.feedback = 0
         state.last_run_s = None
-        state.level_at = None
-        state.preempted_at = self._preemptions
 
     def on_scheduled(self, step: ScheduledStep) -> None:
+        states, st, start, top = self._state, self._st, step.start_s, len(self.settings.quanta) - 1
         for req, tokens in step.scheduled:
-            state = self._st(req)
-            state.preempted_at = None
-            state.level_at = None
-            state.last_run_s = step.start_s
-            if req.is_decoding or req.num_output_tokens > 0 and req.remaining_prefill_tokens == 0:
+            state = states.get(req.request_id) or st(req)
+            state.last_run_s = start
+            cap, state.cap = state.cap, None
+            if req.is_decoding:
+                state.feedback = state.base = 0
+                continue
+            remaining = req.remaining_prefill_tokens
+            if remaining == 0 and req.num_output_tokens > 0:
                 state.feedback = 0
-            elif state.cap is not None and tokens >= state.cap and req.remaining_prefill_tokens > 0:
-                state.feedback = min(len(self.settings.quanta) - 1, state.feedback + 1)
-            state.cap = None
+            elif cap is not None and tokens >= cap and remaining > 0:
+                state.feedback = min(top, state.feedback + 1)
+            state.base = max(state.feedback, self._tokens_level(remaining))
 
     def on_finished(self, req: RequestView, now: float) -> None:
         self._state.pop(req.request_id, None)

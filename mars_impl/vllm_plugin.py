@@ -11,9 +11,10 @@ vLLM's `Scheduler.schedule()` stays intact; the policy acts through a small, ver
 * `prefill_cap` and chunk shrinking: `_reserve_prefill_lookahead`, which vLLM calls on every chunk it
   is about to schedule (running and waiting), also applies the policy's per-request cap and, when the
   chunk's new blocks exceed the free (and releasable pinned) blocks, `on_allocation_failure`;
-* victims: the scheduler runs vLLM's PRIORITY victim path (which restores the budget of a victim that
-  was already scheduled this step); when an allocation fails the policy's `choose_victim` gets the one
-  raised priority, so vLLM's `max(priority, arrival)` picks it;
+* victims: for a policy with its own `choose_victim` the scheduler runs vLLM's PRIORITY victim path (which
+  restores the budget of a victim that was already scheduled this step); when an allocation fails the
+  policy's victim gets the one raised priority, so vLLM's `max(priority, arrival)` picks it. Other policies
+  keep vLLM's FCFS victim (the last running request);
 * retention: `on_turn_end` may keep a finished call's full cached blocks for its session (a pin with a
   deadline holds one reference per block); pins are released at their deadline, when the session's next
   call is scheduled (its prefix hits took the blocks), or, in `choose_pin_to_release` order, when an
@@ -111,7 +112,7 @@ class VllmRequestView:
 
     @property
     def num_blocks(self) -> int:
-        return self._sched.num_request_blocks(self.req.request_id)
+        return len(self._sched.req_to_blocks.get(self.request_id, ()))
 
     @property
     def is_decoding(self) -> bool:
@@ -140,9 +141,19 @@ class PolicyScheduler(Scheduler):
         self.epoch: float = float(settings.get("epoch", time.monotonic()))
         self._planning_at: float | None = None  # `now` of the step schedule() is planning
         self.mb_policy: Policy = _make_policy(settings)
-        # vLLM's PRIORITY victim path keeps the step's bookkeeping exact for any victim; the waiting queue
-        # stays a FCFS deque that we reorder (preempted requests at its front, as vLLM FCFS does).
-        self.policy = SchedulingPolicy.PRIORITY
+        # hooks the policy leaves at vLLM's behaviour cost nothing per step
+        kind = type(self.mb_policy)
+        self._orders_running = kind.order_running is not Policy.order_running
+        self._orders_waiting = kind.order_waiting is not Policy.order_waiting
+        self._caps = kind.prefill_cap is not Policy.prefill_cap
+        self._shrinks = kind.on_allocation_failure is not Policy.on_allocation_failure
+        self._observes = kind.on_scheduled is not Policy.on_scheduled
+        self._chooses_victims = kind.choose_victim is not Policy.choose_victim
+        # vLLM's PRIORITY victim path keeps the step's bookkeeping exact for any victim, so a policy that
+        # chooses victims gets it; vLLM's FCFS path (the last running request) is the default policy's rule.
+        # The waiting queue stays a FCFS deque either way, reordered by the policy (preempted requests at
+        # its front, as vLLM FCFS does).
+        self.policy = SchedulingPolicy.PRIORITY if self._chooses_victims else SchedulingPolicy.FCFS
         self.waiting = FCFSRequestQueue()
         self.views: dict[str, VllmRequestView] = {}
         self.finished_calls: dict[str, dict[str, Any]] = {}  # call id -> per-call figures, for an in-process harness
@@ -155,17 +166,15 @@ class PolicyScheduler(Scheduler):
         self._log = open(settings["step_log"], "a") if settings.get("step_log") else None  # noqa: SIM115
         # per-call figures for a harness in another process (server mode): one JSON line per finished call
         self._call_log = open(settings["call_log"], "a") if settings.get("call_log") else None  # noqa: SIM115
+        # request id -> its KV blocks (the plugin assumes one KV cache group: full attention)
+        self.req_to_blocks = self.kv_cache_manager.coordinator.single_type_managers[0].req_to_blocks
         self._allocate = self.kv_cache_manager.allocate_slots
-        self.kv_cache_manager.allocate_slots = self._allocate_slots  # type: ignore[method-assign]
+        if self._chooses_victims or kind.on_turn_end is not Policy.on_turn_end or self._log is not None:
+            self.kv_cache_manager.allocate_slots = self._allocate_slots  # type: ignore[method-assign]
+        if not (self._caps or self._shrinks):
+            self._reserve_prefill_lookahead = super()._reserve_prefill_lookahead  # type: ignore[method-assign]
         self.engine_view = PluginEngineView(self)
         self.mb_policy.bind(self.engine_view)
-        # hooks the policy leaves at vLLM's behaviour cost nothing per step
-        kind = type(self.mb_policy)
-        self._orders_running = kind.order_running is not Policy.order_running
-        self._orders_waiting = kind.order_waiting is not Policy.order_waiting
-        self._caps = kind.prefill_cap is not Policy.prefill_cap
-        self._shrinks = kind.on_allocation_failure is not Policy.on_allocation_failure
-        self._observes = kind.on_scheduled is not Policy.on_scheduled
 
     # ------------------------------------------------------------------ EngineView for the policy
     def now(self) -> float:
@@ -198,8 +207,7 @@ class PolicyScheduler(Scheduler):
         return max(0, int(req.req.max_tokens) - int(req.req.num_output_tokens))
 
     def num_request_blocks(self, request_id: str) -> int:
-        managers = self.kv_cache_manager.coordinator.single_type_managers
-        return len(managers[0].req_to_blocks.get(request_id, ()))
+        return len(self.req_to_blocks.get(request_id, ()))
 
     # ------------------------------------------------------------------------------- requests
     def add_request(self, request: Request) -> None:
@@ -262,11 +270,11 @@ class PolicyScheduler(Scheduler):
     def _in_policy_order(self, queue: Any, order: Any, now: float) -> list[Request]:
         """The requests of `queue` in the policy's order; requests without a view (none in practice) last."""
         views = self.views
-        known = [views[r.request_id] for r in queue if r.request_id in views]
-        ordered = [v.req for v in order(known, now)]
-        if len(known) < len(queue):
-            ordered += [r for r in queue if r.request_id not in views]
-        return ordered
+        try:
+            return [v.req for v in order([views[r.request_id] for r in queue], now)]
+        except KeyError:
+            known = [views[r.request_id] for r in queue if r.request_id in views]
+            return [v.req for v in order(known, now)] + [r for r in queue if r.request_id not in views]
 
     def update_from_output(self, scheduler_output: Any, model_runner_output: Any) -> Any:
         out = super().update_from_output(scheduler_output, model_runner_output)
@@ -302,7 +310,7 @@ class PolicyScheduler(Scheduler):
     def _reserve_prefill_lookahead(self, request: Request, num_computed_tokens: int, num_new_tokens: int) -> int:
         n = super()._reserve_prefill_lookahead(request, num_computed_tokens, num_new_tokens)
         view = self.views.get(request.request_id)
-        if view is None or n <= 1 or not (self._caps or self._shrinks):
+        if view is None or n <= 1:
             return n
         now = self.now()
         if self._caps and not view.is_decoding:
@@ -328,15 +336,18 @@ class PolicyScheduler(Scheduler):
             blocks = self._allocate(request, *args, **kwargs)
             if blocks is not None or not self._release_a_pin():
                 break
-        if blocks is None and request.status == RequestStatus.RUNNING and self.running:
-            # vLLM preempts max(priority, arrival) next: make that the policy's victim
+        if blocks is None and request.status == RequestStatus.RUNNING and self.running and (
+                self._chooses_victims or self._log is not None):
+            # vLLM preempts next: max(priority, arrival) - made the policy's victim - or, for a policy that
+            # keeps vLLM's rule, the last running request (the policy's own choice is logged beside it)
             now = self.now()
             views = list(self.engine_view.running)
-            victim = self.mb_policy.choose_victim(views, now) if views else None
-            for r in self.running:
-                r.priority = 0
-            if victim is not None:
+            victim = self.mb_policy.choose_victim(views, now)
+            if self._chooses_victims:
+                for r in self.running:
+                    r.priority = 0
                 victim.req.priority = 1
+            if self._log is not None:
                 requester = self.views.get(request.request_id)
                 self._step_events["victims"].append({
                     "for": requester.meta.call_id if requester else request.request_id,

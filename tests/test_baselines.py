@@ -297,7 +297,7 @@ def test_autellix_promotes_a_program_once_its_wait_reaches_twice_its_service() -
     policy.on_arrival(rival, 1.0)
     for t, n in enumerate((2048, 1024, 512, 256, 255), start=1):  # rival gets 4095 tokens, slow waits
         policy.on_scheduled(step(t, (rival, n)))
-    assert policy.program("slow").wait == 4095  # < 2 x 2048: not starving yet
+    assert policy.wait_tokens("slow") == 4095  # < 2 x 2048: not starving yet
     newcomer = Req("newcomer", arrival_s=6.0)
     policy.on_arrival(newcomer, 6.0)
     assert policy.order_waiting([slow, newcomer], 6.0) == [newcomer, slow]  # queue 0 before queue 1
@@ -305,7 +305,7 @@ def test_autellix_promotes_a_program_once_its_wait_reaches_twice_its_service() -
     assert policy.order_waiting([newcomer, slow], 7.0) == [slow, newcomer]  # both queue 0: arrival decides
     assert (policy.program("slow").queue, policy.prefill_cap(slow, 7.0)) == (0, 2048)  # with a fresh quantum
     policy.on_scheduled(step(7.0, (slow, 100)))  # it ran: its wait starts again from 0
-    assert policy.program("slow").wait == 0 and policy.program("rival").wait == 100
+    assert policy.wait_tokens("slow") == 0 and policy.wait_tokens("rival") == 100
 
 
 def test_autellix_victim_is_the_highest_queue_then_latest_arrival() -> None:

@@ -112,17 +112,6 @@ def test_chunk_halves_down_to_one_block_then_preempts() -> None:
     assert off.on_allocation_failure(req, 2048, 0.0) == 0
 
 
-def test_preempted_requests_go_to_the_front_at_level_zero() -> None:
-    policy, engine = mlfq()
-    a, b, c = Req("a", arrival_s=0.0), Req("b", arrival_s=1.0, num_prompt_tokens=50_000), Req("c", arrival_s=2.0)
-    engine.waiting = [a, b, c]
-    for r in (a, b, c):
-        policy.on_arrival(r, 0.0)
-    policy.on_preempted(b, 1.0)
-    assert policy.order_waiting([a, b, c], 1.0) == [b, a, c]
-    assert policy.level(b, 1.0) == 0
-
-
 def _one_turn(sid: str, arrival: float, prompt: int, output: int) -> Session:
     return Session(id=sid, arrival_s=arrival, turns=(Turn(new_tokens=prompt, output_tokens=output),))
 
@@ -180,3 +169,36 @@ def test_on_the_engine_chunks_shrink_before_anyone_is_preempted() -> None:
     # 512 -> 256 -> 128 -> 64 -> 32 -> 16 tokens before giving up on the chunk
     assert policy.events[:5] == ["shrink"] * 5 and policy.events[first_preempt - 1] == "preempt"
     assert any((rid, n) in policy.shrunk_to for s in policy.steps for rid, n in s)  # a shrunk chunk did run
+
+
+class WaitingChecker(MlfqScheduler):
+    """MLFQ that checks, at every step and preemption, why it may leave the waiting queue as it is."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.preemptions = 0
+        self.steps_with_waiting = 0
+
+    def on_preempted(self, req, now: float) -> None:
+        super().on_preempted(req, now)
+        self.preemptions += 1
+        assert self.engine.waiting[0] is req  # the engine put it at the very front
+        assert self.level(req, now) == 0
+
+    def on_scheduled(self, step: ScheduledStep) -> None:
+        waiting = list(self.engine.waiting)
+        self.steps_with_waiting += bool(waiting)
+        assert all(self.level(r, step.start_s) == 0 for r in waiting)
+        super().on_scheduled(step)
+
+
+def test_waiting_requests_are_all_at_level_zero_so_the_queue_order_is_the_mlfq_order() -> None:
+    setup = build_setup(RunConfig(engine_args=EngineSettings(num_gpu_blocks=400, max_num_batched_tokens=512,
+                                                             scheduler_reserve_full_isl=False)))
+    policy = WaitingChecker()
+    sessions = [_one_turn(f"s{i}", 0.01 * i, 1500 + 300 * i, 300) for i in range(8)]
+    out = SimRun(sessions, policy, AdmitAll(), setup).run()
+    assert out.sessions["completed"].all()
+    assert policy.preemptions >= 2 and policy.steps_with_waiting > 10
+    queue = [Req("a"), Req("b"), Req("c")]
+    assert policy.order_waiting(queue, 1.0) == queue  # the engine's order, untouched
