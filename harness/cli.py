@@ -13,9 +13,10 @@ from harness.commands.compare import compare
 from harness.commands.model import model
 from harness.commands.results import results
 from harness.commands.run import backends, run
+from harness.commands.sweep import sweep
 from harness.commands.workloads import workloads
 from harness.console import fail
-from harness.errors import BadInput, EngineFailed, stop_requested
+from harness.errors import BadInput, EngineFailed, RunsFailed, stop_requested
 
 EXIT_OK, EXIT_RUN_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -42,7 +43,7 @@ def version() -> None:
     click.echo(f"mars-bench {__version__}")
 
 
-for command in (run, compare, backends, workloads, results, model):
+for command in (run, compare, sweep, backends, workloads, results, model):
     cli.add_command(command)
 
 
@@ -94,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     except BadInput as e:
         fail(str(e))
         return EXIT_BAD_INPUT
-    except EngineFailed as e:
+    except (EngineFailed, RunsFailed) as e:
         fail(str(e))
         return EXIT_RUN_FAILED
     except BrokenPipeError:

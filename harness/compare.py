@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,7 +12,8 @@ from typing import Any
 import pandas as pd
 
 from harness.config import RunConfig
-from harness.experiment import run_experiment
+from harness.errors import RunsFailed
+from harness.executors import Finished, execute
 
 # Figures the comparison reports per backend: (summary key, column label).
 COMPARED: tuple[tuple[str, str], ...] = (
@@ -36,29 +36,32 @@ class RunRow:
     summary: dict[str, Any]
 
 
-def _one(args: tuple[RunConfig, Path]) -> RunRow:
-    config, results_dir = args
-    result = run_experiment(config, results_dir)
-    return RunRow(config.backend, config.seed, str(result.dir), result.summary.model_dump(mode="json"))
+@dataclass(frozen=True)
+class _Job:
+    index: int  # position in the caller's list
+    config: RunConfig
+    run_id: str = ""  # "": a new time-stamped run id
 
 
 def run_grid(configs: Sequence[RunConfig], results_dir: Path, jobs: int = 1,
              progress: Callable[[int, int], None] | None = None) -> list[RunRow]:
-    """Run every config (in a process pool when jobs > 1); rows come back in config order."""
-    tasks = [(c, results_dir) for c in configs]
-    rows: list[RunRow] = []
-    if jobs <= 1:
-        for task in tasks:
-            rows.append(_one(task))
-            if progress:
-                progress(len(rows), len(tasks))
-        return rows
-    with ProcessPoolExecutor(max_workers=jobs) as pool:
-        for row in pool.map(_one, tasks):
-            rows.append(row)
-            if progress:
-                progress(len(rows), len(tasks))
-    return rows
+    """Run every config (`jobs` at a time); rows come back in config order. A failed run raises RunsFailed
+    once the others are done; Ctrl-C stops the runs in flight and raises KeyboardInterrupt."""
+    finished: dict[int, RunRow] = {}
+    errors: list[str] = []
+
+    def on_done(job: _Job, result: Finished | None, error: str | None) -> None:
+        if result is None:
+            errors.append(f"{job.config.backend} seed {job.config.seed}: {error}")
+        else:
+            finished[job.index] = RunRow(job.config.backend, job.config.seed, result.run_dir, result.summary)
+        if progress:
+            progress(len(finished) + len(errors), len(configs))
+
+    execute([_Job(i, c) for i, c in enumerate(configs)], results_dir, on_done, jobs=jobs)
+    if errors:
+        raise RunsFailed(f"{len(errors)} of {len(configs)} runs failed (first: {errors[0]})")
+    return [finished[i] for i in range(len(configs))]
 
 
 def runs_frame(rows: Sequence[RunRow]) -> pd.DataFrame:

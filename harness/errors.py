@@ -4,6 +4,10 @@ class BadInput(Exception):
     """Bad user input: reported as one line, exit code 2."""
 
 
+class RunsFailed(Exception):
+    """Some runs of a sweep failed (the others are kept): reported as one line, exit code 1."""
+
+
 class EngineFailed(Exception):
     """A real engine failed (did not start, died mid-run): reported as one line, exit code 1; what the run
     measured so far is kept."""

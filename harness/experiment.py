@@ -54,8 +54,10 @@ class _CountingSink:
             self.progress("simulating", self.done, self.total)
 
 
-def run_experiment(config: RunConfig, results_dir: Path, progress: Progress | None = None) -> RunResult:
-    """Run `config` and write `results_dir/<run_id>/`; bad input raises BadInput before anything is written."""
+def run_experiment(config: RunConfig, results_dir: Path, progress: Progress | None = None,
+                   run_id: str | None = None) -> RunResult:
+    """Run `config` and write `results_dir/<run_id>/` (a new time-stamped id unless given); bad input raises
+    BadInput before anything is written."""
     slo = parse_goodput(list(config.goodput)) if config.goodput else None
     backend = get_backend(config.backend, config.engine)
     name, sessions = resolve(WorkloadRequest(
@@ -81,7 +83,7 @@ def run_experiment(config: RunConfig, results_dir: Path, progress: Progress | No
     # `mars-bench calibrate`), so real runs report slowdown and goodput only with --profile
     isolated = {} if setup is None else \
         isolated_jcts(sessions, setup, cache=results_dir / ".cache" / "isolated.json", progress=isolated_progress)
-    run_id = make_run_id(config.backend, name, config.seed, results_dir)
+    run_id = run_id or make_run_id(config.backend, name, config.seed, results_dir)
     meta_config = {**config.model_dump(mode="json"), "workload_name": name, "num_sessions": total}
     with RunWriter(results_dir, run_id, meta_config, config.seed) as writer:
         background = background_chat(config.chat_rps, max(s.arrival_s for s in sessions), config.seed)

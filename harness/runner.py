@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import time
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field, replace
@@ -348,7 +349,7 @@ def isolated_jcts(sessions: Sequence[Session], setup: SimSetup, cache: Path | No
             progress(1)
     if cache is not None and dirty:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_name(cache.name + ".tmp")
+        tmp = cache.with_name(f"{cache.name}.{os.getpid()}.tmp")  # runs in parallel share the cache
         tmp.write_text(json.dumps(known))
         tmp.replace(cache)
     return out

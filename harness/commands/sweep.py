@@ -1,0 +1,182 @@
+"""`mars-bench sweep`: a grid of runs over backends, loads, seeds and any setting; resumable."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+import pandas as pd
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                           TimeRemainingColumn)
+
+from harness.backends import ENGINES, get_backend
+from harness.commands.compare import parse_list
+from harness.commands.options import json_option, results_dir_option
+from harness.commands.run import hardware_options, make_config
+from harness.compare import format_spread
+from harness.config import RunConfig
+from harness.console import console, print_json, table
+from harness.errors import BadInput, RunsFailed
+from harness.executors import Finished, execute
+from harness.sweep import GridPoint, finished_run, grid_points, runs_table, write_manifest
+from workloads.arrivals import ARRIVAL_PROCESSES
+
+SHOWN = (("mean_jct_s", "mean JCT s"), ("p95_jct_s", "p95 JCT s"), ("session_throughput", "sessions/s"),
+         ("goodput", "goodput/s"))
+
+
+@click.command()
+@click.option("--backends", "-b", "backend_list", default="vllm,mars", show_default=True,
+              help="Comma-separated backends (see `mars-bench backends`).")
+@click.option("--engine", type=click.Choice(list(ENGINES)), default="sim", show_default=True)
+@click.option("--workload", "-w", default="paper", show_default=True, metavar="PRESET|FILE",
+              help="Workload preset name or JSONL file.")
+@click.option("--rps", "rps_list", default=None, help="Comma-separated session arrival rates (default: the preset's).")
+@click.option("--seeds", default="1", show_default=True, help="Comma-separated seeds.")
+@click.option("--sessions", type=click.IntRange(min=1), help="Number of sessions (default: the preset's).")
+@click.option("--arrival", type=click.Choice(ARRIVAL_PROCESSES), help="Arrival process.")
+@click.option("--cv", type=click.FloatRange(min=0, min_open=True), help="Burstiness of gamma arrivals (CV of gaps).")
+@click.option("--set", "sets", multiple=True, metavar="KEY=V1[,V2...]",
+              help="A setting (repeatable); several comma-separated values make it an axis of the grid.")
+@hardware_options
+@click.option("--tool-cores", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--tool-mode", type=click.Choice(["queue", "timeshare"]), default="queue", show_default=True)
+@click.option("--jobs", "-j", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Runs in parallel (local executor).")
+@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="local: a process pool on this machine; ray: tasks on a Ray cluster (extra `cluster`).")
+@click.option("--address", default=None, help="--executor ray: the cluster's address (default: a local Ray).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Sweep directory (default: RESULTS_DIR/sweep-<workload>-<grid hash>; the same command resumes).")
+@click.option("--dry-run", is_flag=True, help="List the grid and what is already done; run nothing.")
+@results_dir_option
+@json_option
+def sweep(backend_list: str, engine: str, workload: str, rps_list: str | None, seeds: str, sessions: int | None,
+          arrival: str | None, cv: float | None, sets: tuple[str, ...], gpu: str, model: str, tp: int,
+          profile: str | None, tool_cores: int, tool_mode: str, jobs: int, executor: str, address: str | None,
+          out_dir: Path | None, dry_run: bool, results_dir: Path, as_json: bool) -> None:
+    """Run a grid of runs: every backend x load x seed x `--set` value. Resumable: a finished run is never
+    run again, so an interrupted sweep continues where it stopped when the same command runs again (and a
+    wider grid into the same --out runs only what is new).
+
+    \b
+    Examples:
+      mars-bench sweep -b vllm,mars -w paper --rps 0.05,0.1,0.2,0.3 --seeds 1,2,3 -j 2
+      mars-bench sweep -b mars -w paper --rps 0.2 --set mars.window_min=2,4,8 --set retention=ttl,lru
+      mars-bench sweep -b vllm,sglang,continuum,continuum-dy,autellix,infercept,mars --rps 0.1,0.2 \\
+          --seeds 1,2,3 --executor ray --address ray://head:10001 --out /shared/sweeps/paper
+    """
+    names = parse_list(backend_list, "--backends")
+    loads: list[float | None] = [None] if rps_list is None else parse_list(rps_list, "--rps", float)
+    if any(r is not None and not (r > 0 and math.isfinite(r)) for r in loads):
+        raise BadInput(f"--rps {rps_list}: every rate must be a positive number")
+    seed_list = parse_list(seeds, "--seeds", int)
+    for name in names:
+        get_backend(name, engine)  # fail on a bad name before any run starts
+    if engine != "sim" and (jobs > 1 or executor == "ray"):
+        raise BadInput("--engine vllm runs one real engine at a time: use -j 1 with the local executor")
+    if address is not None and executor != "ray":
+        raise BadInput("--address is for --executor ray")
+
+    def make(values: dict[str, Any], run_sets: list[str]) -> RunConfig:
+        return make_config(tuple(run_sets), engine=engine, workload=workload, sessions=sessions, arrival=arrival,
+                           cv=cv, gpu=gpu, model=model, tp=tp, profile=profile, tool_cores=tool_cores,
+                           tool_mode=tool_mode, **values)
+
+    points = grid_points(make, names, loads, seed_list, sets)
+    spec = {"backends": names, "engine": engine, "workload": workload, "rps": loads, "seeds": seed_list,
+            "sessions": sessions, "arrival": arrival, "cv": cv, "sets": list(sets), "gpu": gpu, "model": model,
+            "tp": tp, "profile": profile, "tool_cores": tool_cores, "tool_mode": tool_mode}
+    digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:8]
+    sweep_dir = out_dir or results_dir / f"sweep-{Path(workload).stem}-{digest}"
+    if dry_run:
+        _print_dry_run(points, [p for p in points if _looks_done(sweep_dir, p)], sweep_dir, as_json)
+        return
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    # a finished run is kept; what an interrupted sweep left unfinished is removed before anything starts
+    done_before = [p for p in points if finished_run(sweep_dir, p) is not None]
+    finished = {p.run_id for p in done_before}
+    todo = [p for p in points if p.run_id not in finished]
+    write_manifest(sweep_dir, points, {"spec": spec, "command": ["mars-bench", *sys.argv[1:]]})
+    failures: list[tuple[GridPoint, str]] = []
+    started = time.perf_counter()
+    interrupted = False
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  TextColumn("eta"), TimeRemainingColumn(), console=console, transient=True, disable=as_json) as bars:
+        task = bars.add_task(f"sweep ({len(done_before)} done before)", total=len(todo))
+
+        def on_done(point: GridPoint, result: Finished | None, error: str | None) -> None:
+            if error is not None:
+                failures.append((point, error))
+                console.print(f"[red]failed[/red] {point.run_id}: {error}")
+            bars.update(task, advance=1, description=f"last: {point.run_id}")
+
+        try:
+            execute(todo, sweep_dir, on_done, jobs=jobs, executor=executor, address=address)  # type: ignore[arg-type]
+        except KeyboardInterrupt:
+            interrupted = True
+    elapsed = time.perf_counter() - started
+    runs = runs_table(sweep_dir, points)
+    runs.to_csv(sweep_dir / "sweep.csv", index=False)
+    completed = int((runs["status"] == "completed").sum())
+    if interrupted:
+        console.print(f"interrupted: {completed} of {len(points)} runs done ({completed - len(done_before)} this "
+                      f"time); the same command continues the sweep in {sweep_dir}/")
+        raise KeyboardInterrupt
+    if as_json:
+        print_json({"sweep_dir": str(sweep_dir), "elapsed_s": elapsed, "runs": len(points),
+                    "done_before": len(done_before), "ran": len(todo), "failed": len(failures),
+                    "table": runs.to_dict(orient="records")})
+    else:
+        _print_summary(runs, points, sweep_dir)
+        console.print(f"{len(points)} runs ({len(done_before)} done before, {len(todo)} run now) in {elapsed:.1f} s; "
+                      f"written to {sweep_dir}/ (sweep.csv, sweep.json, one directory per run)")
+    if failures:
+        raise RunsFailed(f"{len(failures)} of {len(points)} runs failed (first: {failures[0][0].run_id}: "
+                         f"{failures[0][1]}); the same command runs them again")
+
+
+def _looks_done(sweep_dir: Path, point: GridPoint) -> bool:
+    """Whether the point's run is completed, read without touching the directory (for --dry-run)."""
+    path = sweep_dir / point.run_id
+    try:
+        return json.loads((path / "run.json").read_text()).get("status") == "completed" and \
+            (path / "summary.json").is_file()
+    except (OSError, ValueError):
+        return False
+
+
+def _print_dry_run(points: list[GridPoint], done: list[GridPoint], sweep_dir: Path, as_json: bool) -> None:
+    done_ids = {p.run_id for p in done}
+    rows = [{**{k: str(v) for k, v in p.axes.items()}, "run_id": p.run_id, "done": p.run_id in done_ids} for p in points]
+    if as_json:
+        print_json({"sweep_dir": str(sweep_dir), "runs": rows})
+        return
+    columns = [*points[0].axes, "run id", "done"]
+    console.print(table(f"{len(points)} runs, {len(done)} done, in {sweep_dir}/", columns,
+                        [list(r.values()) for r in rows], numeric_from=len(columns)))
+
+
+def _print_summary(runs: pd.DataFrame, points: list[GridPoint], sweep_dir: Path) -> None:
+    """Per grid cell (all axes but seed): each figure's mean ± spread over seeds."""
+    axes = [a for a in points[0].axes if a != "seed"]
+    done = runs[runs["status"] == "completed"].copy()
+    if done.empty:
+        console.print(f"no completed runs in {sweep_dir}/")
+        return
+    for key, _ in SHOWN:
+        done[key] = pd.to_numeric(done[key], errors="coerce")
+    cells = done.groupby(axes, sort=False, dropna=False)
+    body = []
+    for values, group in cells:
+        values = values if isinstance(values, tuple) else (values,)
+        body.append([*map(str, values), len(group),
+                     *[format_spread(group[k].mean(), group[k].std(ddof=0)) for k, _ in SHOWN]])
+    console.print(table(f"sweep: {len(done)} completed runs", [*axes, "seeds", *[label for _, label in SHOWN]], body,
+                        numeric_from=len(axes)))
