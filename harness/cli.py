@@ -9,8 +9,10 @@ import threading
 import click
 
 from harness import __version__
+from harness.commands.calibrate import calibrate
 from harness.commands.compare import compare
 from harness.commands.model import model
+from harness.commands.report import report
 from harness.commands.results import results
 from harness.commands.run import backends, run
 from harness.commands.sweep import sweep
@@ -43,7 +45,7 @@ def version() -> None:
     click.echo(f"mars-bench {__version__}")
 
 
-for command in (run, compare, sweep, backends, workloads, results, model):
+for command in (run, compare, sweep, report, calibrate, backends, workloads, results, model):
     cli.add_command(command)
 
 

@@ -25,7 +25,8 @@ Offloading to a host tier is not available on this engine (`offload_seconds` is 
 would offload free instead.
 
 Every step can be logged (`step_log` path in the settings): one JSON line per step with the scheduled
-tokens per request, who was preempted, shrunk, capped and pinned - the evidence the engine tests read.
+tokens per request ([call id, tokens, phase, tokens computed before the step]), who was preempted, shrunk,
+capped and pinned - the evidence the engine tests read, and what calibration fits step times to.
 """
 
 from __future__ import annotations
@@ -128,7 +129,7 @@ class _Step:
     start_s: float
     scheduled: list[tuple[VllmRequestView, int]]
     preempted: list[VllmRequestView] = field(default_factory=list)
-    phases: dict[str, str] = field(default_factory=dict)  # call id -> "decode" | "prefill" when scheduled
+    phases: dict[str, tuple[str, int]] = field(default_factory=dict)  # call id -> (decode|prefill, context)
 
 
 class PolicyScheduler(Scheduler):
@@ -164,6 +165,7 @@ class PolicyScheduler(Scheduler):
         self._step: _Step | None = None
         self._step_events: dict[str, list[Any]] = {}
         self._log = open(settings["step_log"], "a") if settings.get("step_log") else None  # noqa: SIM115
+        self.steps_logged = 0
         # per-call figures for a harness in another process (server mode): one JSON line per finished call
         self._call_log = open(settings["call_log"], "a") if settings.get("call_log") else None  # noqa: SIM115
         # request id -> its KV blocks (the plugin assumes one KV cache group: full attention)
@@ -259,7 +261,7 @@ class PolicyScheduler(Scheduler):
                     view.recomputed_tokens += min(before + n, view.lost_until) - before
                 if logging:
                     decode = req.num_output_tokens > 0 and before >= req.num_tokens - 1
-                    step.phases[view.meta.call_id] = "decode" if decode else "prefill"
+                    step.phases[view.meta.call_id] = ("decode" if decode else "prefill", before)
             if pins:
                 pin = pins.pop(view.session_id, None)
                 if pin is not None:  # the call holds its prefix hits now: the pin's references can go
@@ -296,7 +298,7 @@ class PolicyScheduler(Scheduler):
         assert self._log is not None
         record = {
             "t": round(step.start_s, 6), "duration_s": round(duration, 6),
-            "scheduled": [[v.meta.call_id, n, step.phases.get(v.meta.call_id, "prefill")] for v, n in step.scheduled],
+            "scheduled": [[v.meta.call_id, n, *step.phases.get(v.meta.call_id, ("prefill", 0))] for v, n in step.scheduled],
             "block_size": self.block_size,
             "preempted": [v.meta.call_id for v in step.preempted],
             "free_blocks": self.num_free_blocks, "pins": sorted(self.pins),
@@ -305,6 +307,7 @@ class PolicyScheduler(Scheduler):
         }
         self._log.write(json.dumps(record) + "\n")
         self._log.flush()
+        self.steps_logged += 1
 
     # ---------------------------------------------------------------------------- chunk sizes
     def _reserve_prefill_lookahead(self, request: Request, num_computed_tokens: int, num_new_tokens: int) -> int:

@@ -43,7 +43,7 @@ def test_a_real_run_completes_with_the_sim_schema(run_cli, tiny_model_dir: Path,
     assert stats["vllm_version"].startswith("0.32") and stats["num_gpu_blocks"] == 49 and stats["block_size"] == 32
     steps = [json.loads(line) for line in (run / "steps.jsonl").read_text().splitlines()]
     assert len(steps) == stats["engine_steps"] or len(steps) > 0.9 * stats["engine_steps"]
-    assert {cid.split("#")[0] for s in steps for cid, _, _ in s["scheduled"]} == set(sessions["session_id"])
+    assert {cid.split("#")[0] for s in steps for cid, *_ in s["scheduled"]} == set(sessions["session_id"])
 
 
 def test_results_commands_read_a_real_run(run_cli, results: Path) -> None:

@@ -71,7 +71,7 @@ def runs(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
 
 
 def _prefills(steps: list[dict]) -> list[tuple[str, int]]:
-    return [(cid, n) for s in steps for cid, n, phase in s["scheduled"] if phase == "prefill"]
+    return [(cid, n) for s in steps for cid, n, phase, _ in s["scheduled"] if phase == "prefill"]
 
 
 def test_every_call_finishes_with_its_output_length(runs: dict[str, Any]) -> None:
@@ -82,7 +82,7 @@ def test_every_call_finishes_with_its_output_length(runs: dict[str, Any]) -> Non
 def test_session_metadata_reaches_the_scheduler(runs: dict[str, Any]) -> None:
     # vLLM renames requests (a random suffix): the ids in the log are the harness's, from extra_args
     for steps, _, _ in runs.values():
-        assert {cid for s in steps for cid, _, _ in s["scheduled"]} == {f"s{i}#0" for i in range(4)}
+        assert {cid for s in steps for cid, *_ in s["scheduled"]} == {f"s{i}#0" for i in range(4)}
 
 
 def test_mlfq_quanta_cap_prefill_chunks(runs: dict[str, Any]) -> None:
@@ -98,9 +98,9 @@ def test_decodes_are_never_starved_by_prefills(runs: dict[str, Any]) -> None:
     for steps in (runs["mars"][0],):
         checked = 0
         for s in steps:
-            scheduled = {cid for cid, _, _ in s["scheduled"]}
+            scheduled = {cid for cid, *_ in s["scheduled"]}
             preempted = set(s["preempted"])
-            if any(phase == "prefill" for _, _, phase in s["scheduled"]):
+            if any(phase == "prefill" for _, _, phase, _ in s["scheduled"]):
                 decodes = {cid for cid, phase in s["running_before"] if phase == "decode"} - preempted
                 assert decodes <= scheduled, s
                 checked += bool(decodes)

@@ -1,0 +1,294 @@
+"""Calibration: fit the sim's cost model (harness.engines.sim.cost_model) to a real engine's step times.
+
+A plan of controlled batches runs on the real in-process vLLM engine - prefills of several sizes alone,
+long prompts chunked over several steps (growing context), new tokens on a cached context (an agent's next
+turn), decode batches of several sizes at several context lengths, decodes mixed with a prefill - and each
+engine step is timed (`LLMEngine.step()`: the
+scheduler, the forward pass and vLLM's output processing, no client). The plugin's step log gives the
+exact batch of every step (tokens and context per request), hence its `StepShape`. The cost model's free
+coefficients (compute rate, memory rate, per-step and per-sequence overheads, attention cost) are fitted by
+least squares on relative error, the model's structure (roofline max, tokens, sequences, attention pairs,
+KV read) kept; the model's own sizes (FLOPs per token, weight and KV bytes) stay those of its config.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from harness.config import RunConfig
+from harness.engines.sim.cost_model import Profile, StepShape, step_time
+from harness.errors import BadInput
+
+# Coefficients the fit sets (the rest of the profile comes from the model's config and the engine args).
+FITTED = ("flops_per_s", "hbm_bytes_per_s", "step_overhead_s", "seq_overhead_s", "flops_per_attention_pair")
+WARMUP_STEPS = 8  # the engine's first steps allocate and compile: measured, not fitted
+
+
+@dataclass(frozen=True)
+class Request:
+    """One calibration request: prompt tokens, output tokens, the engine step it is added before, and the
+    request of its group whose whole prompt starts its own (a prefix-cache hit, as an agent's next turn)."""
+
+    prompt: int
+    output: int
+    at_step: int = 0
+    extends: int | None = None
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One measured engine step: (new tokens, context before) per scheduled request, and its seconds."""
+
+    chunks: tuple[tuple[int, int], ...]
+    seconds: float
+    core_seconds: float  # vLLM's engine-core step alone (schedule, forward, update), from the plugin's log
+
+    @property
+    def shape(self) -> StepShape:
+        return StepShape.from_chunks(self.chunks)
+
+    @property
+    def kind(self) -> str:
+        shape = self.shape
+        if shape.num_decode_tokens and shape.num_prefill_tokens:
+            return "mixed"
+        return "decode" if shape.num_decode_tokens else "prefill"
+
+
+def plan(budget: int, capacity: int, max_seqs: int, max_len: int) -> list[list[Request]]:
+    """Groups of requests, each run to completion on its own: the shapes the fit needs, within the engine's
+    token budget per step, KV capacity (tokens), sequence limit and context limit."""
+    room = min(capacity // 2, max_len - 16)
+    groups: list[list[Request]] = []
+    for p in (16, 64, 128, 256, 512, 1024, 2048, 4096):  # prefill alone
+        if p <= min(budget, room):
+            groups.append([Request(p, 1)])
+    long = min(3 * budget, room - 1)  # chunked: budget-sized chunks over a growing context
+    if long > budget:
+        groups.append([Request(long, 1)])
+    for length in (32, 256, 1024):  # decode batches
+        for batch in (1, 2, 4, 8, 16, 32, 64):
+            if batch <= max_seqs and batch * (length + 12) <= room and length + 12 <= max_len:
+                groups.append([Request(length, 10) for _ in range(batch)])
+    for context in (256, 1024, 4096):  # an agent's next turn: new tokens on a cached context
+        for new in (32, 128, 512):
+            if context + new <= room and new <= budget:
+                groups.append([Request(context, 1), Request(context + new, 1, at_step=3, extends=0)])
+    for batch in (4, 16):  # decodes with a prefill joining them
+        for p in (128, 512):
+            if batch + 1 <= max_seqs and batch * 280 + p <= room and p <= budget:
+                groups.append([*(Request(256, 12) for _ in range(batch)), Request(p, 2, at_step=4)])
+    if not groups:
+        raise BadInput(f"the engine is too small to calibrate: {capacity} KV tokens, {budget} tokens a step")
+    return groups
+
+
+def measure(config: RunConfig, cache_dir: Path, repeats: int = 3) -> tuple[list[Sample], dict[str, int]]:
+    """Run the plan on a real in-process vLLM engine with the run's engine args; the samples (warm-up steps
+    dropped) and the engine's KV geometry (num_gpu_blocks, block_size, max_num_batched_tokens). A forced KV
+    block count (`engine_args.num_gpu_blocks`) goes into the geometry, but the measuring engine gets the KV
+    its memory allows, so the plan's batches fit: a step's cost does not depend on the cache's size."""
+    forced = config.engine_args.num_gpu_blocks
+    config = config.model_copy(update={"engine_args": config.engine_args.model_copy(update={"num_gpu_blocks": None})})
+    from harness.engines.vllm import prepare_environment, vllm_setup  # noqa: PLC0415
+
+    prepare_environment(str(cache_dir))
+    try:
+        from vllm import EngineArgs, SamplingParams  # noqa: PLC0415
+        from vllm.inputs import TokensPrompt  # noqa: PLC0415
+        from vllm.v1.engine.llm_engine import LLMEngine  # noqa: PLC0415
+    except ImportError as exc:
+        raise BadInput(f"calibrate --engine vllm needs vLLM: pip install -e '.[vllm]' (see README) ({exc})") from None
+    from harness.engines.vllm import engine_args  # noqa: PLC0415
+
+    with tempfile.TemporaryDirectory(prefix="mars-calibrate-") as tmp:
+        log = Path(tmp) / "steps.jsonl"
+        setup = vllm_setup(config, [], cache_dir=cache_dir, step_log=log)
+        args = engine_args(setup, {"config": config.model_copy(update={"backend": "vllm"}).model_dump(mode="json"),
+                                   "step_log": str(log)})
+        args["enable_prefix_caching"] = True  # `extends` requests hit the cache; the others share nothing
+        args["max_model_len"] = _max_len(setup.model, config)
+        try:
+            llm = LLMEngine.from_engine_args(EngineArgs(**args))
+        except Exception as exc:  # vLLM reports bad settings as exceptions deep in its start-up
+            raise BadInput(f"the vLLM engine did not start: {str(exc).splitlines()[-1] if str(exc) else exc!r}") from None
+        try:
+            sched = llm.engine_core.engine_core.scheduler
+            geometry = {"num_gpu_blocks": forced or sched.num_total_blocks, "block_size": sched.block_size,
+                        "max_num_batched_tokens": sched.max_num_scheduled_tokens}
+            groups = plan(geometry["max_num_batched_tokens"], sched.num_total_blocks * sched.block_size,
+                          sched.max_num_running_reqs, args["max_model_len"])
+            rng = np.random.default_rng(0)
+            vocab = llm.model_config.get_vocab_size()
+            walls: list[float] = []
+            n = 0
+            for group in [groups[0], *[g for _ in range(repeats) for g in groups]]:  # the first group warms up
+                pending = sorted(enumerate(group), key=lambda ir: ir[1].at_step)
+                prompts: dict[int, list[int]] = {}
+                step = 0
+                while pending or llm.has_unfinished_requests():
+                    while pending and pending[0][1].at_step <= step:
+                        i, r = pending.pop(0)
+                        base = prompts[r.extends] if r.extends is not None else []
+                        prompt = prompts[i] = base + rng.integers(16, vocab, size=r.prompt - len(base)).tolist()
+                        llm.add_request(f"c{n}", TokensPrompt(prompt_token_ids=prompt),
+                                        SamplingParams(max_tokens=r.output, ignore_eos=True, temperature=0.0,
+                                                       extra_args={"mars": {"call_id": f"c{n}"}}))
+                        n += 1
+                    logged, t0 = sched.steps_logged, time.perf_counter()
+                    llm.step()
+                    if sched.steps_logged > logged:  # it scheduled something (a wait for KV logs nothing)
+                        walls.append(time.perf_counter() - t0)
+                    step += 1
+        finally:
+            llm.engine_core.shutdown()
+        records = [json.loads(line) for line in log.read_text().splitlines()]
+    if len(records) != len(walls):
+        raise RuntimeError(f"calibration: {len(walls)} steps timed but {len(records)} logged")
+    samples = [Sample(tuple((n, ctx) for _, n, _, ctx in rec["scheduled"]), wall, rec["duration_s"])
+               for rec, wall in zip(records, walls, strict=True) if rec["scheduled"]]
+    return samples[WARMUP_STEPS:], geometry
+
+
+def _max_len(model: str, config: RunConfig) -> int:
+    """The longest context: the model's, within what a forced KV block count can hold."""
+    path = Path(model) / "config.json"
+    limit = int(json.loads(path.read_text()).get("max_position_embeddings", 4096)) if path.is_file() else 4096
+    e = config.engine_args
+    if e.num_gpu_blocks is not None and e.block_size is not None:
+        limit = min(limit, (e.num_gpu_blocks - 1) * e.block_size)  # one block is vLLM's null block
+    return limit
+
+
+@dataclass(frozen=True)
+class Fit:
+    profile: Profile
+    errors: dict[str, dict[str, float]]  # kind -> {"steps", "mean_abs_pct", ...} over the distinct batches
+
+
+def fit(base: Profile, samples: Sequence[Sample]) -> Fit:
+    """The profile whose step times best match the samples (least squares on relative error, in log space
+    for positive coefficients), and its error per kind of step."""
+    from scipy.optimize import least_squares  # noqa: PLC0415 - scipy only for calibration
+
+    typical = median_per_shape(samples)
+    if len(typical) < len(FITTED) + 1:
+        raise BadInput(f"calibration: {len(typical)} step shapes measured, too few to fit {len(FITTED)} coefficients")
+    shapes = [s.shape for s in typical]
+    measured = np.array([s.seconds for s in typical])
+    start = _linear_start(base, shapes, measured)
+
+    def profile_at(x: np.ndarray) -> Profile:
+        return base.model_copy(update=dict(zip(FITTED, np.exp(x).tolist(), strict=True)))
+
+    # each kind of step (prefill, decode, mixed) weighs the same in all: decode batches are most of the plan,
+    # but an agent's turns start with prefills on a cached context, and TTFT is made of those
+    kinds = [s.kind for s in typical]
+    weight = np.array([np.sqrt(len(kinds) / (len(set(kinds)) * kinds.count(k))) for k in kinds])
+
+    def residuals(x: np.ndarray) -> np.ndarray:
+        p = profile_at(x)
+        return weight * (np.array([step_time(p, shape) for shape in shapes]) / measured - 1.0)
+
+    # The roofline's max() hides the memory rate's gradient while compute binds (and the reverse): start
+    # once with memory out of the way and once with it explaining the fastest step, keep the better fit.
+    memory_bound = start.copy()
+    fastest = int(np.argmin(measured))
+    traffic = base.dense_weight_bytes + base.kv_bytes_per_token * (shapes[fastest].kv_tokens_read + shapes[fastest].num_tokens)
+    memory_bound[1] = max(traffic / (0.8 * measured[fastest]), 1.0)
+    fits = [least_squares(residuals, np.log(x0), loss="soft_l1", f_scale=0.1, max_nfev=2000)
+            for x0 in (start, memory_bound)]
+    profile = profile_at(min(fits, key=lambda r: r.cost).x)
+    return Fit(profile, fit_errors(profile, typical))
+
+
+def median_per_shape(samples: Sequence[Sample]) -> list[Sample]:
+    """One sample per distinct batch, with the median time of its repeats: a shared machine's stalls (another
+    tenant, the OS) only ever add time, and a median of three ignores one of them."""
+    by_batch: dict[tuple[tuple[int, int], ...], list[Sample]] = {}
+    for s in samples:
+        by_batch.setdefault(s.chunks, []).append(s)
+    return [Sample(chunks, float(np.median([s.seconds for s in group])), float(np.median([s.core_seconds for s in group])))
+            for chunks, group in by_batch.items()]
+
+
+def _linear_start(base: Profile, shapes: Sequence[StepShape], measured: np.ndarray) -> np.ndarray:
+    """A starting point: seconds ~ a + b x tokens + c x sequences + d x attention pairs (least squares,
+    clipped positive), read as the compute-bound profile, with the memory term out of the way."""
+    features = np.array([[1.0, s.num_tokens, s.num_seqs, s.attention_pairs] for s in shapes])
+    coef, *_ = np.linalg.lstsq(features, measured, rcond=None)
+    floor = 1e-9
+    overhead, per_token, per_seq, per_pair = (max(float(c), floor) for c in coef)
+    flops_per_s = base.flops_per_token / per_token if base.flops_per_token else 1e12
+    traffic = base.dense_weight_bytes + base.kv_bytes_per_token * max(s.kv_tokens_read + s.num_tokens for s in shapes)
+    return np.array([
+        flops_per_s,
+        max(traffic / max(float(measured.min()), floor) * 10, 1.0),  # memory 10x faster than the fastest step
+        overhead,
+        max(per_seq - base.flops_per_logit_row / flops_per_s, floor),
+        max(per_pair * flops_per_s, floor),
+    ])
+
+
+def fit_errors(profile: Profile, samples: Sequence[Sample]) -> dict[str, dict[str, float]]:
+    """Per kind of step (and "all"): steps, mean / p90 / max absolute error of the model in percent."""
+    errors: dict[str, list[float]] = {}
+    for s in samples:
+        err = 100 * abs(step_time(profile, s.shape) / s.seconds - 1)
+        errors.setdefault(s.kind, []).append(err)
+        errors.setdefault("all", []).append(err)
+    return {kind: {"steps": len(v), "mean_abs_pct": float(np.mean(v)), "p90_abs_pct": float(np.percentile(v, 90)),
+                   "max_abs_pct": float(np.max(v))} for kind, v in sorted(errors.items(), key=lambda kv: kv[0] == "all")}
+
+
+def calibrated_profile(base: Profile, fitted: Profile, geometry: dict[str, int], label: str) -> Profile:
+    """The profile to write: the fitted coefficients (per-layer overhead folded into the per-step one) and
+    the engine's KV geometry, so `--profile` gives the sim this engine's blocks."""
+    values = {name: getattr(fitted, name) for name in FITTED}
+    return base.with_overrides({**values, "layer_overhead_s": 0.0, "gpu": label, **geometry}, source="calibration")
+
+
+def host_label() -> str:
+    """What the engine ran on, for the profile's `gpu` label."""
+    try:
+        import torch  # noqa: PLC0415
+
+        if torch.cuda.is_available():
+            return str(torch.cuda.get_device_name(0))
+    except ImportError:
+        pass
+    from harness.results import hardware  # noqa: PLC0415
+
+    return f"cpu: {hardware().get('cpu', 'unknown')}"
+
+
+def samples_frame(profile: Profile, samples: Sequence[Sample]) -> pd.DataFrame:
+    """Every measured step: its kind, shape, measured and predicted seconds."""
+    return pd.DataFrame([{"kind": s.kind, **asdict(s.shape), "seconds": s.seconds, "core_seconds": s.core_seconds,
+                          "predicted_s": step_time(profile, s.shape)} for s in samples])
+
+
+@dataclass(frozen=True)
+class Calibration:
+    profile: Profile  # what `--profile` loads: fitted coefficients and the engine's KV geometry
+    errors: dict[str, dict[str, float]]
+    samples: list[Sample]
+
+
+def calibrate_engine(config: RunConfig, cache_dir: Path, repeats: int = 3) -> Calibration:
+    """Measure the engine of `config` (its model and engine args) and fit the cost model to it."""
+    from harness.testbed import build_profile  # noqa: PLC0415
+
+    unforced = config.engine_args.model_copy(update={"num_gpu_blocks": None})
+    base = build_profile(config.model_copy(update={"engine_args": unforced}))
+    samples, geometry = measure(config, cache_dir, repeats=repeats)
+    result = fit(base, samples)
+    return Calibration(calibrated_profile(base, result.profile, geometry, host_label()), result.errors, samples)

@@ -1,0 +1,64 @@
+"""`mars-bench calibrate`: fit the sim's cost model to a real engine and write a profile for `--profile`."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import click
+
+from harness.calibrate import FITTED, calibrate_engine, samples_frame
+from harness.commands.run import make_config
+from harness.console import console, print_json, table
+from harness.results import DEFAULT_RESULTS_DIR
+
+
+@click.command()
+@click.option("--engine", type=click.Choice(["vllm"]), default="vllm", show_default=True, help="Engine to measure.")
+@click.option("--model", required=True, metavar="DIR|HUB_ID", help="The model the engine serves.")
+@click.option("--out", "-o", "out", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="Profile JSON to write (load it with `--profile`).")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="Engine settings as for `run`, e.g. engine_args.block_size=32 (repeatable).")
+@click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Times each batch runs (the fit takes the median).")
+@click.option("--samples", type=click.Path(dir_okay=False, path_type=Path), help="Also write every measured step (CSV).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON output.")
+def calibrate(engine: str, model: str, out: Path, sets: tuple[str, ...], repeats: int, samples: Path | None,
+              as_json: bool) -> None:
+    """Measure controlled batches on the real engine and fit the cost model's coefficients to them.
+
+    Prefills of several sizes, chunked long prompts, decode batches of several sizes and context lengths,
+    and decodes mixed with a prefill each run on the engine; every step's time is fitted by least squares.
+    The profile carries the fitted coefficients and the engine's KV block count and block size: runs with
+    `--profile FILE` simulate this engine, and real runs with it report slowdown and goodput.
+
+    \b
+    Examples:
+      mars-bench model make-tiny models/tiny
+      mars-bench calibrate --model models/tiny -o tiny-cpu.json --set engine_args.block_size=32 --set engine_args.num_gpu_blocks=50
+      mars-bench run -b mars -w tiny --model models/tiny --profile tiny-cpu.json --set engine_args.block_size=32 --set engine_args.num_gpu_blocks=50
+    """
+    config = make_config(sets, engine=engine, model=model)
+    started = time.perf_counter()
+    result = calibrate_engine(config, DEFAULT_RESULTS_DIR / ".cache" / "vllm", repeats=repeats)
+    profile, measured = result.profile, result.samples
+    out.parent.mkdir(parents=True, exist_ok=True)
+    profile.save(out)
+    if samples is not None:
+        samples_frame(profile, measured).to_csv(samples, index=False)
+    elapsed = time.perf_counter() - started
+    geometry = {k: getattr(profile, k) for k in ("num_gpu_blocks", "block_size", "max_num_batched_tokens")}
+    if as_json:
+        print_json({"profile": str(out), "elapsed_s": elapsed, "steps": len(measured), "geometry": geometry,
+                    "fitted": {k: getattr(profile, k) for k in FITTED}, "errors": result.errors})
+        return
+    console.print(table("fitted coefficients", ["coefficient", "value"],
+                        [(k, getattr(profile, k)) for k in FITTED]))
+    console.print(table(f"fit error per kind of step ({len(measured)} steps measured; the fit uses each batch's median)",
+                        ["kind", "batches", "mean |err| %", "p90 |err| %", "max |err| %"],
+                        [(k, v["steps"], v["mean_abs_pct"], v["p90_abs_pct"], v["max_abs_pct"])
+                         for k, v in result.errors.items()]))
+    console.print(f"wrote {out} ({geometry['num_gpu_blocks']} KV blocks of {geometry['block_size']} tokens) "
+                  f"in {elapsed:.1f} s; simulate this engine with --profile {out}")
+

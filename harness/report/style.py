@@ -1,0 +1,67 @@
+"""One look for every plot: seaborn's theme, one colour per backend in every figure, legends outside the data,
+PNGs written without pyplot (no global figure state, no display needed)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import seaborn as sns
+from matplotlib.figure import Figure as MplFigure
+from matplotlib.colors import to_rgb
+from matplotlib.lines import Line2D
+
+from harness.backends import BACKENDS
+from harness.report.doc import Figure
+
+Colour = tuple[float, float, float]
+
+# One colour per backend, the same in every report: Okabe-Ito hues where they go, MARS in a strong red and its
+# preview in a light one; backends this table does not know get the spare colours, then further hues.
+_COLOURS = {"vllm": "#0072b2", "sglang": "#009e73", "continuum": "#e69f00", "continuum-dy": "#8c564b",
+            "autellix": "#cc79a7", "infercept": "#56b4e9", "mars": "#d62728", "mars-preview": "#ff9896"}
+_SPARE = ("#7f7f7f", "#bcbd22", "#17becf")
+DPI = 100
+
+
+def palette(backends: Iterable[str]) -> dict[str, Colour]:
+    """Backend -> colour: fixed for known backends, then the spare colours and further hues for the others."""
+    names = sorted(set(backends), key=backend_order)
+    unknown = [n for n in names if n not in _COLOURS]
+    extra = [to_rgb(c) for c in _SPARE] + sns.color_palette("husl", max(len(unknown) - len(_SPARE), 0))
+    spare = dict(zip(unknown, extra, strict=False))
+    return {n: to_rgb(_COLOURS[n]) if n in _COLOURS else spare[n] for n in names}
+
+
+def backend_order(name: str) -> tuple[int, str]:
+    """Backends in registry order (baselines first, MARS last), unknown ones after, by name."""
+    known = list(BACKENDS)
+    return (known.index(name), name) if name in known else (len(known), name)
+
+
+@contextmanager
+def themed() -> Iterator[None]:
+    with sns.axes_style("whitegrid"), sns.plotting_context("notebook", font_scale=0.95):
+        yield
+
+
+def new_figure(width: float, height: float) -> MplFigure:
+    return MplFigure(figsize=(width, height), dpi=DPI, layout="constrained")
+
+
+def legend_outside(fig: MplFigure, colours: dict[str, Colour], title: str = "backend",
+                   extra: Sequence[Line2D] = ()) -> None:
+    """One legend for the whole figure, right of the axes."""
+    handles = [Line2D([], [], color=c, lw=2.5, label=name) for name, c in colours.items()] + list(extra)
+    fig.legend(handles=handles, title=title, loc="outside right center", frameon=False)
+
+
+def save(fig: MplFigure, out_dir: Path, name: str, title: str, caption: str = "") -> Figure:
+    """Write `out_dir/img/<name>.png`; the report's figure, with its path relative to `out_dir`."""
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-")
+    path = Path("img") / f"{slug}.png"
+    (out_dir / "img").mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_dir / path, dpi=DPI, facecolor="white")
+    return Figure(path.as_posix(), title, caption)
