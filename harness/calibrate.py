@@ -30,6 +30,7 @@ from harness.errors import BadInput
 # Coefficients the fit sets (the rest of the profile comes from the model's config and the engine args).
 FITTED = ("flops_per_s", "hbm_bytes_per_s", "step_overhead_s", "seq_overhead_s", "flops_per_attention_pair")
 WARMUP_STEPS = 8  # the engine's first steps allocate and compile: measured, not fitted
+IDLE_PROBE_S = 0.1  # idle time before the wake-up probes (well above IDLE_WAKE_AFTER_S)
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,7 @@ class Request:
     output: int
     at_step: int = 0
     extends: int | None = None
+    idle_before_s: float = 0.0  # the engine sits idle this long before the request arrives
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,7 @@ class Sample:
     chunks: tuple[tuple[int, int], ...]
     seconds: float
     core_seconds: float  # vLLM's engine-core step alone (schedule, forward, update), from the plugin's log
+    after_idle: bool = False  # the first step after the engine sat idle (measures `idle_wake_s`, not fitted)
 
     @property
     def shape(self) -> StepShape:
@@ -86,6 +89,8 @@ def plan(budget: int, capacity: int, max_seqs: int, max_len: int) -> list[list[R
         for p in (128, 512):
             if batch + 1 <= max_seqs and batch * 280 + p <= room and p <= budget:
                 groups.append([*(Request(256, 12) for _ in range(batch)), Request(p, 2, at_step=4)])
+    wake = min(512, budget, room)  # the same prefill after the engine sat idle: its extra time is idle_wake_s
+    groups += [[Request(wake, 1, idle_before_s=IDLE_PROBE_S)] for _ in range(4)]
     if not groups:
         raise BadInput(f"the engine is too small to calibrate: {capacity} KV tokens, {budget} tokens a step")
     return groups
@@ -129,6 +134,7 @@ def measure(config: RunConfig, cache_dir: Path, repeats: int = 3) -> tuple[list[
             rng = np.random.default_rng(0)
             vocab = llm.model_config.get_vocab_size()
             walls: list[float] = []
+            idle_steps: set[int] = set()
             n = 0
             for group in [groups[0], *[g for _ in range(repeats) for g in groups]]:  # the first group warms up
                 pending = sorted(enumerate(group), key=lambda ir: ir[1].at_step)
@@ -137,6 +143,9 @@ def measure(config: RunConfig, cache_dir: Path, repeats: int = 3) -> tuple[list[
                 while pending or llm.has_unfinished_requests():
                     while pending and pending[0][1].at_step <= step:
                         i, r = pending.pop(0)
+                        if r.idle_before_s:
+                            time.sleep(r.idle_before_s)
+                            idle_steps.add(len(walls))  # the next logged step follows the idle time
                         base = prompts[r.extends] if r.extends is not None else []
                         prompt = prompts[i] = base + rng.integers(16, vocab, size=r.prompt - len(base)).tolist()
                         llm.add_request(f"c{n}", TokensPrompt(prompt_token_ids=prompt),
@@ -153,8 +162,8 @@ def measure(config: RunConfig, cache_dir: Path, repeats: int = 3) -> tuple[list[
         records = [json.loads(line) for line in log.read_text().splitlines()]
     if len(records) != len(walls):
         raise RuntimeError(f"calibration: {len(walls)} steps timed but {len(records)} logged")
-    samples = [Sample(tuple((n, ctx) for _, n, _, ctx in rec["scheduled"]), wall, rec["duration_s"])
-               for rec, wall in zip(records, walls, strict=True) if rec["scheduled"]]
+    samples = [Sample(tuple((n, ctx) for _, n, _, ctx in rec["scheduled"]), wall, rec["duration_s"], i in idle_steps)
+               for i, (rec, wall) in enumerate(zip(records, walls, strict=True)) if rec["scheduled"]]
     return samples[WARMUP_STEPS:], geometry
 
 
@@ -179,7 +188,7 @@ def fit(base: Profile, samples: Sequence[Sample]) -> Fit:
     for positive coefficients), and its error per kind of step."""
     from scipy.optimize import least_squares  # noqa: PLC0415 - scipy only for calibration
 
-    typical = median_per_shape(samples)
+    typical = median_per_shape([s for s in samples if not s.after_idle])
     if len(typical) < len(FITTED) + 1:
         raise BadInput(f"calibration: {len(typical)} step shapes measured, too few to fit {len(FITTED)} coefficients")
     shapes = [s.shape for s in typical]
@@ -252,7 +261,7 @@ def fit_errors(profile: Profile, samples: Sequence[Sample]) -> dict[str, dict[st
 def calibrated_profile(base: Profile, fitted: Profile, geometry: dict[str, int], label: str) -> Profile:
     """The profile to write: the fitted coefficients (per-layer overhead folded into the per-step one) and
     the engine's KV geometry, so `--profile` gives the sim this engine's blocks."""
-    values = {name: getattr(fitted, name) for name in FITTED}
+    values = {name: getattr(fitted, name) for name in (*FITTED, "idle_wake_s")}
     return base.with_overrides({**values, "layer_overhead_s": 0.0, "gpu": label, **geometry}, source="calibration")
 
 
@@ -272,8 +281,9 @@ def host_label() -> str:
 
 def samples_frame(profile: Profile, samples: Sequence[Sample]) -> pd.DataFrame:
     """Every measured step: its kind, shape, measured and predicted seconds."""
-    return pd.DataFrame([{"kind": s.kind, **asdict(s.shape), "seconds": s.seconds, "core_seconds": s.core_seconds,
-                          "predicted_s": step_time(profile, s.shape)} for s in samples])
+    return pd.DataFrame([{"kind": s.kind, "after_idle": s.after_idle, **asdict(s.shape), "seconds": s.seconds, "core_seconds": s.core_seconds,
+                          "predicted_s": step_time(profile, s.shape) + (profile.idle_wake_s if s.after_idle else 0.0)}
+                         for s in samples])
 
 
 @dataclass(frozen=True)
@@ -291,4 +301,13 @@ def calibrate_engine(config: RunConfig, cache_dir: Path, repeats: int = 3) -> Ca
     base = build_profile(config.model_copy(update={"engine_args": unforced}))
     samples, geometry = measure(config, cache_dir, repeats=repeats)
     result = fit(base, samples)
-    return Calibration(calibrated_profile(base, result.profile, geometry, host_label()), result.errors, samples)
+    wake = idle_wake(result.profile, samples)
+    profile = calibrated_profile(base, result.profile.model_copy(update={"idle_wake_s": wake}), geometry, host_label())
+    return Calibration(profile, result.errors, samples)
+
+
+def idle_wake(profile: Profile, samples: Sequence[Sample]) -> float:
+    """Median extra time of a step after idle over what the fitted model gives the same step hot; 0 if
+    there are no such steps or they are not slower."""
+    extra = [s.seconds - step_time(profile, s.shape) for s in samples if s.after_idle]
+    return max(0.0, float(np.median(extra))) if extra else 0.0

@@ -61,6 +61,7 @@ class SimSetup:
     enable_prefix_caching: bool = True
     fast_forward: bool = True
     gpu_share: float = 1.0
+    idle_wake_s: float = 0.0  # extra time of a step that follows an idle engine (cost_model.IDLE_WAKE_AFTER_S)
     tool_cores: int = 8
     tool_mode: ToolMode = "queue"
     cpu_stress: int = 0
@@ -277,7 +278,7 @@ class SimRun(AgentRun):
         host = HostTier(setup.host_tier_tokens, setup.host_load_s_per_token) if setup.host_tier_tokens else None
         self.core = EngineCore(self.kv, setup.limits, policy, setup.prefill_seconds, host)
         self.engine = SimEngine(env, self.core, setup.step_time, setup.gpu_share, setup.fast_forward,
-                                on_step=self._sample)
+                                on_step=self._sample, idle_wake_s=setup.idle_wake_s)
 
     def engine_signals(self) -> EngineSignals:
         kv = self.kv

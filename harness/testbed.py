@@ -88,6 +88,7 @@ def build_setup(config: RunConfig) -> SimSetup:
         enable_prefix_caching=args.enable_prefix_caching,
         fast_forward=args.fast_forward,
         gpu_share=config.gpu_share,
+        idle_wake_s=profile.idle_wake_s,
         tool_cores=config.tool_cores,
         tool_mode=config.tool_mode,
         cpu_stress=config.cpu_stress,

@@ -129,3 +129,23 @@ def test_ranking_agreement() -> None:
     assert same_ranking({"real": {"vllm": 2.0, "mars": 1.0}, "sim": {"vllm": 1.5, "mars": 1.2}})
     assert same_ranking({"real": {"vllm": 2.0, "mars": 1.0}, "sim": {"vllm": 1.0, "mars": 1.2}}) is False
     assert same_ranking({"real": {"vllm": 2.0, "mars": 1.0}, "sim": {"vllm": 1.0, "mars": 1.01}}) is None  # a tie
+
+
+def test_a_step_after_an_idle_engine_pays_the_wake_up_time_once() -> None:
+    from dataclasses import replace
+
+    from harness.config import RunConfig
+    from harness.policy import Policy
+    from harness.runner import simulate
+    from harness.testbed import build_setup
+    from workloads.model import Session, Turn
+
+    sessions = [Session(id=f"s{i}", arrival_s=float(i), turns=(Turn(new_tokens=500, output_tokens=20),))
+                for i in range(2)]
+    setup = build_setup(RunConfig())
+    base = simulate(sessions, Policy(), setup).calls.set_index("session_id")
+    woken = simulate(sessions, Policy(), replace(setup, idle_wake_s=0.01)).calls.set_index("session_id")
+    ttft = (woken["first_token_s"] - woken["arrival_s"]) - (base["first_token_s"] - base["arrival_s"])
+    assert ttft.tolist() == pytest.approx([0.01, 0.01])  # both calls find the engine idle
+    decode = (woken["finish_s"] - woken["first_token_s"]) - (base["finish_s"] - base["first_token_s"])
+    assert decode.abs().max() < 1e-9  # the steps that follow without a gap do not pay it

@@ -51,10 +51,10 @@ def calibrate(engine: str, model: str, out: Path, sets: tuple[str, ...], repeats
     geometry = {k: getattr(profile, k) for k in ("num_gpu_blocks", "block_size", "max_num_batched_tokens")}
     if as_json:
         print_json({"profile": str(out), "elapsed_s": elapsed, "steps": len(measured), "geometry": geometry,
-                    "fitted": {k: getattr(profile, k) for k in FITTED}, "errors": result.errors})
+                    "fitted": {k: getattr(profile, k) for k in (*FITTED, "idle_wake_s")}, "errors": result.errors})
         return
     console.print(table("fitted coefficients", ["coefficient", "value"],
-                        [(k, getattr(profile, k)) for k in FITTED]))
+                        [(k, getattr(profile, k)) for k in (*FITTED, "idle_wake_s")]))
     console.print(table(f"fit error per kind of step ({len(measured)} steps measured; the fit uses each batch's median)",
                         ["kind", "batches", "mean |err| %", "p90 |err| %", "max |err| %"],
                         [(k, v["steps"], v["mean_abs_pct"], v["p90_abs_pct"], v["max_abs_pct"])

@@ -23,7 +23,9 @@ Step time (all quantities per GPU; T = prefill + decode tokens in the step, S = 
 where pairs = sum over sequences of new x (context_before + (new + 1) / 2) (query-key pairs under a
 causal mask) and kv_read = sum of context_before. Compute and memory overlap (the roofline max); the
 tensor-parallel all-reduces (two per layer, ring: each GPU sends 2(tp-1)/tp of the activations) and the
-fixed costs do not. Not modelled: sliding-window attention (all layers are treated as full attention),
+fixed costs do not. A step that starts after the engine sat idle for at least IDLE_WAKE_AFTER_S also pays
+`idle_wake_s` (worker threads asleep and caches cold: about 2 ms on the CPU build; the sim engine adds it).
+Not modelled: sliding-window attention (all layers are treated as full attention),
 activation traffic, the input-embedding gather, kernel efficiency falling with small shapes beyond the
 per-layer overhead. `mars-bench calibrate` refits the coefficients against a real engine.
 
@@ -46,6 +48,7 @@ from harness.errors import BadInput
 from workloads.model import format_validation_error
 
 ACTIVATION_BYTES = 2  # bf16 activations and all-reduce payloads
+IDLE_WAKE_AFTER_S = 0.02  # an idle gap at least this long makes the next step pay `idle_wake_s`
 
 # Memory vLLM keeps outside the KV cache besides weights and the activation peak: CUDA context, cuBLAS
 # and NCCL workspaces, CUDA graphs, sampler buffers. vLLM's own profile of Llama-3-8B on one H100 shows
@@ -80,6 +83,8 @@ class Profile(BaseModel):
     step_overhead_s: float = Field(ge=0)
     layer_overhead_s: float = Field(ge=0)
     seq_overhead_s: float = Field(ge=0)
+    idle_wake_s: float = Field(default=0.0, ge=0, description="extra time of the first step after the engine sat "
+                               "idle (threads asleep, caches cold); measured by calibration, 0 = not modelled")
     # Tensor-parallel all-reduce.
     allreduces_per_step: int = Field(ge=0, description="2 per layer when tp > 1, else 0")
     allreduce_latency_s: float = Field(ge=0)

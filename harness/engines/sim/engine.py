@@ -9,12 +9,14 @@ batch), which makes long decode phases cheap. Results are identical with and wit
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Hashable
 from typing import Any
 
 import simpy
 
 from harness.engines.sim.core import EngineCore, StepPlan
+from harness.engines.sim.cost_model import IDLE_WAKE_AFTER_S
 from harness.engines.sim.request import SimRequest
 from harness.policy import ScheduledStep
 from harness.tools import ToolPool
@@ -33,6 +35,7 @@ class SimEngine:
         gpu_share: float = 1.0,
         fast_forward: bool = True,
         on_step: Callable[[float], None] | None = None,
+        idle_wake_s: float = 0.0,
     ) -> None:
         self.env = env
         self.core = core
@@ -40,8 +43,10 @@ class SimEngine:
         self.gpu_share = gpu_share
         self.fast_forward = fast_forward
         self.on_step = on_step  # called with the time at the start of every step (timeline sampling)
+        self.idle_wake_s = idle_wake_s
         self.busy_s = 0.0
         self.steps = 0
+        self._idle_since: float | None = -math.inf  # the engine starts idle (cold)
         self._done: dict[int, simpy.Event] = {}
         self._wake: simpy.Event | None = None
         env.process(self._loop())
@@ -62,6 +67,8 @@ class SimEngine:
         env, core = self.env, self.core
         while True:
             if not core.has_work:
+                if self._idle_since is None:
+                    self._idle_since = env.now
                 self._wake = env.event()
                 yield self._wake
                 continue
@@ -78,6 +85,10 @@ class SimEngine:
                 yield env.any_of(waits)
                 continue
             duration = self._duration(plan.scheduled) + plan.transfer_s
+            if self._idle_since is not None:
+                if self.idle_wake_s and env.now - self._idle_since >= IDLE_WAKE_AFTER_S:
+                    duration += self.idle_wake_s
+                self._idle_since = None
             yield env.timeout(duration)
             self._account(duration)
             self._notify(core.complete(plan, env.now))
