@@ -21,6 +21,10 @@ ENGINES: dict[str, str] = {
     "sim": "simulated vLLM-V1-style testbed (simpy): deterministic, a one-hour H100 experiment in seconds",
     "vllm": "real vLLM engine in-process, the policy as its scheduler plugin (install the `vllm` extra; "
             "`--model DIR` from `mars-bench model make-tiny` on a CPU machine)",
+    "http": "any OpenAI-compatible server, attached by --base-url: its own scheduler runs; mars-bench adds only "
+            "admission control (backend mars-admission)",
+    "sglang": "SGLang's server launched for the run (python -m sglang.launch_server; needs a GPU and the sglang "
+              "package): the real system behind backend sglang",
 }
 
 
@@ -41,8 +45,9 @@ BACKENDS: dict[str, Backend] = {
     for b in (
         Backend(
             "vllm",
-            "vanilla vLLM V1: FCFS, chunked prefill, prefix caching (LRU), recompute preemption, no admission control",
-            ("sim", "vllm"),
+            "vanilla vLLM V1: FCFS, chunked prefill, prefix caching (LRU), recompute preemption, no admission control "
+            "(on --engine http: the attached server as it is)",
+            ("sim", "vllm", "http"),
             lambda cfg: FcfsPolicy(),
             lambda cfg: AdmitAll(),
         ),
@@ -83,6 +88,14 @@ BACKENDS: dict[str, Backend] = {
             lambda cfg: mars_admission(cfg.mars, cfg.tool_cores, cfg.rps),
         ),
         Backend(
+            "mars-admission",
+            "MARS's control plane alone in front of an unmodified engine: admission on KV and tool-pool pressure "
+            "(KV from the server's /metrics), backlog order; the engine schedules as it does (vLLM FCFS)",
+            ("sim", "vllm", "http", "sglang"),
+            lambda cfg: FcfsPolicy(),
+            lambda cfg: mars_admission(cfg.mars, cfg.tool_cores, cfg.rps),
+        ),
+        Backend(
             "mars-preview",
             "MARS as in its public preview code: retention = LRU prefix cache only, CPU high mark 2.0",
             ("sim", "vllm"),
@@ -93,7 +106,7 @@ BACKENDS: dict[str, Backend] = {
             "sglang",
             "SGLang: radix-tree prefix cache (LRU leaves), longest-prefix-match-first waiting queue, admission by "
             "KV token budget (new_token_ratio), retraction of the least advanced decode, no admission control",
-            ("sim",),  # on a real engine: SGLang itself (server backend)
+            ("sim", "sglang"),  # on --engine sglang: SGLang itself; on sim: this policy model
             lambda cfg: SglangPolicy(cfg.sglang),
             lambda cfg: AdmitAll(),
             prefix_cache="radix",

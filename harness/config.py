@@ -45,9 +45,15 @@ class RunConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     backend: str = "vllm"
-    engine: Literal["sim", "vllm"] = "sim"
+    engine: Literal["sim", "vllm", "http", "sglang"] = "sim"
     vllm_mode: Literal["in-process", "server"] = Field(
         default="in-process", description="--engine vllm: the engine in this process, or vLLM's OpenAI server")
+    base_url: str | None = Field(default=None, description="--engine http: the OpenAI-compatible server's URL")
+    api_key_env: str | None = Field(default=None, description="--engine http: environment variable with the API key")
+    served_model: str | None = Field(default=None, description="--engine http: model name to request "
+                                                               "(default: the first the server lists)")
+    tokenizer: str | None = Field(default=None, description="--engine http: tokenizer directory, for servers "
+                                                            "that take text prompts only")
     workload: str = "swe-smoke"
     sessions: int | None = Field(default=None, ge=1)
     rps: float | None = Field(default=None, gt=0)

@@ -3,6 +3,7 @@ reference, simulate with events streamed to the results directory, summarise."""
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,6 +65,13 @@ def run_experiment(config: RunConfig, results_dir: Path, progress: Progress | No
         source=config.workload, sessions=config.sessions, rps=config.rps, arrival=config.arrival, cv=config.cv,
         seed=config.seed, sets=config.workload_sets,
     ))
+    if config.engine == "http":  # a server that does not answer is bad input, before anything is written
+        from harness.engines.http import check_server  # noqa: PLC0415
+
+        check_server(config.base_url, config.api_key_env)
+    if config.engine == "sglang" and importlib.util.find_spec("sglang") is None:
+        raise BadInput("--engine sglang needs SGLang (pip install 'sglang[all]' on a GPU machine; its kernels need "
+                       "CUDA); to measure a running SGLang server use --engine http --base-url URL")
     if config.tools == "real" and config.engine == "sim":
         raise BadInput("--tools real runs tool processes in real time: it needs a real engine (--engine vllm)")
     simulated = config.engine == "sim" or config.profile is not None  # the sim gives the isolated reference
@@ -90,6 +98,10 @@ def run_experiment(config: RunConfig, results_dir: Path, progress: Progress | No
         sink = _CountingSink(writer, total, progress)
         if config.engine == "vllm":
             outcome = _run_vllm(config, sessions, admission, sink, background, writer.dir, results_dir)
+        elif config.engine == "http":
+            outcome = _run_http(config, sessions, admission, sink, background)
+        elif config.engine == "sglang":
+            outcome = _run_sglang(config, sessions, admission, sink, background, writer.dir, results_dir)
         else:
             assert setup is not None
             outcome = simulate(sessions, policy, setup, admission, sink=sink, isolated=isolated, background=background)
@@ -115,3 +127,37 @@ def _run_vllm(config: RunConfig, sessions: list[Session], admission: AdmissionCo
     if config.vllm_mode == "server":
         return VllmServerRun(sessions, config_json, admission, setup, run_dir, sink, background).run()
     return VllmRun(sessions, config_json, admission, setup, sink, background).run()
+
+
+def _run_http(config: RunConfig, sessions: list[Session], admission: AdmissionController, sink: Any,
+              background: list[Session]) -> Outcome:
+    """The run against an OpenAI-compatible server someone else runs (attached by URL)."""
+    from harness.engines.http import HttpRun, HttpTarget, api_key_from_env  # noqa: PLC0415
+    from harness.engines.vllm import VllmSetup  # noqa: PLC0415
+
+    assert config.base_url is not None  # checked with the server before the run (check_server)
+    e = config.engine_args
+    longest = max((s.prompt_tokens(k) + t.output_tokens for s in [*sessions, *background] for k, t in enumerate(s.turns)),
+                  default=1)
+    setup = VllmSetup(model=config.served_model or "", max_model_len=longest + 1, max_num_seqs=e.max_num_seqs,
+                      num_gpu_blocks=e.num_gpu_blocks, block_size=e.block_size, tool_cores=config.tool_cores,
+                      tool_mode=config.tool_mode, real_tools=config.tools == "real", allow_commands=config.allow_commands,
+                      cpu_stress=config.cpu_stress, timeline_interval_s=config.timeline_interval_s, seed=config.seed)
+    target = HttpTarget(config.base_url, api_key=api_key_from_env(config.api_key_env), model=config.served_model,
+                        tokenizer=config.tokenizer)
+    return HttpRun(sessions, admission, setup, target, sink, background).run()
+
+
+def _run_sglang(config: RunConfig, sessions: list[Session], admission: AdmissionController, sink: Any,
+                background: list[Session], run_dir: Path, results_dir: Path) -> Outcome:
+    """The run against SGLang's server, launched here with the run's engine settings in SGLang's terms."""
+    from harness.engines.sglang import SglangArgs, SglangRun  # noqa: PLC0415
+    from harness.engines.vllm import vllm_setup  # noqa: PLC0415
+
+    setup = vllm_setup(config, [*sessions, *background], cache_dir=results_dir / ".cache" / "sglang", step_log=None)
+    e = config.engine_args
+    args = SglangArgs(model_path=setup.model, context_length=setup.max_model_len, radix_cache=e.enable_prefix_caching,
+                      mem_fraction_static=e.gpu_memory_utilization, chunked_prefill_size=e.max_num_batched_tokens,
+                      max_running_requests=e.max_num_seqs, tp=config.tp, load_format=setup.load_format,
+                      seed=config.seed)
+    return SglangRun(sessions, admission, setup, args, run_dir, sink, background).run()

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from click.core import ParameterSource
 from pydantic import ValidationError
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -64,6 +65,10 @@ def make_config(sets: tuple[str, ...], **values: Any) -> RunConfig:
 @click.option("--tool-cores", type=click.IntRange(min=1), default=8, show_default=True, help="CPU cores for tools.")
 @click.option("--tool-mode", type=click.Choice(["queue", "timeshare"]), default="queue", show_default=True,
               help="queue: one call per core, FIFO wait; timeshare: all start, processor sharing.")
+@click.option("--base-url", help="--engine http: the OpenAI-compatible server to attach to (its --model: "
+              "the served model's name, default the first it lists).")
+@click.option("--api-key-env", metavar="VAR", help="--engine http: environment variable holding the API key.")
+@click.option("--tokenizer", metavar="DIR", help="--engine http: the served model's tokenizer, for text-only servers.")
 @click.option("--tools", "tools", type=click.Choice(["timed", "real"]), default="timed", show_default=True,
               help="timed: tool calls take their modelled time; real (--engine vllm): pinned processes do the CPU work.")
 @click.option("--allow-commands", is_flag=True, help="--tools real: run the workload's recorded tool commands.")
@@ -81,7 +86,7 @@ def make_config(sets: tuple[str, ...], **values: Any) -> RunConfig:
 @json_option
 def run(backend: str, engine: str, vllm_mode: str, workload: str, sessions: int | None, rps: float | None, arrival: str | None,
         cv: float | None, seed: int | None, sets: tuple[str, ...], gpu: str, model: str, tp: int, profile: str | None,
-        tool_cores: int, tool_mode: str, tools: str, allow_commands: bool, cpu_stress: int, gpu_share: float, kv_offload_gib: float, chat_rps: float, goodput: tuple[str, ...], alpha: float,
+        tool_cores: int, tool_mode: str, base_url: str | None, api_key_env: str | None, tokenizer: str | None, tools: str, allow_commands: bool, cpu_stress: int, gpu_share: float, kv_offload_gib: float, chat_rps: float, goodput: tuple[str, ...], alpha: float,
         results_dir: Path, as_json: bool) -> None:
     """Run one backend on one workload; write results/<run_id>/ and print the summary.
 
@@ -94,12 +99,17 @@ def run(backend: str, engine: str, vllm_mode: str, workload: str, sessions: int 
       mars-bench run --backend vllm --workload paper --rps 0.2 --seed 1
       mars-bench run -b vllm -w swe --sessions 50 --gpu h200 --tool-cores 16 --tool-mode timeshare
       mars-bench run -b vllm -w swe-smoke --set engine_args.num_gpu_blocks=1000 --json
+      mars-bench run --engine http --base-url http://127.0.0.1:8000 -b mars-admission -w tiny
     """
     if kv_offload_gib:
         sets = (f"engine_args.kv_offload_gib={kv_offload_gib}", *sets)
+    served_model = None
+    if engine == "http" and click.get_current_context().get_parameter_source("model") != ParameterSource.DEFAULT:
+        served_model, model = model, None  # on a server, --model names the served model
     config = make_config(
         sets, backend=backend, engine=engine, vllm_mode=vllm_mode, workload=workload, sessions=sessions, rps=rps, arrival=arrival, cv=cv,
         seed=seed, gpu=gpu, model=model, tp=tp, profile=profile, tool_cores=tool_cores, tool_mode=tool_mode,
+        base_url=base_url, api_key_env=api_key_env, served_model=served_model, tokenizer=tokenizer,
         tools=tools, allow_commands=allow_commands, cpu_stress=cpu_stress, gpu_share=gpu_share, chat_rps=chat_rps, goodput=goodput, alpha=alpha,
     )
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),

@@ -1,0 +1,343 @@
+"""`--engine http`: the agent runner against any OpenAI-compatible completions server, attached by URL.
+
+Calls are streaming `/v1/completions` requests: the prompt as token ids where the server takes them (vLLM,
+SGLang), else as text made from the same ids with `--tokenizer` (the server's own count of prompt tokens is
+recorded); `max_tokens` = the turn's output length with `ignore_eos`. Each call streams on its own thread;
+the threads hand what they see to the simpy environment through a queue drained every `POLL_S`. A call is
+retried with exponential backoff while nothing of it has streamed yet (connection refused or reset, 429,
+5xx), and fails after `call_timeout_s` without a token. KV usage comes from the server's Prometheus
+`/metrics` when it has one (vLLM's and SGLang's names both understood); without it the KV signal is marked
+missing and MARS admission runs on its CPU signals alone. The server must answer before any session starts
+(one clear line and exit 2 otherwise); a server that stops answering mid-run ends the run as failed with
+what it measured kept.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import re
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from harness.admission import AdmissionController
+from harness.engines.sim.request import SimRequest
+from harness.engines.vllm import FIRST_TOKEN_ID, RealEngineRun, SessionTokens, VllmSetup
+from harness.errors import BadInput, EngineFailed
+from harness.runner import Sink
+from mars_impl.signals import EngineSignals
+from workloads.model import Session
+
+POLL_S = 0.002
+# Prometheus names -> our keys. vLLM (0.32 and the older gpu_cache name) and SGLang (--enable-metrics).
+METRICS = {
+    "vllm:kv_cache_usage_perc": "kv_usage", "vllm:gpu_cache_usage_perc": "kv_usage",
+    "vllm:num_requests_running": "running", "vllm:num_requests_waiting": "waiting",
+    "vllm:num_preemptions_total": "preemptions", "vllm:prefix_cache_hits_total": "prefix_cache_hits",
+    "vllm:prefix_cache_queries_total": "prefix_cache_queries",
+    "sglang:token_usage": "kv_usage", "sglang:num_running_reqs": "running", "sglang:num_queue_reqs": "waiting",
+    "sglang:cached_tokens_total": "prefix_cache_hits", "sglang:prompt_tokens_total": "prefix_cache_queries",
+}
+RETRY_STATUS = {429, 500, 502, 503, 504}
+MIN_VOCAB = 2048
+
+
+def parse_metrics(text: str) -> dict[str, float]:
+    """The gauges and counters mars-bench reads from a Prometheus /metrics page (summed over labels), and
+    the KV geometry vLLM publishes as labels of `vllm:cache_config_info` (num_gpu_blocks, block_size)."""
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if not line or line[0] == "#":
+            continue
+        name = line.split("{", 1)[0].split(" ", 1)[0]
+        key = METRICS.get(name)
+        if key is not None:
+            out[key] = out.get(key, 0.0) + float(line.rsplit(" ", 1)[1])
+        elif name == "vllm:cache_config_info":
+            for label in ("num_gpu_blocks", "block_size"):
+                match = re.search(rf'[{{,]{label}="(\d+)"', line)
+                if match:
+                    out[label] = float(match.group(1))
+    return out
+
+
+@dataclass(frozen=True)
+class HttpTarget:
+    """Where the calls go and how: the server's URL, its API key, the served model's name, and how prompts
+    are sent ("ids" or "text", with the tokenizer directory for text)."""
+
+    base_url: str
+    api_key: str | None = None
+    model: str | None = None  # default: the first model /v1/models lists
+    prompt_format: str = "auto"  # "auto": ids when the server takes them, else text
+    tokenizer: str | None = None
+    vocab_size: int | None = None  # for the synthetic prompt ids; default: the tokenizer's, else 2,048
+    retries: int = 4
+    call_timeout_s: float = 600.0
+
+
+def api_key_from_env(name: str | None) -> str | None:
+    if not name:
+        return None
+    key = os.environ.get(name)
+    if not key:
+        raise BadInput(f"--api-key-env {name}: that environment variable is not set")
+    return key
+
+
+def check_server(base_url: str | None, api_key_env: str | None) -> list[str]:
+    """The models an OpenAI-compatible server at `base_url` serves; one clear line (BadInput, exit 2) when
+    none answers there, it refuses the key, or it is not such a server."""
+    if not base_url:
+        raise BadInput("--engine http needs --base-url URL (the server's address, e.g. http://127.0.0.1:8000)")
+    with _client(base_url, api_key_from_env(api_key_env), 10.0) as client:
+        return served_models(client, base_url)
+
+
+def served_models(client: httpx.Client, base_url: str) -> list[str]:
+    try:
+        response = client.get("/v1/models", timeout=10.0)
+    except httpx.HTTPError as exc:
+        raise BadInput(f"--base-url {base_url}: no server answers there ({type(exc).__name__}: {exc})") from None
+    if response.status_code in (401, 403):
+        raise BadInput(f"--base-url {base_url}: the server refused the API key ({response.status_code}); "
+                       "give it with --api-key-env VAR")
+    if response.status_code != 200:
+        raise BadInput(f"--base-url {base_url}: /v1/models answered {response.status_code}; is it an "
+                       "OpenAI-compatible server?")
+    try:
+        return [str(m["id"]) for m in response.json().get("data", []) if m.get("id")]
+    except (ValueError, AttributeError, TypeError):
+        raise BadInput(f"--base-url {base_url}: /v1/models did not answer an OpenAI model list") from None
+
+
+def _client(base_url: str, api_key: str | None, timeout_s: float) -> httpx.Client:
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    return httpx.Client(base_url=base_url.rstrip("/"), headers=headers, timeout=httpx.Timeout(timeout_s, connect=10.0))
+
+
+class HttpRun(RealEngineRun):
+    """One run against an OpenAI-compatible server that someone else runs."""
+
+    engine_name = "http"
+
+    def __init__(self, sessions: Sequence[Session], admission: AdmissionController, setup: VllmSetup,
+                 target: HttpTarget, sink: Sink | None = None, background: Sequence[Session] = ()) -> None:
+        self._pool: ThreadPoolExecutor | None = None
+        self.http: httpx.Client | None = None
+        self._tok: Any = None
+        super().__init__(sessions, admission, setup, sink, background)
+        self.target = target
+        self.http = _client(target.base_url, target.api_key, target.call_timeout_s)
+        try:
+            self.model = target.model or self._served_model()
+            self.prompt_format, vocab = self._prompt_format()
+        except BaseException:
+            self.close()
+            raise
+        self.tokens = SessionTokens(vocab, setup.seed)
+        self._pool = ThreadPoolExecutor(max_workers=max(8, setup.max_num_seqs))
+        self._inbox: queue.SimpleQueue[tuple[str, str, Any, float, float]] = queue.SimpleQueue()
+        self._metrics: dict[str, float] = {}
+        self.metrics_available = True
+        self.retried = 0
+        self.env.process(self._drain())
+
+    # ------------------------------------------------------------------------------ start-up
+    def _served_model(self) -> str:
+        assert self.http is not None
+        models = served_models(self.http, self.target.base_url)
+        if not models:
+            raise BadInput(f"--base-url {self.target.base_url}: the server lists no model; name one with --model")
+        return models[0]
+
+    def _prompt_format(self) -> tuple[str, int]:
+        """("ids" | "text", vocabulary size for the synthetic prompt ids: the model's, or one every model
+        has - which ids a prompt holds does not matter for timing, only that its prefix repeats)."""
+        tokenizer = self._tok = self._tokenizer()
+        vocab = self.target.vocab_size or (len(tokenizer) if tokenizer is not None else MIN_VOCAB)
+        wanted = self.target.prompt_format
+        if wanted in ("auto", "ids"):
+            probe = {"model": self.model, "prompt": [100, 101, 102, 103], "max_tokens": 1, "temperature": 0.0}
+            assert self.http is not None
+            response = self.http.post("/v1/completions", json=probe, timeout=60.0)
+            if response.status_code == 200:
+                return "ids", vocab
+            if wanted == "ids":
+                raise BadInput(f"--base-url {self.target.base_url}: the server does not take token-id prompts "
+                               f"({response.status_code}: {response.text[:200]})")
+        if tokenizer is None:
+            raise BadInput("the server takes text prompts only: give its tokenizer with --tokenizer DIR, so the "
+                           "prompts have the workload's token counts")
+        return "text", vocab
+
+    def _tokenizer(self) -> Any:
+        if not self.target.tokenizer:
+            return None
+        from transformers import AutoTokenizer  # noqa: PLC0415 - vLLM's dependency; only for text prompts
+
+        try:
+            return AutoTokenizer.from_pretrained(self.target.tokenizer)
+        except (OSError, ValueError) as exc:
+            raise BadInput(f"--tokenizer {self.target.tokenizer}: {exc}") from None
+
+    # ------------------------------------------------------------------------------ calls
+    def _body(self, req: SimRequest, prompt: list[int], meta: dict[str, Any]) -> dict[str, Any]:
+        """The completion request of one call (subclasses add engine-specific fields)."""
+        text_prompt: Any = prompt
+        if self.prompt_format == "text":
+            text_prompt = self._decode(prompt)
+        return {"model": self.model, "prompt": text_prompt, "max_tokens": req.max_tokens, "ignore_eos": True,
+                "temperature": 0.0, "stream": True, "stream_options": {"include_usage": True},
+                "return_token_ids": True}
+
+    def _decode(self, ids: list[int]) -> str:
+        return str(self._tok.decode(ids))
+
+    def _send(self, req: SimRequest, prompt: list[int], meta: dict[str, Any]) -> None:
+        assert self._pool is not None
+        self._pool.submit(self._stream, req.request_id, self._body(req, prompt, meta))
+
+    def _stream(self, call_id: str, body: dict[str, Any]) -> None:
+        """On a worker thread: stream one completion (retrying while nothing has streamed), posting
+        (call, kind, payload, t0, t1) to the inbox."""
+        assert self.http is not None
+        delay = 0.2
+        for attempt in range(self.target.retries + 1):
+            streamed = False
+            try:
+                last = self._now()
+                with self.http.stream("POST", "/v1/completions", json=body) as response:
+                    if response.status_code != 200:
+                        response.read()
+                        if response.status_code in RETRY_STATUS and attempt < self.target.retries:
+                            raise _Retry(f"{response.status_code}")
+                        raise EngineFailed(f"the server answered {response.status_code}: {response.text[:300]}")
+                    for line in response.iter_lines():
+                        if not line.startswith("data: ") or line == "data: [DONE]":
+                            continue
+                        chunk = json.loads(line[6:])
+                        now = self._now()
+                        if chunk.get("error"):
+                            raise EngineFailed(f"the server failed a call: {chunk['error'].get('message', chunk)}")
+                        for choice in chunk.get("choices") or []:
+                            n = _new_tokens(choice)
+                            if n:
+                                streamed = True
+                                self._inbox.put((call_id, "tokens", n, last, now))
+                                last = now
+                        usage = chunk.get("usage")
+                        if usage:
+                            cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
+                            self._inbox.put((call_id, "done", int(cached), last, now))
+                return
+            except (_Retry, httpx.TransportError) as exc:
+                if streamed or attempt >= self.target.retries:
+                    reason = f"{type(exc).__name__}: {exc}" if not isinstance(exc, _Retry) else f"answered {exc}"
+                    self._inbox.put((call_id, "error", f"the server failed a call ({reason})", 0.0, self._now()))
+                    return
+                self.retried += 1
+                time.sleep(delay)
+                delay *= 2
+            except Exception as exc:  # noqa: BLE001 - every failure of a call ends the run, with its reason
+                reason = str(exc) if isinstance(exc, EngineFailed) else f"{type(exc).__name__}: {exc}"
+                self._inbox.put((call_id, "error", reason, 0.0, self._now()))
+                return
+
+    def _drain(self) -> Any:
+        """Deliver what the streaming threads saw, in order, on the environment's clock."""
+        env = self.env
+        while True:
+            if not self.calls:  # nothing in flight: sleep until the next call (the run ends when none comes)
+                self._wake = env.event()
+                yield self._wake
+            yield env.timeout(POLL_S)
+            self._sample(env.now)
+            while True:
+                try:
+                    call_id, kind, payload, start, end = self._inbox.get_nowait()
+                except queue.Empty:
+                    break
+                call = self.calls.get(call_id)
+                if call is None:
+                    continue
+                if kind == "tokens":
+                    self._tokens_arrived(call, payload, start, end)
+                elif kind == "done":
+                    self._finish(call, payload, self._call_figures(call_id), end)
+                else:
+                    raise EngineFailed(f"{self._failure(payload)}; the calls measured so far are kept")
+
+    def _failure(self, reason: str) -> str:
+        """Why the run stops, from a failed call's reason (a launcher knows more: it owns the server)."""
+        return reason
+
+    def _call_figures(self, call_id: str) -> dict[str, Any]:
+        """Engine-side figures of a finished call (preemptions, ...); an attached server gives none."""
+        return {}
+
+    # ------------------------------------------------------------------------------ signals, stats
+    def _scrape(self) -> dict[str, float]:
+        assert self.http is not None
+        response = self.http.get("/metrics", timeout=1.0)
+        if response.status_code == 404:
+            self.metrics_available = False
+        response.raise_for_status()
+        self._metrics = parse_metrics(response.text)
+        return self._metrics
+
+    def engine_signals(self) -> EngineSignals | None:  # type: ignore[override]
+        if not self.metrics_available:
+            return None  # no /metrics: the KV signal is missing, admission falls back (reference)
+        try:
+            m = self._scrape()
+        except httpx.HTTPError:
+            return None  # a missing reading: the signal stream keeps the last one for a while
+        total = int(m.get("num_gpu_blocks") or self.setup.num_gpu_blocks or 0)
+        if "kv_usage" not in m or not total:
+            return None  # usage without the cache's size is no block budget: missing, as the reference says
+        usage = float(m["kv_usage"])
+        return EngineSignals(kv_usage=usage, free_blocks=int(round(total * (1 - usage))), total_blocks=total,
+                             block_size=int(m.get("block_size") or self.setup.block_size or 16),
+                             running=int(m.get("running", 0)), waiting=int(m.get("waiting", 0)))
+
+    def engine_timeline(self) -> dict[str, Any]:
+        m = self._metrics
+        return {"kv_usage": m.get("kv_usage"), "running": m.get("running"), "waiting": m.get("waiting"),
+                "preemptions": m.get("preemptions")}
+
+    def engine_stats(self) -> dict[str, Any]:
+        try:
+            m = self._scrape() if self.metrics_available else {}
+        except httpx.HTTPError:
+            m = self._metrics
+        return {"engine": self.engine_name, "base_url": self.target.base_url, "model": self.model,
+                "prompt_format": self.prompt_format, "calls_retried": self.retried,
+                "metrics": "yes" if self.metrics_available else "missing", "cached_tokens": self.cached_tokens,
+                "server_preemptions": m.get("preemptions"), "server_prefix_cache_hits": m.get("prefix_cache_hits"),
+                "server_prefix_cache_queries": m.get("prefix_cache_queries"), **self._tool_stats()}
+
+    def _close_engine(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+        if self.http is not None:
+            self.http.close()
+
+
+class _Retry(Exception):
+    """A call the server refused before streaming anything, worth sending again."""
+
+
+def _new_tokens(choice: dict[str, Any]) -> list[int]:
+    """The output token ids of a streamed choice: vLLM's `token_ids`, or one stand-in id per text chunk from
+    servers that stream text only (timing needs the count; the session's next prompt gets the stand-ins)."""
+    ids = choice.get("token_ids")
+    if ids:
+        return [int(t) for t in ids]
+    return [FIRST_TOKEN_ID] if choice.get("text") else []

@@ -1,0 +1,209 @@
+"""`--engine http`: attach to any OpenAI-compatible server by URL - a real, unmodified vLLM server (CPU
+build) started here, with the vllm and mars-admission backends - and fail clearly on a wrong URL, a server
+answering errors, and a server that stops answering mid-run, keeping what was measured."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from harness.cli import main
+from harness.engines.http import parse_metrics
+from harness.engines.vllm import VllmSetup, engine_args, prepare_environment
+from harness.engines.vllm_server import VllmServer
+from harness.results import find_run
+
+PRESSURE = ("--set", "engine_args.num_gpu_blocks=50", "--set", "engine_args.block_size=32")
+
+
+def test_vllm_and_sglang_metric_names_are_both_understood() -> None:
+    vllm = ('vllm:cache_config_info{block_size="32",cache_dtype="auto",num_gpu_blocks="50"} 1.0\n'
+            'vllm:kv_cache_usage_perc{engine="0",model_name="m"} 0.25\nvllm:num_requests_waiting{engine="0"} 2.0\n')
+    assert parse_metrics(vllm) == {"num_gpu_blocks": 50.0, "block_size": 32.0, "kv_usage": 0.25, "waiting": 2.0}
+    # the names of SGLang's documented /metrics page (--enable-metrics)
+    sglang = ('# HELP sglang:token_usage The token usage\n# TYPE sglang:token_usage gauge\n'
+              'sglang:token_usage{model_name="meta-llama/Llama-3.1-8B-Instruct"} 0.28\n'
+              'sglang:num_running_reqs{model_name="m"} 5.0\nsglang:num_queue_reqs{model_name="m"} 1.0\n'
+              'sglang:cache_hit_rate{model_name="m"} 0.0075\n')
+    assert parse_metrics(sglang) == {"kv_usage": 0.28, "running": 5.0, "waiting": 1.0}
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--base-url", "http://127.0.0.1:9"], "no server answers there"),
+    ([], "--engine http needs --base-url"),
+    (["--base-url", "http://127.0.0.1:9", "--api-key-env", "MARS_BENCH_NO_SUCH_VAR"], "MARS_BENCH_NO_SUCH_VAR"),
+])
+def test_no_server_is_one_line_exit_2_and_no_run(tmp_path: Path, capsys: pytest.CaptureFixture, args: list[str],
+                                                 message: str) -> None:
+    assert main(["run", "--engine", "http", "-b", "vllm", "-w", "tiny", "--results-dir", str(tmp_path), *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert not list(tmp_path.glob("*/run.json"))  # nothing started, nothing written
+
+
+class FakeServer(ThreadingHTTPServer):
+    """An OpenAI-compatible server in a thread: streams `good_calls` completions (after the client's
+    probe), then answers every completion with `then_status`, or stops answering at all."""
+
+    def __init__(self, good_calls: int, then_status: int | None) -> None:
+        self.good_calls, self.then_status, self.completions = good_calls, then_status, 0
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.thread = threading.Thread(target=self.serve_forever, daemon=True)
+        self.thread.start()
+
+    def go_away(self) -> None:
+        self.shutdown()
+        self.server_close()  # connections are refused from now on
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: FakeServer
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def _send(self, status: int, body: bytes, kind: str = "application/json") -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self) -> None:  # noqa: N802
+        if self.path == "/v1/models":
+            self._send(200, json.dumps({"object": "list", "data": [{"id": "fake-model"}]}).encode())
+        else:
+            self._send(404, b"{}")
+
+    def do_POST(self) -> None:  # noqa: N802
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        server = self.server
+        server.completions += 1
+        if not body.get("stream"):  # the client's probe: token-id prompts are fine here
+            self._send(200, json.dumps({"choices": [{"text": "x"}]}).encode())
+            return
+        if server.completions > server.good_calls + 1:
+            if server.then_status is None:  # the server is gone: it stops answering and listening
+                threading.Thread(target=server.go_away, daemon=True).start()
+                self.close_connection = True
+                return
+            self._send(server.then_status, json.dumps({"error": {"message": "model overloaded"}}).encode())
+            return
+        chunks = [{"choices": [{"text": "a", "token_ids": [17]}]} for _ in range(body["max_tokens"])]
+        chunks.append({"choices": [], "usage": {"prompt_tokens": len(body["prompt"]), "completion_tokens": body["max_tokens"]}})
+        stream = "".join(f"data: {json.dumps(c)}\n\n" for c in chunks) + "data: [DONE]\n\n"
+        self._send(200, stream.encode(), "text/event-stream")
+
+
+@pytest.fixture
+def fake() -> Iterator[Any]:
+    servers: list[FakeServer] = []
+
+    def make(good_calls: int, then_status: int | None) -> FakeServer:
+        servers.append(FakeServer(good_calls, then_status))
+        return servers[-1]
+
+    yield make
+    for server in servers:
+        server.server_close()
+
+
+@pytest.mark.parametrize("then_status, cause", [(400, "answered 400: "), (503, "answered 503"), (None, "ConnectError")])
+def test_a_server_failing_mid_run_fails_the_run_clearly_and_keeps_the_calls(
+        fake: Any, tmp_path: Path, capsys: pytest.CaptureFixture, then_status: int | None, cause: str) -> None:
+    server = fake(good_calls=6, then_status=then_status)
+    code = main(["run", "--engine", "http", "--base-url", server.url, "-b", "vllm", "-w", "tiny",
+                 "--results-dir", str(tmp_path)])
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and len(err.splitlines()) == 1, err
+    assert cause in err and "the calls measured so far are kept" in err
+    run = find_run(tmp_path, "latest")
+    assert run.status == "failed" and len(run.calls()) >= 6
+
+
+@pytest.fixture(scope="module")
+def vllm_server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[VllmServer]:
+    """An unmodified vLLM OpenAI server (no scheduler plugin), as a user would run it."""
+    out = tmp_path_factory.mktemp("server")
+    setup = VllmSetup(model=str(tiny_model_dir), max_model_len=1568, num_gpu_blocks=50, block_size=32,
+                      load_format="dummy", cache_dir=str(out / "cache"))
+    prepare_environment(setup.cache_dir)
+    args = {k: v for k, v in engine_args(setup, {}).items() if k not in ("scheduler_cls", "additional_config")}
+    server = VllmServer(args, out / "server.log")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.mark.engine
+@pytest.mark.parametrize("backend", ["vllm", "mars-admission"])
+def test_attach_to_a_running_vllm_server(vllm_server: VllmServer, backend: str, tmp_path: Path,
+                                         capsys: pytest.CaptureFixture) -> None:
+    assert main(["run", "--engine", "http", "--base-url", vllm_server.url, "-b", backend, "-w", "tiny",
+                 *PRESSURE, "--results-dir", str(tmp_path), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["completed_sessions"] == 16
+    run = Path(out["run_dir"])
+    calls = pd.read_parquet(run / "calls.parquet")
+    assert len(calls) == 68 and calls["first_token_s"].notna().all()
+    assert (calls[calls["turn"] > 0]["cached_tokens"] > 0).mean() > 0.5  # token-id prompts: real prefix reuse
+    stats = json.loads((run / "summary.json").read_text())["engine_stats"]
+    assert stats["prompt_format"] == "ids" and stats["metrics"] == "yes" and stats["server_prefix_cache_hits"] > 0
+    timeline = pd.read_parquet(run / "timeline.parquet")
+    assert timeline["kv_usage"].notna().any() and timeline["kv_usage"].max() > 0  # parsed from the live /metrics
+    if backend == "mars-admission":  # the control plane read the server's KV signal (50 blocks from /metrics)
+        assert timeline["admission_kv_usage"].notna().any()
+
+
+def test_the_sglang_launcher_uses_sglangs_documented_flags() -> None:
+    from harness.engines.sglang import SglangArgs, sglang_command
+
+    argv = sglang_command(SglangArgs(model_path="/m", context_length=4096, radix_cache=False, mem_fraction_static=0.8,
+                                     chunked_prefill_size=2048, max_running_requests=64, tp=2, load_format="dummy"), 30001)
+    assert argv[1:3] == ["-m", "sglang.launch_server"]
+    expected = {"--model-path": "/m", "--port": "30001", "--schedule-policy": "lpm", "--context-length": "4096",
+                "--mem-fraction-static": "0.8", "--chunked-prefill-size": "2048", "--max-running-requests": "64",
+                "--tp": "2", "--load-format": "dummy"}
+    assert {flag: argv[argv.index(flag) + 1] for flag in expected} == expected
+    assert "--enable-metrics" in argv and "--disable-radix-cache" in argv
+    assert "--disable-radix-cache" not in sglang_command(SglangArgs(model_path="/m", context_length=8), 1)
+
+
+def test_sglang_without_the_package_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("sglang") is not None:
+        pytest.skip("SGLang is installed here; this checks the message on machines without it")
+    assert main(["run", "--engine", "sglang", "-b", "sglang", "-w", "tiny", "--results-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "needs SGLang" in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.gpu
+def test_sglang_serves_a_run_on_a_gpu(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available() or pytest.importorskip("importlib.util").find_spec("sglang") is None:
+        pytest.skip("needs a GPU and SGLang: SGLang's kernels need CUDA")
+    from harness.tiny_model import make_tiny_model
+
+    model = make_tiny_model(tmp_path / "tiny")
+    for backend in ("sglang", "mars-admission"):
+        assert main(["run", "--engine", "sglang", "--model", str(model), "-b", backend, "-w", "tiny",
+                     "--results-dir", str(tmp_path / backend), "--json"]) == 0
+        out = json.loads(capsys.readouterr().out)
+        assert out["completed_sessions"] == 16
+        stats = json.loads((Path(out["run_dir"]) / "summary.json").read_text())["engine_stats"]
+        assert stats["metrics"] == "yes" and stats["engine"] == "sglang"
