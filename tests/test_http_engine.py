@@ -52,8 +52,9 @@ class FakeServer(ThreadingHTTPServer):
     """An OpenAI-compatible server in a thread: streams `good_calls` completions (after the client's
     probe), then answers every completion with `then_status`, or stops answering at all."""
 
-    def __init__(self, good_calls: int, then_status: int | None) -> None:
+    def __init__(self, good_calls: int, then_status: int | None, text_only: bool = False) -> None:
         self.good_calls, self.then_status, self.completions = good_calls, then_status, 0
+        self.text_only, self.prompts = text_only, []
         super().__init__(("127.0.0.1", 0), _Handler)
         self.thread = threading.Thread(target=self.serve_forever, daemon=True)
         self.thread.start()
@@ -90,6 +91,10 @@ class _Handler(BaseHTTPRequestHandler):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         server = self.server
         server.completions += 1
+        if server.text_only and not isinstance(body["prompt"], str):
+            self._send(400, json.dumps({"error": {"message": "prompt must be a string"}}).encode())
+            return
+        server.prompts.append(body["prompt"])
         if not body.get("stream"):  # the client's probe: token-id prompts are fine here
             self._send(200, json.dumps({"choices": [{"text": "x"}]}).encode())
             return
@@ -100,7 +105,8 @@ class _Handler(BaseHTTPRequestHandler):
                 return
             self._send(server.then_status, json.dumps({"error": {"message": "model overloaded"}}).encode())
             return
-        chunks = [{"choices": [{"text": "a", "token_ids": [17]}]} for _ in range(body["max_tokens"])]
+        chunks = [{"choices": [{"text": "a", **({} if server.text_only else {"token_ids": [17]})}]}
+                  for _ in range(body["max_tokens"])]
         chunks.append({"choices": [], "usage": {"prompt_tokens": len(body["prompt"]), "completion_tokens": body["max_tokens"]}})
         stream = "".join(f"data: {json.dumps(c)}\n\n" for c in chunks) + "data: [DONE]\n\n"
         self._send(200, stream.encode(), "text/event-stream")
@@ -110,8 +116,8 @@ class _Handler(BaseHTTPRequestHandler):
 def fake() -> Iterator[Any]:
     servers: list[FakeServer] = []
 
-    def make(good_calls: int, then_status: int | None) -> FakeServer:
-        servers.append(FakeServer(good_calls, then_status))
+    def make(good_calls: int, then_status: int | None, text_only: bool = False) -> FakeServer:
+        servers.append(FakeServer(good_calls, then_status, text_only))
         return servers[-1]
 
     yield make
@@ -207,3 +213,19 @@ def test_sglang_serves_a_run_on_a_gpu(tmp_path: Path, capsys: pytest.CaptureFixt
         assert out["completed_sessions"] == 16
         stats = json.loads((Path(out["run_dir"]) / "summary.json").read_text())["engine_stats"]
         assert stats["metrics"] == "yes" and stats["engine"] == "sglang"
+
+
+def test_a_text_only_server_gets_text_prompts_from_the_tokenizer(fake: Any, tiny_model_dir: Path, tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture) -> None:
+    server = fake(good_calls=10_000, then_status=None, text_only=True)
+    args = ["run", "--engine", "http", "--base-url", server.url, "-b", "vllm", "-w", "tiny", "--sessions", "3",
+            "--results-dir", str(tmp_path)]
+    assert main(args) == 2  # without a tokenizer its prompts could not have the workload's token counts
+    assert "--tokenizer" in capsys.readouterr().err
+    assert main([*args, "--tokenizer", str(tiny_model_dir), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["completed_sessions"] == 3
+    streamed = [p for p in server.prompts if isinstance(p, str) and len(p) > 20]
+    assert streamed and all(isinstance(p, str) for p in server.prompts)
+    calls = pd.read_parquet(Path(out["run_dir"]) / "calls.parquet")
+    assert (calls["output_tokens"] > 0).all()  # a text chunk counts as a token when no ids are streamed
