@@ -89,10 +89,10 @@ def plan(budget: int, capacity: int, max_seqs: int, max_len: int) -> list[list[R
         for p in (128, 512):
             if batch + 1 <= max_seqs and batch * 280 + p <= room and p <= budget:
                 groups.append([*(Request(256, 12) for _ in range(batch)), Request(p, 2, at_step=4)])
-    wake = min(512, budget, room)  # the same prefill after the engine sat idle: its extra time is idle_wake_s
-    groups += [[Request(wake, 1, idle_before_s=IDLE_PROBE_S)] for _ in range(4)]
     if not groups:
         raise BadInput(f"the engine is too small to calibrate: {capacity} KV tokens, {budget} tokens a step")
+    wake = min(512, budget, room)  # the same prefill after the engine sat idle: its extra time is idle_wake_s
+    groups += [[Request(wake, 1, idle_before_s=IDLE_PROBE_S)] for _ in range(4)]
     return groups
 
 
@@ -120,7 +120,7 @@ def measure(config: RunConfig, cache_dir: Path, repeats: int = 3) -> tuple[list[
         args = engine_args(setup, {"config": config.model_copy(update={"backend": "vllm"}).model_dump(mode="json"),
                                    "step_log": str(log)})
         args["enable_prefix_caching"] = True  # `extends` requests hit the cache; the others share nothing
-        args["max_model_len"] = _max_len(setup.model, config)
+        args["max_model_len"] = _max_len(setup.model)
         try:
             llm = LLMEngine.from_engine_args(EngineArgs(**args))
         except Exception as exc:  # vLLM reports bad settings as exceptions deep in its start-up
@@ -167,14 +167,10 @@ def measure(config: RunConfig, cache_dir: Path, repeats: int = 3) -> tuple[list[
     return samples[WARMUP_STEPS:], geometry
 
 
-def _max_len(model: str, config: RunConfig) -> int:
-    """The longest context: the model's, within what a forced KV block count can hold."""
+def _max_len(model: str) -> int:
+    """The longest context the measuring engine allows: the model's (its KV is not forced small)."""
     path = Path(model) / "config.json"
-    limit = int(json.loads(path.read_text()).get("max_position_embeddings", 4096)) if path.is_file() else 4096
-    e = config.engine_args
-    if e.num_gpu_blocks is not None and e.block_size is not None:
-        limit = min(limit, (e.num_gpu_blocks - 1) * e.block_size)  # one block is vLLM's null block
-    return limit
+    return int(json.loads(path.read_text()).get("max_position_embeddings", 4096)) if path.is_file() else 4096
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ import itertools
 import json
 import shutil
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -81,8 +81,8 @@ class GridPoint:
     """One run of the grid: its config, its values on the sweep's axes and its run id."""
 
     config: RunConfig
-    axes: dict[str, Any] = field(hash=False)
-    run_id: str = ""
+    axes: dict[str, Any]
+    run_id: str
 
 
 def grid_points(make: Callable[[dict[str, Any], list[str]], RunConfig], backends: Sequence[str],
@@ -104,6 +104,15 @@ def grid_points(make: Callable[[dict[str, Any], list[str]], RunConfig], backends
     for p in points:
         seen.setdefault(p.run_id, p)
     return list(seen.values())
+
+
+def is_completed(run_dir: Path) -> bool:
+    """Whether a run directory holds a completed run, read without touching it."""
+    try:
+        return json.loads((run_dir / "run.json").read_text()).get("status") == "completed" and \
+            (run_dir / "summary.json").is_file()
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def finished_run(sweep_dir: Path, point: GridPoint) -> RunRecord | None:

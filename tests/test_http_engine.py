@@ -52,9 +52,11 @@ class FakeServer(ThreadingHTTPServer):
     """An OpenAI-compatible server in a thread: streams `good_calls` completions (after the client's
     probe), then answers every completion with `then_status`, or stops answering at all."""
 
-    def __init__(self, good_calls: int, then_status: int | None, text_only: bool = False) -> None:
+    def __init__(self, good_calls: int, then_status: int | None, text_only: bool = False, flaky: int = 0,
+                 usage: bool = True) -> None:
         self.good_calls, self.then_status, self.completions = good_calls, then_status, 0
         self.text_only, self.prompts = text_only, []
+        self.flaky, self.usage = flaky, usage  # the first `flaky` streamed calls get a 503; usage chunk or not
         super().__init__(("127.0.0.1", 0), _Handler)
         self.thread = threading.Thread(target=self.serve_forever, daemon=True)
         self.thread.start()
@@ -98,6 +100,10 @@ class _Handler(BaseHTTPRequestHandler):
         if not body.get("stream"):  # the client's probe: token-id prompts are fine here
             self._send(200, json.dumps({"choices": [{"text": "x"}]}).encode())
             return
+        if server.flaky > 0:
+            server.flaky -= 1
+            self._send(503, json.dumps({"error": {"message": "busy"}}).encode())
+            return
         if server.completions > server.good_calls + 1:
             if server.then_status is None:  # the server is gone: it stops answering and listening
                 threading.Thread(target=server.go_away, daemon=True).start()
@@ -107,7 +113,9 @@ class _Handler(BaseHTTPRequestHandler):
             return
         chunks = [{"choices": [{"text": "a", **({} if server.text_only else {"token_ids": [17]})}]}
                   for _ in range(body["max_tokens"])]
-        chunks.append({"choices": [], "usage": {"prompt_tokens": len(body["prompt"]), "completion_tokens": body["max_tokens"]}})
+        if server.usage:
+            chunks.append({"choices": [], "usage": {"prompt_tokens": len(body["prompt"]),
+                                                    "completion_tokens": body["max_tokens"]}})
         stream = "".join(f"data: {json.dumps(c)}\n\n" for c in chunks) + "data: [DONE]\n\n"
         self._send(200, stream.encode(), "text/event-stream")
 
@@ -116,8 +124,8 @@ class _Handler(BaseHTTPRequestHandler):
 def fake() -> Iterator[Any]:
     servers: list[FakeServer] = []
 
-    def make(good_calls: int, then_status: int | None, text_only: bool = False) -> FakeServer:
-        servers.append(FakeServer(good_calls, then_status, text_only))
+    def make(good_calls: int, then_status: int | None, **options: Any) -> FakeServer:
+        servers.append(FakeServer(good_calls, then_status, **options))
         return servers[-1]
 
     yield make
@@ -229,3 +237,14 @@ def test_a_text_only_server_gets_text_prompts_from_the_tokenizer(fake: Any, tiny
     assert streamed and all(isinstance(p, str) for p in server.prompts)
     calls = pd.read_parquet(Path(out["run_dir"]) / "calls.parquet")
     assert (calls["output_tokens"] > 0).all()  # a text chunk counts as a token when no ids are streamed
+
+
+def test_a_refused_call_is_sent_again_and_a_stream_without_usage_still_ends(fake: Any, tmp_path: Path,
+                                                                           capsys: pytest.CaptureFixture) -> None:
+    server = fake(good_calls=10_000, then_status=None, flaky=2, usage=False)
+    assert main(["run", "--engine", "http", "--base-url", server.url, "-b", "vllm", "-w", "tiny", "--sessions", "3",
+                 "--results-dir", str(tmp_path), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["completed_sessions"] == 3
+    stats = json.loads((Path(out["run_dir"]) / "summary.json").read_text())["engine_stats"]
+    assert stats["calls_retried"] == 2 and stats["metrics"] == "missing"  # the fake has no /metrics page

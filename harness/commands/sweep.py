@@ -24,7 +24,7 @@ from harness.config import RunConfig
 from harness.console import console, print_json, table
 from harness.errors import BadInput, RunsFailed
 from harness.executors import Finished, execute
-from harness.sweep import GridPoint, finished_run, grid_points, runs_table, write_manifest
+from harness.sweep import GridPoint, finished_run, grid_points, is_completed, runs_table, write_manifest
 from workloads.arrivals import ARRIVAL_PROCESSES
 
 SHOWN = (("mean_jct_s", "mean JCT s"), ("p95_jct_s", "p95 JCT s"), ("session_throughput", "sessions/s"),
@@ -96,7 +96,7 @@ def sweep(backend_list: str, engine: str, workload: str, rps_list: str | None, s
     digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:8]
     sweep_dir = out_dir or results_dir / f"sweep-{Path(workload).stem}-{digest}"
     if dry_run:
-        _print_dry_run(points, [p for p in points if _looks_done(sweep_dir, p)], sweep_dir, as_json)
+        _print_dry_run(points, [p for p in points if is_completed(sweep_dir / p.run_id)], sweep_dir, as_json)
         return
     sweep_dir.mkdir(parents=True, exist_ok=True)
     # a finished run is kept; what an interrupted sweep left unfinished is removed before anything starts
@@ -140,16 +140,6 @@ def sweep(backend_list: str, engine: str, workload: str, rps_list: str | None, s
     if failures:
         raise RunsFailed(f"{len(failures)} of {len(points)} runs failed (first: {failures[0][0].run_id}: "
                          f"{failures[0][1]}); the same command runs them again")
-
-
-def _looks_done(sweep_dir: Path, point: GridPoint) -> bool:
-    """Whether the point's run is completed, read without touching the directory (for --dry-run)."""
-    path = sweep_dir / point.run_id
-    try:
-        return json.loads((path / "run.json").read_text()).get("status") == "completed" and \
-            (path / "summary.json").is_file()
-    except (OSError, ValueError):
-        return False
 
 
 def _print_dry_run(points: list[GridPoint], done: list[GridPoint], sweep_dir: Path, as_json: bool) -> None:

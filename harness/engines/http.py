@@ -79,7 +79,7 @@ class HttpTarget:
     tokenizer: str | None = None
     vocab_size: int | None = None  # for the synthetic prompt ids; default: the tokenizer's, else 2,048
     retries: int = 4
-    call_timeout_s: float = 600.0
+    call_timeout_s: float | None = 600.0  # no token for this long fails the call (None: wait as long as it takes)
 
 
 def api_key_from_env(name: str | None) -> str | None:
@@ -117,9 +117,12 @@ def served_models(client: httpx.Client, base_url: str) -> list[str]:
         raise BadInput(f"--base-url {base_url}: /v1/models did not answer an OpenAI model list") from None
 
 
-def _client(base_url: str, api_key: str | None, timeout_s: float) -> httpx.Client:
+def _client(base_url: str, api_key: str | None, timeout_s: float | None) -> httpx.Client:
+    """A client with no cap on connections: every call in flight streams at once (httpx's default of 100
+    would queue the rest on our side, counted as the server's latency)."""
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    return httpx.Client(base_url=base_url.rstrip("/"), headers=headers, timeout=httpx.Timeout(timeout_s, connect=10.0))
+    return httpx.Client(base_url=base_url.rstrip("/"), headers=headers, timeout=httpx.Timeout(timeout_s, connect=10.0),
+                        limits=httpx.Limits(max_connections=None, max_keepalive_connections=None))
 
 
 class HttpRun(RealEngineRun):
@@ -134,19 +137,19 @@ class HttpRun(RealEngineRun):
         self._tok: Any = None
         super().__init__(sessions, admission, setup, sink, background)
         self.target = target
-        self.http = _client(target.base_url, target.api_key, target.call_timeout_s)
-        try:
-            self.model = target.model or self._served_model()
-            self.prompt_format, vocab = self._prompt_format()
-        except BaseException:
-            self.close()
-            raise
-        self.tokens = SessionTokens(vocab, setup.seed)
-        self._pool = ThreadPoolExecutor(max_workers=max(8, setup.max_num_seqs))
         self._inbox: queue.SimpleQueue[tuple[str, str, Any, float, float]] = queue.SimpleQueue()
         self._metrics: dict[str, float] = {}
         self.metrics_available = True
         self.retried = 0
+        try:  # from here on a failure closes what was opened (tool processes, the client)
+            self.http = _client(target.base_url, target.api_key, target.call_timeout_s)
+            self.model = target.model or self._served_model()
+            self.prompt_format, vocab = self._prompt_format()
+            self.tokens = SessionTokens(vocab, setup.seed)
+        except BaseException:
+            self.close()
+            raise
+        self._pool = ThreadPoolExecutor(max_workers=max(8, setup.max_num_seqs))
         self.env.process(self._drain())
 
     # ------------------------------------------------------------------------------ start-up
@@ -163,15 +166,14 @@ class HttpRun(RealEngineRun):
         tokenizer = self._tok = self._tokenizer()
         vocab = self.target.vocab_size or (len(tokenizer) if tokenizer is not None else MIN_VOCAB)
         wanted = self.target.prompt_format
-        if wanted in ("auto", "ids"):
+        if wanted == "ids":  # a launcher that knows its server: no probe (it would count in the server's figures)
+            return "ids", vocab
+        if wanted == "auto":
             probe = {"model": self.model, "prompt": [100, 101, 102, 103], "max_tokens": 1, "temperature": 0.0}
             assert self.http is not None
             response = self.http.post("/v1/completions", json=probe, timeout=60.0)
             if response.status_code == 200:
                 return "ids", vocab
-            if wanted == "ids":
-                raise BadInput(f"--base-url {self.target.base_url}: the server does not take token-id prompts "
-                               f"({response.status_code}: {response.text[:200]})")
         if tokenizer is None:
             raise BadInput("the server takes text prompts only: give its tokenizer with --tokenizer DIR, so the "
                            "prompts have the workload's token counts")
@@ -210,7 +212,7 @@ class HttpRun(RealEngineRun):
         assert self.http is not None
         delay = 0.2
         for attempt in range(self.target.retries + 1):
-            streamed = False
+            streamed = done = False
             try:
                 last = self._now()
                 with self.http.stream("POST", "/v1/completions", json=body) as response:
@@ -236,6 +238,13 @@ class HttpRun(RealEngineRun):
                         if usage:
                             cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
                             self._inbox.put((call_id, "done", int(cached), last, now))
+                            done = True
+                if not done:  # a server that ignores include_usage: the stream's end ends the call
+                    self._inbox.put((call_id, "done", 0, last, self._now()))
+                return
+            except httpx.TimeoutException as exc:  # sending it again would only queue a duplicate
+                self._inbox.put((call_id, "error", f"the server failed a call ({type(exc).__name__}: no answer "
+                                 f"within {self.target.call_timeout_s} s)", 0.0, self._now()))
                 return
             except (_Retry, httpx.TransportError) as exc:
                 if streamed or attempt >= self.target.retries:

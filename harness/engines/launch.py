@@ -116,11 +116,12 @@ class LaunchedRun(HttpRun):
         self.server: ServerProcess | None = server
         try:
             server.start()
-        except BaseException:
+            super().__init__(sessions, admission, setup, HttpTarget(server.url, model=server.model, prompt_format="ids",
+                                                                    call_timeout_s=None, retries=0, **target),
+                             sink, background)
+        except BaseException:  # whatever fails after the start must not leave the server running
             server.stop()
             raise
-        super().__init__(sessions, admission, setup, HttpTarget(server.url, model=server.model, **target), sink,
-                         background)
 
     def _failure(self, reason: str) -> str:
         server = self.server
@@ -140,3 +141,10 @@ class LaunchedRun(HttpRun):
         super()._close_engine()
         if self.server is not None:
             self.server.stop()
+
+
+def vocab_size(model: str) -> int:
+    """The served model's vocabulary (its config), for the synthetic prompt ids."""
+    from transformers import AutoConfig  # noqa: PLC0415 - vLLM's and SGLang's dependency
+
+    return int(AutoConfig.from_pretrained(model).vocab_size)

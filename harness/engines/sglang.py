@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.admission import AdmissionController
-from harness.engines.launch import LaunchedRun, ServerProcess
+from harness.engines.launch import LaunchedRun, ServerProcess, vocab_size
 from harness.engines.vllm import VllmSetup
 from harness.runner import Sink
 from workloads.model import Session
@@ -73,4 +73,4 @@ class SglangRun(LaunchedRun):
     def __init__(self, sessions: Sequence[Session], admission: AdmissionController, setup: VllmSetup, args: SglangArgs,
                  run_dir: Path, sink: Sink | None = None, background: Sequence[Session] = ()) -> None:
         super().__init__(SglangServer(args, run_dir / "server.log"), sessions, admission, setup, sink, background,
-                         prompt_format="ids", tokenizer=args.model_path if Path(args.model_path).is_dir() else None)
+                         vocab_size=vocab_size(args.model_path))

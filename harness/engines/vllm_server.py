@@ -24,7 +24,7 @@ from typing import Any
 
 from harness.admission import AdmissionController
 from harness.engines.http import parse_metrics
-from harness.engines.launch import LaunchedRun, ServerProcess
+from harness.engines.launch import LaunchedRun, ServerProcess, vocab_size
 from harness.engines.sim.request import SimRequest
 from harness.engines.vllm import VllmSetup, engine_args, prepare_environment, vllm_version
 from harness.runner import Sink
@@ -71,7 +71,7 @@ class VllmServerRun(LaunchedRun):
         self._call_log_pos = 0
         plugin = {"config": config_json, "step_log": setup.step_log, "call_log": str(self.call_log)}
         super().__init__(VllmServer(engine_args(setup, plugin), run_dir / "server.log"), sessions, admission, setup,
-                         sink, background, prompt_format="ids", vocab_size=_vocab_size(setup.model), retries=0)
+                         sink, background, vocab_size=vocab_size(setup.model))
 
     def _body(self, req: SimRequest, prompt: list[int], meta: dict[str, Any]) -> dict[str, Any]:
         return {**super()._body(req, prompt, meta), "vllm_xargs": {"mars": json.dumps(meta)}}
@@ -94,12 +94,6 @@ class VllmServerRun(LaunchedRun):
                 "vllm_preemptions": stats["server_preemptions"], "vllm_prefix_cache_hits": stats["server_prefix_cache_hits"],
                 "vllm_prefix_cache_queries": stats["server_prefix_cache_queries"],
                 **{k: stats[k] for k in ("server_log", "calls_retried", "metrics")}, **self._tool_stats()}
-
-
-def _vocab_size(model: str) -> int:
-    from transformers import AutoConfig  # noqa: PLC0415 - vLLM's dependency
-
-    return int(AutoConfig.from_pretrained(model).vocab_size)
 
 
 __all__ = ["VllmServer", "VllmServerRun", "parse_metrics", "server_command"]
