@@ -54,3 +54,8 @@ def fmt(value: Any) -> str:
             return f"{value:.3g}" if magnitude < 1 else f"{value:.2f}"
         return f"{value:.2e}"
     return str(value)
+
+
+def plural(count: int, noun: str) -> str:
+    """'1 session', '3 sessions'."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"

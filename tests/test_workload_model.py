@@ -101,3 +101,14 @@ def test_duplicate_ids_and_empty_file_rejected(tmp_path: Path) -> None:
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(BadInput, match="cannot read workload file"):
         load_sessions(tmp_path / "nope.jsonl")
+
+
+def test_a_float_bound_prints_like_a_person_writes_it() -> None:
+    from pydantic import ValidationError
+
+    from harness.config import RunConfig
+    from workloads.model import format_validation_error
+
+    with pytest.raises(ValidationError) as caught:
+        RunConfig(gpu_share=0)
+    assert format_validation_error(caught.value) == "gpu_share: must be > 0"  # not "> 0.0"

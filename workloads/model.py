@@ -120,7 +120,8 @@ def format_validation_error(err: ValidationError) -> str:
     """The first problem of a pydantic error as `field: message`, in plain words."""
     first = err.errors()[0]
     template = _MESSAGES.get(first["type"])
-    msg = template.format(**first.get("ctx", {})) if template else first["msg"]
+    ctx = {k: f"{v:g}" if isinstance(v, float) else v for k, v in first.get("ctx", {}).items()}  # 0, not 0.0
+    msg = template.format(**ctx) if template else first["msg"]
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, ") :]
     loc = format_loc(first["loc"])

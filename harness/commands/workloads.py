@@ -9,7 +9,7 @@ import click
 from rich.progress import track
 
 from harness.commands.options import json_option, workload_options, workload_request
-from harness.console import console, print_json, table
+from harness.console import console, plural, print_json, table
 from workloads import swebench, traces
 from workloads.model import save_sessions
 from workloads.source import is_file_source, preset_spec, resolve
@@ -63,13 +63,13 @@ def generate_cmd(workload: str, sessions: int | None, rps: float | None, arrival
     if workload in swebench.DATA_PRESETS:
         name, found = resolve(workload_request(workload, sessions, rps, arrival, cv, seed, sets))
         save_sessions(found, output)
-        console.print(f"wrote {len(found)} sessions ({name}, seed {seed or 0}) to {output}")
+        console.print(f"wrote {plural(len(found), 'session')} ({name}, seed {seed or 0}) to {output}")
         return
     spec = preset_spec(workload_request(workload, sessions, rps, arrival, cv, seed, sets))
     sessions_out = list(track(generate(spec), total=spec.sessions, description="generating", console=console,
                               transient=True, disable=spec.sessions < 2000))
     save_sessions(sessions_out, output)
-    console.print(f"wrote {len(sessions_out)} sessions ({spec.name}, seed {spec.seed}) to {output}")
+    console.print(f"wrote {plural(len(sessions_out), 'session')} ({spec.name}, seed {spec.seed}) to {output}")
 
 
 generate_cmd.name = "generate"
@@ -152,7 +152,7 @@ def import_swebench(dataset: str, split: str, instances: str | None, tokenizer: 
     found = swebench.load_instances(dataset, split, swebench.parse_instance_ids(instances))
     sessions = swebench.import_swebench(found, counter, seed=seed, rps=rps, hints=hints, prefix_tokens=prefix_tokens)
     save_sessions(sessions, output)
-    console.print(f"wrote {len(sessions)} sessions ({len(found)} SWE-bench instances from {dataset}, seed {seed}; "
+    console.print(f"wrote {plural(len(sessions), 'session')} ({len(found)} SWE-bench instances from {dataset}, seed {seed}; "
                   f"tokens: {counter.name}) to {output}")
 
 
@@ -178,5 +178,5 @@ def import_trajectories(path: str, fmt: str, tokenizer: Path | None, seed: int, 
     counter = load_tokenizer(tokenizer)
     sessions = traces.import_trajectories(path, fmt, counter, seed=seed, rps=rps)
     save_sessions(sessions, output)
-    console.print(f"wrote {len(sessions)} sessions ({fmt} trajectories from {path}, seed {seed}; "
+    console.print(f"wrote {plural(len(sessions), 'session')} ({fmt} trajectories from {path}, seed {seed}; "
                   f"tokens: {counter.name}) to {output}")
