@@ -66,10 +66,14 @@ def set_axes(sets: Sequence[str]) -> tuple[list[str], list[tuple[str, list[str]]
     return fixed, axes
 
 
+def json_digest(data: Any, digits: int) -> str:
+    """The first `digits` hex digits of the SHA-256 of `data` as canonical JSON."""
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:digits]
+
+
 def config_hash(config: RunConfig) -> str:
     """Ten hex digits of the config's canonical JSON: equal configs, equal runs."""
-    text = json.dumps(config.model_dump(mode="json"), sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:10]
+    return json_digest(config.model_dump(mode="json"), 10)
 
 
 def _slug(value: Any) -> str:

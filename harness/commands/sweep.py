@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import sys
 import time
@@ -24,7 +22,8 @@ from harness.config import RunConfig
 from harness.console import console, print_json, table
 from harness.errors import BadInput, RunsFailed
 from harness.executors import Finished, execute
-from harness.sweep import GridPoint, finished_run, grid_points, is_completed, runs_table, write_manifest
+from harness.sweep import (GridPoint, finished_run, grid_points, is_completed, json_digest, runs_table,
+                           write_manifest)
 from workloads.arrivals import ARRIVAL_PROCESSES
 
 SHOWN = (("mean_jct_s", "mean JCT s"), ("p95_jct_s", "p95 JCT s"), ("session_throughput", "sessions/s"),
@@ -93,8 +92,7 @@ def sweep(backend_list: str, engine: str, workload: str, rps_list: str | None, s
     spec = {"backends": names, "engine": engine, "workload": workload, "rps": loads, "seeds": seed_list,
             "sessions": sessions, "arrival": arrival, "cv": cv, "sets": list(sets), "gpu": gpu, "model": model,
             "tp": tp, "profile": profile, "tool_cores": tool_cores, "tool_mode": tool_mode}
-    digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:8]
-    sweep_dir = out_dir or results_dir / f"sweep-{Path(workload).stem}-{digest}"
+    sweep_dir = out_dir or results_dir / f"sweep-{Path(workload).stem}-{json_digest(spec, 8)}"
     if dry_run:
         _print_dry_run(points, [p for p in points if is_completed(sweep_dir / p.run_id)], sweep_dir, as_json)
         return
