@@ -33,7 +33,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from baselines.stats import (
+from harness.policy.helpers import (
     RollingMean,
     RunningCorrelation,
     ToolDurations,

@@ -39,7 +39,7 @@ from collections.abc import Mapping
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from baselines.stats import context_tokens, kv_holders_first, longest_pin_first
+from harness.policy.helpers import context_tokens, kv_holders_first, longest_pin_first
 from harness.policy import FREE, PinView, Policy, R, RequestView, Retention
 
 

@@ -12,7 +12,7 @@ from baselines.fcfs import FcfsPolicy
 from baselines.infercept import InferCeptPolicy
 from baselines.lpm import SglangPolicy
 from mars_impl.mars import PREVIEW_OVERRIDES, MarsPolicy, MarsSettings, mars_admission
-from harness.admission import AdmissionController, AdmitAll
+from harness.policy.admission import AdmissionController, AdmitAll
 from harness.config import RunConfig
 from harness.errors import BadInput
 from harness.policy import Policy

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness.admission import AdmissionController
+from harness.policy.admission import AdmissionController
 from harness.backends import get_backend
 from harness.config import RunConfig
 from harness.errors import BadInput

@@ -18,7 +18,7 @@ from typing import Any, Protocol
 import pandas as pd
 import simpy
 
-from harness.admission import AdmissionController, AdmitAll
+from harness.policy.admission import AdmissionController, AdmitAll
 from harness.agent import AgentLoop
 from harness.engines.sim.core import EngineCore, HostTier, SchedulerLimits
 from harness.engines.sim.engine import SimEngine, SimToolPool, StepTime
@@ -29,7 +29,8 @@ from harness.errors import stop_requested
 from harness.policy import Policy
 from harness.tables import CALL_COLUMNS, SESSION_COLUMNS, conform, empty_frame
 from harness.tools import ToolMode, ToolPool
-from mars_impl.signals import EngineSignals, SignalStream, ToolSignals
+from harness.policy.signals import EngineSignals, ToolSignals
+from harness.signals import SignalStream
 from workloads.model import Session
 
 

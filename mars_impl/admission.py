@@ -72,7 +72,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from mars_impl.signals import EngineSignals, Signals
+from harness.policy.signals import EngineSignals, Signals
 from workloads.model import Session
 
 Order = Literal["arrival", "shortest", "longest"]

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 
 from pydantic import Field
 
-from harness.admission import AdmissionController, AdmitAll
+from harness.policy.admission import AdmissionController, AdmitAll
 from harness.policy import PinView, RequestView, Retention
 from mars_impl.admission import MarsAdmission, MarsAdmissionSettings
 from mars_impl.retention import RetentionPolicy, RetentionSettings

@@ -42,7 +42,7 @@ from collections.abc import Sequence
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from baselines.stats import ToolDurations, context_tokens
+from harness.policy.helpers import ToolDurations, context_tokens
 from harness.policy import DISCARD, FREE, OFFLOAD, EngineView, PinView, Retention, RequestView
 
 

@@ -19,7 +19,7 @@ from baselines.continuum import (
     best_ttl,
 )
 from baselines.infercept import InferCeptPolicy, InferCeptSettings
-from baselines.stats import RunningCorrelation, ecdf
+from harness.policy.helpers import RunningCorrelation, ecdf
 from harness.config import EngineSettings, RunConfig
 from harness.engines.sim.core import Pin
 from harness.policy import FREE, Policy, Retention, ScheduledStep

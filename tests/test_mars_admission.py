@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from harness.admission import AdmissionController
+from harness.policy.admission import AdmissionController
 from harness.config import EngineSettings, RunConfig
 from harness.policy import Policy
 from harness.runner import simulate
@@ -24,7 +24,7 @@ from mars_impl.admission import (
     kv_cap,
     long_wait_threshold,
 )
-from mars_impl.signals import EngineSignals, Signals, ToolSignals
+from harness.policy.signals import EngineSignals, Signals, ToolSignals
 from workloads.model import Session, ToolCall, Turn
 
 DEFAULTS = MarsAdmissionSettings()

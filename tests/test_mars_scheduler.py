@@ -7,7 +7,7 @@ from harness.config import EngineSettings, RunConfig
 from harness.policy import Policy, ScheduledStep
 from harness.runner import SimRun, simulate
 from harness.testbed import build_setup
-from harness.admission import AdmitAll
+from harness.policy.admission import AdmitAll
 from mars_impl.scheduler import MlfqScheduler, SchedulerSettings
 from workloads.model import Session, Turn
 

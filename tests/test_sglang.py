@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from baselines.lpm import LpmSettings, SglangPolicy
-from harness.admission import AdmitAll
+from harness.policy.admission import AdmitAll
 from harness.config import EngineSettings, RunConfig
 from harness.engines.sim.core import EngineCore, SchedulerLimits
 from harness.engines.sim.radix_cache import RadixCache

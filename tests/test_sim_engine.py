@@ -8,7 +8,7 @@ import math
 import pandas as pd
 import pytest
 
-from harness.admission import AdmitAll
+from harness.policy.admission import AdmitAll
 from harness.config import EngineSettings, RunConfig
 from harness.engines.sim.core import SchedulerLimits
 from harness.engines.sim.kv_cache import KVCache

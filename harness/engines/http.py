@@ -26,12 +26,12 @@ from typing import Any
 
 import httpx
 
-from harness.admission import AdmissionController
+from harness.policy.admission import AdmissionController
 from harness.engines.sim.request import SimRequest
 from harness.engines.vllm import FIRST_TOKEN_ID, RealEngineRun, SessionTokens, VllmSetup
 from harness.errors import BadInput, EngineFailed
 from harness.runner import Sink
-from mars_impl.signals import EngineSignals
+from harness.policy.signals import EngineSignals
 from workloads.model import Session
 
 POLL_S = 0.002

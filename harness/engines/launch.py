@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 
-from harness.admission import AdmissionController
+from harness.policy.admission import AdmissionController
 from harness.engines.http import HttpRun, HttpTarget
 from harness.engines.vllm import VllmSetup
 from harness.errors import EngineFailed

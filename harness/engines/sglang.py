@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.admission import AdmissionController
+from harness.policy.admission import AdmissionController
 from harness.engines.launch import LaunchedRun, ServerProcess, vocab_size
 from harness.engines.vllm import VllmSetup
 from harness.runner import Sink

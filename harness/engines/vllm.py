@@ -28,14 +28,14 @@ import numpy as np
 import simpy
 import simpy.rt
 
-from harness.admission import AdmissionController
+from harness.policy.admission import AdmissionController
 from harness.agent import CallSpec
 from harness.engines.sim.request import SimRequest
 from harness.errors import BadInput
 from harness.real_tools import RealToolPool
 from harness.runner import AgentRun, Sink, ToolRunner
 from harness.tools import ToolMode, ToolPool
-from mars_impl.signals import EngineSignals
+from harness.policy.signals import EngineSignals
 from workloads.model import Session
 
 # Environment for vLLM on these machines (set before vLLM is imported; an explicit setting wins).

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 
-from harness.admission import AdmissionController
+from harness.policy.admission import AdmissionController
 from harness.engines.http import parse_metrics
 from harness.engines.launch import LaunchedRun, ServerProcess, vocab_size
 from harness.engines.sim.request import SimRequest

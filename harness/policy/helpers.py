@@ -1,5 +1,5 @@
-"""Shared helpers of the baseline policies: what they learn online through the hooks, and the few
-quantities more than one baseline reads the same way.
+"""Shared helpers of the policies (baselines and MARS): what they learn online through the hooks, and the
+few quantities more than one policy reads the same way.
 
 * `ToolDurations` - observed tool durations per tool name and over all tools (Continuum's per-tool
   estimate, with the global sample as the fallback until a tool has enough samples of its own);
@@ -20,7 +20,7 @@ from statistics import fmean
 
 import numpy as np
 
-from harness.policy import PinView, R, RequestView
+from harness.policy.hooks import PinView, R, RequestView
 
 
 class ToolDurations:

@@ -3,7 +3,7 @@
 An admission controller is sans-IO: the runner tells it about arrivals, session ends and the end of the
 arrival process, and asks it, with a snapshot of the information stream, which backlog sessions to
 start now. The default admits everything at once (vLLM, SGLang and every baseline have no admission
-control); MARS's control plane (mars_impl/admission.py) replaces it.
+control); MARS's control plane (mars_impl/admission.py) replaces it. Part of the policy contract.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from mars_impl.signals import Signals
+from harness.policy.signals import Signals
 from workloads.model import Session
 
 
