@@ -1,21 +1,29 @@
-"""The backends a user can name with `--backend`: a policy plus an admission controller, and the
-engines they run on."""
+"""The backend registry: what a user can name with `--backend`. Each entry is a policy (and, for MARS, an
+admission controller), the engines it runs on, and its settings section of the run config.
+
+Adding a policy is one file (baselines/NAME.py, on the contract in harness.policy) and one entry here
+(docs/extending.md). Factories receive the validated RunConfig; a backend's settings are `cfg.<section>`.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-from baselines.autellix import AutellixPolicy
-from baselines.continuum import ContinuumDynamicPolicy, ContinuumPolicy
+from pydantic import BaseModel
+
+from baselines.autellix import AutellixPolicy, AutellixSettings
+from baselines.continuum import ContinuumDynamicPolicy, ContinuumDynamicSettings, ContinuumPolicy, ContinuumSettings
 from baselines.fcfs import FcfsPolicy
-from baselines.infercept import InferCeptPolicy
-from baselines.lpm import SglangPolicy
-from mars_impl.mars import PREVIEW_OVERRIDES, MarsPolicy, MarsSettings, mars_admission
-from harness.policy.admission import AdmissionController, AdmitAll
-from harness.config import RunConfig
+from baselines.infercept import InferCeptPolicy, InferCeptSettings
+from baselines.lpm import LpmSettings, SglangPolicy
 from harness.errors import BadInput
-from harness.policy import Policy
+from harness.policy import AdmissionController, AdmitAll, Policy
+from mars_impl.mars import PREVIEW_OVERRIDES, MarsPolicy, MarsSettings, mars_admission
+
+if TYPE_CHECKING:
+    from harness.config import RunConfig
 
 ENGINES: dict[str, str] = {
     "sim": "simulated vLLM-V1-style testbed (simpy): deterministic, a one-hour H100 experiment in seconds",
@@ -34,7 +42,9 @@ class Backend:
     description: str
     engines: tuple[str, ...]
     make_policy: Callable[[RunConfig], Policy]
-    make_admission: Callable[[RunConfig], AdmissionController]
+    make_admission: Callable[[RunConfig], AdmissionController] = lambda cfg: AdmitAll()
+    # the run config's section holding this backend's settings (`--set KEY.field=...`) and its model
+    settings: tuple[str, type[BaseModel]] | None = None
     # the sim engine's prefix cache when engine_args.prefix_cache is "auto": "block" (vLLM) or "radix" (SGLang);
     # the testbed is built from the config (harness.testbed.build_setup), so the backend names it here
     prefix_cache: str = "block"
@@ -49,35 +59,34 @@ BACKENDS: dict[str, Backend] = {
             "(on --engine http: the attached server as it is)",
             ("sim", "vllm", "http"),
             lambda cfg: FcfsPolicy(),
-            lambda cfg: AdmitAll(),
         ),
         Backend(
             "continuum",
             "Continuum: session-level FCFS, KV pinned for a 2 s TTL after short tool calls",
             ("sim", "vllm"),
             lambda cfg: ContinuumPolicy(cfg.continuum),
-            lambda cfg: AdmitAll(),
+            settings=("continuum", ContinuumSettings),
         ),
         Backend(
             "continuum-dy",
             "Continuum with a TTL chosen per tool call from tool-duration CDFs, reload cost and queueing delay",
             ("sim", "vllm"),
             lambda cfg: ContinuumDynamicPolicy(cfg.continuum_dy),
-            lambda cfg: AdmitAll(),
+            settings=("continuum_dy", ContinuumDynamicSettings),
         ),
         Backend(
             "autellix",
             "Autellix (PLAS): program-level attained-service MLFQ with starvation promotion",
             ("sim", "vllm"),
             lambda cfg: AutellixPolicy(cfg.autellix),
-            lambda cfg: AdmitAll(),
+            settings=("autellix", AutellixSettings),
         ),
         Backend(
             "infercept",
             "InferCept: FCFS; KV kept across tool calls for TTL = discard cost / context",
             ("sim", "vllm"),
             lambda cfg: InferCeptPolicy(cfg.infercept),
-            lambda cfg: AdmitAll(),
+            settings=("infercept", InferCeptSettings),
         ),
         Backend(
             "mars",
@@ -86,6 +95,7 @@ BACKENDS: dict[str, Backend] = {
             ("sim", "vllm"),
             lambda cfg: MarsPolicy(cfg.mars),
             lambda cfg: mars_admission(cfg.mars, cfg.tool_cores, cfg.rps),
+            settings=("mars", MarsSettings),
         ),
         Backend(
             "mars-admission",
@@ -94,6 +104,7 @@ BACKENDS: dict[str, Backend] = {
             ("sim", "vllm", "http", "sglang"),
             lambda cfg: FcfsPolicy(),
             lambda cfg: mars_admission(cfg.mars, cfg.tool_cores, cfg.rps),
+            settings=("mars", MarsSettings),
         ),
         Backend(
             "mars-preview",
@@ -101,6 +112,7 @@ BACKENDS: dict[str, Backend] = {
             ("sim", "vllm"),
             lambda cfg: MarsPolicy(_preview(cfg.mars)),
             lambda cfg: mars_admission(_preview(cfg.mars), cfg.tool_cores, cfg.rps),
+            settings=("mars", MarsSettings),
         ),
         Backend(
             "sglang",
@@ -108,15 +120,30 @@ BACKENDS: dict[str, Backend] = {
             "KV token budget (new_token_ratio), retraction of the least advanced decode, no admission control",
             ("sim", "sglang"),  # on --engine sglang: SGLang itself; on sim: this policy model
             lambda cfg: SglangPolicy(cfg.sglang),
-            lambda cfg: AdmitAll(),
+            settings=("sglang", LpmSettings),
             prefix_cache="radix",
         ),
     )
 }
 
 
-def _preview(settings: MarsSettings) -> MarsSettings:
+def _preview(settings: Any) -> MarsSettings:
     return settings.model_copy(update=PREVIEW_OVERRIDES)
+
+
+def register(backend: Backend) -> None:
+    """Add (or replace) a backend; its settings section joins the run config."""
+    if backend.settings is not None:
+        key, model = backend.settings
+        known = settings_sections().get(key)
+        if known is not None and known is not model:
+            raise ValueError(f"settings section {key!r} is already {known.__name__}'s")
+    BACKENDS[backend.name] = backend
+
+
+def settings_sections() -> dict[str, type[BaseModel]]:
+    """The run config's policy sections, in registry order: section key -> settings model."""
+    return {b.settings[0]: b.settings[1] for b in BACKENDS.values() if b.settings is not None}
 
 
 def get_backend(name: str, engine: str) -> Backend:

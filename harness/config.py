@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from harness.backends import settings_sections
+from harness.errors import BadInput
+from workloads.overrides import apply_overrides, parse_assignment
 from harness.tools import ToolMode
-from baselines.autellix import AutellixSettings
-from baselines.continuum import ContinuumDynamicSettings, ContinuumSettings
-from baselines.infercept import InferCeptSettings
-from baselines.lpm import LpmSettings
-from mars_impl.mars import MarsSettings
 from workloads.arrivals import ArrivalProcess
+from workloads.model import format_validation_error
 
 
 class EngineSettings(BaseModel):
@@ -40,9 +39,14 @@ class EngineSettings(BaseModel):
 
 
 class RunConfig(BaseModel):
-    """One run. `--set key=value` reaches every field (e.g. `--set engine_args.max_num_seqs=128`)."""
+    """One run. `--set key=value` reaches every field (e.g. `--set engine_args.max_num_seqs=128`).
 
-    model_config = ConfigDict(extra="forbid")
+    Beside the fields below, each policy's settings are a section named by its backend registry entry
+    (`mars`, `continuum`, ...: harness.backends), so `--set mars.window_min=4` works and adding a policy
+    does not touch this file. Sections are validated by their own models; an unknown key is an error.
+    """
+
+    model_config = ConfigDict(extra="allow")
 
     backend: str = "vllm"
     engine: Literal["sim", "vllm", "http", "sglang"] = "sim"
@@ -79,9 +83,51 @@ class RunConfig(BaseModel):
     goodput: tuple[str, ...] = Field(default=(), description="vLLM-style SLOs, e.g. ttft:500 tpot:50")
     timeline_interval_s: float = Field(default=1.0, gt=0)
     engine_args: EngineSettings = EngineSettings()
-    mars: MarsSettings = MarsSettings()
-    continuum: ContinuumSettings = ContinuumSettings()
-    continuum_dy: ContinuumDynamicSettings = ContinuumDynamicSettings()
-    autellix: AutellixSettings = AutellixSettings()
-    infercept: InferCeptSettings = InferCeptSettings()
-    sglang: LpmSettings = LpmSettings()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _policy_sections(cls, data: Any) -> Any:
+        """Every registered policy's settings section, defaults filled in, validated by its model (errors
+        located as `section.field`); keys that are neither fields nor sections are refused."""
+        if not isinstance(data, dict):
+            return data
+        sections = settings_sections()
+        data = dict(data)
+        errors: list[Any] = []
+        for key in data:
+            if key not in cls.model_fields and key not in sections:
+                errors.append({"type": "extra_forbidden", "loc": (key,), "input": data[key]})
+        for key, model in sections.items():
+            value = data.get(key, {})
+            try:
+                data[key] = value if isinstance(value, model) else model.model_validate(value)
+            except ValidationError as e:
+                errors += [{**err, "loc": (key, *err["loc"])} for err in e.errors()]
+        if errors:
+            raise ValidationError.from_exception_data(cls.__name__, errors)
+        return data
+
+    @classmethod
+    def is_setting(cls, key: str) -> bool:
+        """Whether `key` names a field or a policy's settings section (else it is a workload setting)."""
+        return key in cls.model_fields or key in settings_sections()
+
+    def section(self, key: str) -> Any:
+        """A policy's settings section (`config.section("mars")` is `config.mars`)."""
+        return getattr(self, key)
+
+
+def split_sets(sets: tuple[str, ...]) -> tuple[list[str], list[str]]:
+    """`--set` assignments for the run config (its fields and policy sections) and for the workload preset."""
+    run_sets = [s for s in sets if RunConfig.is_setting(parse_assignment(s)[0][0])]
+    return run_sets, [s for s in sets if s not in run_sets]
+
+
+def make_config(sets: tuple[str, ...], **values: Any) -> RunConfig:
+    """The run config from CLI values, then `--set` overrides; one-line BadInput on any bad value."""
+    run_sets, workload_sets = split_sets(sets)
+    try:
+        config = RunConfig(**{k: v for k, v in values.items() if v is not None}, workload_sets=tuple(workload_sets))
+    except ValidationError as e:
+        raise BadInput(format_validation_error(e)) from None
+    return apply_overrides(config, run_sets)

@@ -12,6 +12,7 @@ from typing import Any
 
 import pandas as pd
 
+from harness.config import make_config
 from harness.results import RunRecord, load_run
 
 # Run-level figures compared: (name, how it is computed from a run).
@@ -88,7 +89,7 @@ def fidelity_runs(model: str, profile: Path, backends: Sequence[str], seeds: Seq
                   results_dir: Path, workload: str = "tiny", loads: Sequence[float | None] = (None,)) -> pd.DataFrame:
     """Each load x seed x backend on the real engine and on the sim with `profile`: one row per pair with
     every figure's real and simulated value and error, the per-session rank correlation, and both run dirs."""
-    from harness.commands.run import make_config  # noqa: PLC0415
+
     from harness.experiment import run_experiment  # noqa: PLC0415
 
     rows = []

@@ -12,7 +12,7 @@ import pytest
 
 from harness.calibrate import FITTED, Sample, fit, median_per_shape, plan
 from harness.cli import main
-from harness.commands.run import make_config
+from harness.config import make_config
 from harness.engines.sim.cost_model import StepShape, step_time
 from harness.fidelity import compare_runs, same_ranking, side_by_side
 from harness.testbed import build_profile

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 
 from harness.cli import main
-from harness.commands.run import make_config
+from harness.config import make_config
 from harness.errors import BadInput
 from harness.sweep import config_hash, grid_points, set_axes, split_values
 from tests.processes import processes_with

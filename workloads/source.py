@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from harness.errors import BadInput
-from harness.overrides import parse_assignment
+from workloads.overrides import parse_assignment
 from workloads.arrivals import ArrivalProcess, arrival_times
 from workloads.model import Session, load_sessions
 from workloads.swebench import DATA_PRESETS, DEFAULT_RPS, preset_sessions

@@ -25,7 +25,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from harness.errors import BadInput
-from harness.overrides import apply_overrides, parse_assignment
+from workloads.overrides import apply_overrides, parse_assignment
 from workloads.arrivals import ArrivalProcess, arrival_times
 from workloads.model import Session, ToolCall, Turn
 

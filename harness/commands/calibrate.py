@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from harness.calibrate import FITTED, calibrate_engine, samples_frame
-from harness.commands.run import make_config
+from harness.config import make_config
 from harness.console import console, print_json, table
 from harness.results import DEFAULT_RESULTS_DIR
 

@@ -11,7 +11,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from harness.backends import ENGINES, get_backend
 from harness.commands.options import json_option, results_dir_option, workload_options
-from harness.commands.run import hardware_options, make_config
+from harness.commands.run import hardware_options
+from harness.config import make_config
 from harness.compare import COMPARED, comparison, markdown, run_grid, runs_frame
 from harness.console import console, print_json, table
 from harness.errors import BadInput

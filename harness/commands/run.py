@@ -8,20 +8,17 @@ from typing import Any
 
 import click
 from click.core import ParameterSource
-from pydantic import ValidationError
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from harness.backends import BACKENDS, ENGINES
 from harness.commands.options import json_option, results_dir_option, workload_options
-from harness.config import RunConfig
+from harness.config import make_config
 from harness.console import console, print_json, table
 from harness.engines.sim.cost_model import describe
 from harness.errors import BadInput
 from harness.experiment import run_experiment
 from harness.metrics import summary_table_rows
-from harness.overrides import apply_overrides, parse_assignment
 from harness.testbed import build_profile
-from workloads.model import format_validation_error
 
 F = Callable[..., Any]
 
@@ -37,22 +34,6 @@ def hardware_options(func: F) -> F:
     ]):
         func = option(func)
     return func
-
-
-def split_sets(sets: tuple[str, ...]) -> tuple[list[str], list[str]]:
-    """`--set` assignments for the run config (its fields) and for the workload preset (the rest)."""
-    run_sets = [s for s in sets if parse_assignment(s)[0][0] in RunConfig.model_fields]
-    return run_sets, [s for s in sets if s not in run_sets]
-
-
-def make_config(sets: tuple[str, ...], **values: Any) -> RunConfig:
-    """The run config from CLI values, then `--set` overrides; one-line BadInput on any bad value."""
-    run_sets, workload_sets = split_sets(sets)
-    try:
-        config = RunConfig(**{k: v for k, v in values.items() if v is not None}, workload_sets=tuple(workload_sets))
-    except ValidationError as e:
-        raise BadInput(format_validation_error(e)) from None
-    return apply_overrides(config, run_sets)
 
 
 @click.command()

@@ -16,7 +16,8 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, 
 from harness.backends import ENGINES, get_backend
 from harness.commands.compare import parse_list
 from harness.commands.options import json_option, results_dir_option
-from harness.commands.run import hardware_options, make_config
+from harness.commands.run import hardware_options
+from harness.config import make_config
 from harness.compare import format_spread
 from harness.config import RunConfig
 from harness.console import console, print_json, table

@@ -1,4 +1,5 @@
-"""`--set key.path=value` overrides applied to any pydantic settings model, validated as a whole."""
+"""`--set key.path=value` overrides applied to any pydantic settings model, validated as a whole (workload
+presets here; the run config in harness.config uses the same)."""
 
 from __future__ import annotations
 
