@@ -18,7 +18,7 @@ from pathlib import Path
 
 from harness.calibrate import calibrate_engine
 from harness.config import make_config
-from harness.engines.vllm import prepare_environment
+from harness.engines.vllm.engine import prepare_environment
 from harness.fidelity import FIGURES, fidelity_runs, mean_abs, same_ranking, side_by_side
 from harness.tiny_model import make_tiny_model
 

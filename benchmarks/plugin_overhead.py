@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from harness.engines.vllm import VllmSetup, engine_args, prepare_environment
+from harness.engines.vllm.engine import VllmSetup, engine_args, prepare_environment
 from harness.tiny_model import make_tiny_model
 
 BLOCK = 32
@@ -98,7 +98,7 @@ def main() -> None:
     from vllm.v1.core.sched.scheduler import Scheduler
 
     from harness.config import RunConfig
-    from mars_impl.vllm_plugin import PolicyScheduler
+    from harness.engines.vllm.scheduler import PolicyScheduler
 
     model = make_tiny_model(work / "tiny")
     variants: list[tuple[str, dict[str, Any] | None]] = [("vLLM Scheduler", None)]

@@ -103,7 +103,7 @@ def measure(config: RunConfig, cache_dir: Path, repeats: int = 3) -> tuple[list[
     its memory allows, so the plan's batches fit: a step's cost does not depend on the cache's size."""
     forced = config.engine_args.num_gpu_blocks
     config = config.model_copy(update={"engine_args": config.engine_args.model_copy(update={"num_gpu_blocks": None})})
-    from harness.engines.vllm import prepare_environment, vllm_setup  # noqa: PLC0415
+    from harness.engines.vllm.engine import prepare_environment, vllm_setup  # noqa: PLC0415
 
     prepare_environment(str(cache_dir))
     try:
@@ -112,7 +112,7 @@ def measure(config: RunConfig, cache_dir: Path, repeats: int = 3) -> tuple[list[
         from vllm.v1.engine.llm_engine import LLMEngine  # noqa: PLC0415
     except ImportError as exc:
         raise BadInput(f"calibrate --engine vllm needs vLLM: pip install -e '.[vllm]' (see README) ({exc})") from None
-    from harness.engines.vllm import engine_args  # noqa: PLC0415
+    from harness.engines.vllm.engine import engine_args  # noqa: PLC0415
 
     with tempfile.TemporaryDirectory(prefix="mars-calibrate-") as tmp:
         log = Path(tmp) / "steps.jsonl"
@@ -127,9 +127,9 @@ def measure(config: RunConfig, cache_dir: Path, repeats: int = 3) -> tuple[list[
             raise BadInput(f"the vLLM engine did not start: {str(exc).splitlines()[-1] if str(exc) else exc!r}") from None
         try:
             sched = llm.engine_core.engine_core.scheduler
-            geometry = {"num_gpu_blocks": forced or sched.num_total_blocks, "block_size": sched.block_size,
+            geometry = {"num_gpu_blocks": forced or sched.engine_view.num_total_blocks, "block_size": sched.block_size,
                         "max_num_batched_tokens": sched.max_num_scheduled_tokens}
-            groups = plan(geometry["max_num_batched_tokens"], sched.num_total_blocks * sched.block_size,
+            groups = plan(geometry["max_num_batched_tokens"], sched.engine_view.num_total_blocks * sched.block_size,
                           sched.max_num_running_reqs, args["max_model_len"])
             rng = np.random.default_rng(0)
             vocab = llm.model_config.get_vocab_size()
@@ -152,9 +152,9 @@ def measure(config: RunConfig, cache_dir: Path, repeats: int = 3) -> tuple[list[
                                         SamplingParams(max_tokens=r.output, ignore_eos=True, temperature=0.0,
                                                        extra_args={"mars": {"call_id": f"c{n}"}}))
                         n += 1
-                    logged, t0 = sched.steps_logged, time.perf_counter()
+                    logged, t0 = sched.step_log.steps_logged, time.perf_counter()
                     llm.step()
-                    if sched.steps_logged > logged:  # it scheduled something (a wait for KV logs nothing)
+                    if sched.step_log.steps_logged > logged:  # it scheduled something (a wait for KV logs nothing)
                         walls.append(time.perf_counter() - t0)
                     step += 1
         finally:

@@ -117,8 +117,8 @@ def _run_vllm(config: RunConfig, sessions: list[Session], admission: AdmissionCo
     try:
         import vllm  # noqa: F401, PLC0415
 
-        from harness.engines.vllm import VllmRun, vllm_setup  # noqa: PLC0415
-        from harness.engines.vllm_server import VllmServerRun  # noqa: PLC0415
+        from harness.engines.vllm.engine import VllmRun, vllm_setup  # noqa: PLC0415
+        from harness.engines.vllm.server import VllmServerRun  # noqa: PLC0415
     except ImportError as exc:
         raise BadInput(f"--engine vllm needs vLLM: pip install -e '.[vllm]' (see README) ({exc})") from None
     setup = vllm_setup(config, [*sessions, *background], cache_dir=results_dir / ".cache" / "vllm",
@@ -133,7 +133,7 @@ def _run_http(config: RunConfig, sessions: list[Session], admission: AdmissionCo
               background: list[Session]) -> Outcome:
     """The run against an OpenAI-compatible server someone else runs (attached by URL)."""
     from harness.engines.http import HttpRun, HttpTarget, api_key_from_env  # noqa: PLC0415
-    from harness.engines.vllm import VllmSetup  # noqa: PLC0415
+    from harness.engines.vllm.engine import VllmSetup  # noqa: PLC0415
 
     assert config.base_url is not None  # checked with the server before the run (check_server)
     e = config.engine_args
@@ -152,7 +152,7 @@ def _run_sglang(config: RunConfig, sessions: list[Session], admission: Admission
                 background: list[Session], run_dir: Path, results_dir: Path) -> Outcome:
     """The run against SGLang's server, launched here with the run's engine settings in SGLang's terms."""
     from harness.engines.sglang import SglangArgs, SglangRun  # noqa: PLC0415
-    from harness.engines.vllm import vllm_setup  # noqa: PLC0415
+    from harness.engines.vllm.engine import vllm_setup  # noqa: PLC0415
 
     setup = vllm_setup(config, [*sessions, *background], cache_dir=results_dir / ".cache" / "sglang", step_log=None)
     e = config.engine_args

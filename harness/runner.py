@@ -289,14 +289,14 @@ class SimRun(AgentRun):
     def engine_timeline(self) -> dict[str, Any]:
         return {"kv_usage": self.kv.usage, "free_blocks": self.kv.num_free_blocks, "running": len(self.core.running),
                 "waiting": len(self.core.waiting), "pinned": len(self.core.pins), "gpu_busy_s": self.engine.busy_s,
-                "preemptions": self.core.num_preemptions}
+                "preemptions": self.core.driver.counters["preemptions"]}
 
     def engine_stats(self) -> dict[str, Any]:
-        core = self.core
+        core, counters = self.core, self.core.driver.counters
         return {"engine_steps": self.engine.steps, "gpu_busy_s": self.engine.busy_s,
-                "preemptions": core.num_preemptions, "kv_evictions": self.kv.evictions,
-                "num_gpu_blocks": self.kv.num_blocks, "pins_made": core.pins_made, "pins_used": core.pins_used,
-                "pins_expired": core.pins_expired, "pins_released_early": core.pins_released_early,
+                "preemptions": counters["preemptions"], "kv_evictions": self.kv.evictions,
+                "num_gpu_blocks": self.kv.num_blocks,
+                **{k: counters[k] for k in ("pins_made", "pins_used", "pins_expired", "pins_released_early")},
                 "host_offloads": core.host.offloads if core.host else 0,
                 "host_loads": core.host.loads if core.host else 0}
 

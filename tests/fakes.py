@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from harness.policy.driver import is_decoding, remaining_prefill_tokens
+
 
 @dataclass(eq=False)
 class Req:
@@ -25,11 +27,12 @@ class Req:
 
     @property
     def is_decoding(self) -> bool:
-        return self.num_output_tokens > 0 and self.num_prompt_tokens + self.num_output_tokens - self.num_computed_tokens == 1
+        return is_decoding(self.num_output_tokens, self.num_computed_tokens, self.num_prompt_tokens + self.num_output_tokens)
 
     @property
     def remaining_prefill_tokens(self) -> int:
-        return 0 if self.is_decoding else self.num_prompt_tokens + self.num_output_tokens - self.num_computed_tokens
+        return remaining_prefill_tokens(self.num_output_tokens, self.num_computed_tokens,
+                                        self.num_prompt_tokens + self.num_output_tokens)
 
 
 @dataclass

@@ -16,8 +16,8 @@ import pytest
 
 from harness.cli import main
 from harness.engines.http import parse_metrics
-from harness.engines.vllm import VllmSetup, engine_args, prepare_environment
-from harness.engines.vllm_server import VllmServer
+from harness.engines.vllm.engine import VllmSetup, engine_args, prepare_environment
+from harness.engines.vllm.server import VllmServer
 from harness.results import find_run
 
 PRESSURE = ("--set", "engine_args.num_gpu_blocks=50", "--set", "engine_args.block_size=32")

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from harness.config import RunConfig
-from harness.engines.vllm import VllmSetup, engine_args, prepare_environment
+from harness.engines.vllm.engine import VllmSetup, engine_args, prepare_environment
 
 pytestmark = pytest.mark.engine
 

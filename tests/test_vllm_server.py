@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from harness.engines.vllm_server import parse_metrics, server_command
+from harness.engines.vllm.server import parse_metrics, server_command
 from harness.results import find_run
 from harness.tables import CALL_COLUMNS
 from tests.processes import processes_with, wait_for_calls

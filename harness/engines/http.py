@@ -28,7 +28,7 @@ import httpx
 
 from harness.policy.admission import AdmissionController
 from harness.engines.sim.request import SimRequest
-from harness.engines.vllm import FIRST_TOKEN_ID, RealEngineRun, SessionTokens, VllmSetup
+from harness.engines.vllm.engine import FIRST_TOKEN_ID, RealEngineRun, SessionTokens, VllmSetup
 from harness.errors import BadInput, EngineFailed
 from harness.runner import Sink
 from harness.policy.signals import EngineSignals

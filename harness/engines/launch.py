@@ -18,7 +18,7 @@ import httpx
 
 from harness.policy.admission import AdmissionController
 from harness.engines.http import HttpRun, HttpTarget
-from harness.engines.vllm import VllmSetup
+from harness.engines.vllm.engine import VllmSetup
 from harness.errors import EngineFailed
 from harness.runner import Sink
 from workloads.model import Session

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from harness.policy.admission import AdmissionController
 from harness.engines.launch import LaunchedRun, ServerProcess, vocab_size
-from harness.engines.vllm import VllmSetup
+from harness.engines.vllm.engine import VllmSetup
 from harness.runner import Sink
 from workloads.model import Session
 

@@ -1,4 +1,6 @@
-"""The simulated engine's scheduler: vLLM V1 `Scheduler.schedule()` behaviour with the policy's hooks.
+"""The simulated engine's scheduler: vLLM V1 `Scheduler.schedule()` behaviour, an adapter over the policy
+driver (harness.policy.driver: pins, turn ends, recompute ledger, chunk caps and shrinking), as the vLLM
+scheduler plugin is.
 
 No clock and no simpy here: `schedule(now)` plans one step, `complete(plan, end)` applies it. The simpy
 process in `engine.py` owns time. Keeping the two apart lets tests drive single steps by hand.
@@ -13,7 +15,8 @@ from typing import Any
 
 from harness.engines.sim.kv_cache import KVCache
 from harness.engines.sim.request import SimRequest
-from harness.policy import FREE, Policy, Retention, ScheduledStep
+from harness.policy import Policy, ScheduledStep
+from harness.policy.driver import Pin, PolicyDriver
 
 
 @dataclass(frozen=True)
@@ -71,21 +74,6 @@ class HostTier:
         return tokens
 
 
-@dataclass
-class Pin:
-    """KV blocks kept for a session across a tool call, until `deadline_s` (harness.policy.PinView)."""
-
-    session_id: str
-    blocks: list[Any]  # block ids (sim) or vLLM KVCacheBlocks (the real engine's plugin)
-    computed_tokens: int
-    since_s: float
-    deadline_s: float
-
-    @property
-    def num_blocks(self) -> int:
-        return len(self.blocks)
-
-
 class EngineCore:
     """Waiting and running queues, the KV cache and the policy hooks; one `schedule` = one step."""
 
@@ -96,18 +84,18 @@ class EngineCore:
         self.policy = policy
         self.waiting: list[SimRequest] = []
         self.running: list[SimRequest] = []
-        self.pins: dict[str, Pin] = {}
-        self.num_preemptions = 0
-        self.pins_made = 0
-        self.pins_used = 0  # a call was admitted onto its session's pin
-        self.pins_expired = 0
-        self.pins_released_early = 0  # released before the deadline because blocks ran short
+        self.driver = PolicyDriver(policy, kv.free)
+        self._pin_table = self.driver.pins
         self._prefill_seconds = prefill_seconds
         self.host = host
         self._transfer_s = 0.0  # load time of the requests admitted in the step being planned
         policy.bind(self)
 
     # ------------------------------------------------------------- EngineView (what policies read)
+    @property
+    def pins(self) -> dict[str, Pin]:
+        return self._pin_table.pins
+
     @property
     def kv_usage(self) -> float:
         return self.kv.usage
@@ -150,13 +138,9 @@ class EngineCore:
 
     # --------------------------------------------------------------------------------- the step
     def _chunk(self, req: SimRequest, budget: int, now: float) -> int:
-        n = min(req.pending_tokens, budget)
-        if not req.is_decoding:
-            cap = self.policy.prefill_cap(req, now)
-            if cap is not None:
-                n = min(n, max(1, cap))
-            if self.limits.long_prefill_token_threshold > 0:
-                n = min(n, self.limits.long_prefill_token_threshold)
+        n = self.driver.cap_chunk(req, min(req.pending_tokens, budget), now)
+        if self.limits.long_prefill_token_threshold > 0 and not req.is_decoding:
+            n = min(n, self.limits.long_prefill_token_threshold)
         return n
 
     def _allocate(self, req: SimRequest, n: int) -> bool:
@@ -169,34 +153,18 @@ class EngineCore:
         req.blocks.extend(new)
         return True
 
-    def _release_a_pin(self, now: float) -> bool:
-        """Blocks are short: free the pin the policy gives up first; False if there is none."""
-        if not self.pins:
-            return False
-        session = self.policy.choose_pin_to_release(self.pins, now)
-        self.kv.free(self.pins.pop(session).blocks)
-        self.pins_released_early += 1
-        return True
-
-    def release_expired_pins(self, now: float) -> None:
-        for session in [s for s, p in self.pins.items() if p.deadline_s <= now]:
-            self.kv.free(self.pins.pop(session).blocks)
-            self.pins_expired += 1
-
     def _preempt(self, req: SimRequest, now: float) -> None:
         self.kv.free(req.blocks)
         req.blocks = []
-        req.lost_until = max(req.lost_until, req.num_computed_tokens)
-        req.num_computed_tokens = 0
+        computed, req.num_computed_tokens = req.num_computed_tokens, 0
         req.num_cached_blocks = 0
         req.num_preemptions += 1
-        self.num_preemptions += 1
         self.waiting.insert(0, req)
-        self.policy.on_preempted(req, now)
+        self.driver.preempted(req, computed, now)
 
     def schedule(self, now: float) -> StepPlan:
         """Plan one step: running requests first, then waiting ones if nobody was preempted."""
-        self.release_expired_pins(now)
+        self._pin_table.expire(now)
         plan = StepPlan(start_s=now)
         budget = self.limits.max_num_batched_tokens
         running = self.policy.order_running(list(self.running), now)
@@ -206,13 +174,10 @@ class EngineCore:
             req = running[i]
             n = self._chunk(req, budget, now)
             preempted_self = False
-            while not self._allocate(req, n):
-                if self._release_a_pin(now):
-                    continue
-                smaller = self.policy.on_allocation_failure(req, n, now)
-                if 0 < smaller < n:
-                    n = smaller
-                    continue
+            while True:
+                n, fits = self.driver.fit_chunk(req, n, now, lambda k: self._allocate(req, k))  # noqa: B023
+                if fits:
+                    break
                 victim = self.policy.choose_victim(running, now)
                 index = running.index(victim)
                 running.pop(index)
@@ -274,7 +239,7 @@ class EngineCore:
             if need + hits <= free or (need <= free and need + self._evictable_hits(req, hits) <= free):
                 break
             req.num_computed_tokens = 0
-            if not self._release_a_pin(now):
+            if self._pin_table.release_one(now) is None:
                 return 0
         req.blocks = kv.take(req.block_keys(hits, bs))
         if loaded:
@@ -284,10 +249,7 @@ class EngineCore:
             req.cached_tokens = req.num_computed_tokens
         allocated = self._allocate(req, n)
         assert allocated, "free-block check and allocation disagree"
-        pin = self.pins.pop(req.session_id, None)
-        if pin is not None:
-            self.kv.free(pin.blocks)
-            self.pins_used += 1
+        self._pin_table.consume(req.session_id)
         return n
 
     def _host_blocks(self, req: SimRequest, hits: int) -> int:
@@ -335,15 +297,12 @@ class EngineCore:
         """Apply a computed step at time `end`; return the calls that finished."""
         finished: list[SimRequest] = []
         bs = self.kv.block_size
+        scheduled = self.driver.scheduled
         for req, n in plan.scheduled:
             before = req.num_computed_tokens
             after = before + n
             req.num_computed_tokens = after
-            if req.lost_until > before:
-                req.recomputed_tokens += min(after, req.lost_until) - before
-            if req.last_scheduled_s is None:
-                req.first_scheduled_s = plan.start_s
-            req.last_scheduled_s = plan.start_s
+            scheduled(req, plan.start_s, before, n)
             full = after // bs
             if full > req.num_cached_blocks:
                 keys = req.block_keys(full, bs)
@@ -367,11 +326,9 @@ class EngineCore:
 
     def _finish(self, req: SimRequest, t: float) -> None:
         req.finish_s = t
-        self.policy.on_finished(req, t)
-        decision: Retention = FREE if req.is_last_turn else self.policy.on_turn_end(req, t)
-        if decision.action == "keep" and decision.seconds > 0:
-            self.pins[req.session_id] = Pin(req.session_id, req.blocks, req.num_computed_tokens, t, t + decision.seconds)
-            self.pins_made += 1
+        decision = self.driver.turn_end(req, t)
+        if decision.action == "keep":
+            self._pin_table.make(req.session_id, req.blocks, req.num_computed_tokens, t, decision.seconds)
         else:
             self.kv.free(req.blocks)
             if decision.action == "offload" and self.host is not None:

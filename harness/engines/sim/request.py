@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass, field
 
 from harness.engines.sim.kv_cache import BlockKey
+from harness.policy.driver import is_decoding, remaining_prefill_tokens
 
 
 @dataclass(eq=False)
@@ -60,12 +61,11 @@ class SimRequest:
 
     @property
     def is_decoding(self) -> bool:
-        return self.num_output_tokens > 0 and self.pending_tokens == 1
+        return is_decoding(self.num_output_tokens, self.num_computed_tokens, self.num_tokens)
 
     @property
     def remaining_prefill_tokens(self) -> int:
-        """Prompt (or, after preemption, context) tokens still to prefill; 0 while decoding."""
-        return 0 if self.is_decoding else self.pending_tokens
+        return remaining_prefill_tokens(self.num_output_tokens, self.num_computed_tokens, self.num_tokens)
 
     @property
     def finished(self) -> bool:

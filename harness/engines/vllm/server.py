@@ -26,7 +26,7 @@ from harness.policy.admission import AdmissionController
 from harness.engines.http import parse_metrics
 from harness.engines.launch import LaunchedRun, ServerProcess, vocab_size
 from harness.engines.sim.request import SimRequest
-from harness.engines.vllm import VllmSetup, engine_args, prepare_environment, vllm_version
+from harness.engines.vllm.engine import VllmSetup, engine_args, prepare_environment, vllm_version
 from harness.runner import Sink
 from workloads.model import Session
 

@@ -1,5 +1,5 @@
 """The real vLLM engine (`--engine vllm`), in-process: the agent runner on a real-time simpy environment
-around a vLLM `LLMEngine` whose scheduler is mars-bench's policy plugin (mars_impl.vllm_plugin).
+around a vLLM `LLMEngine` whose scheduler is mars-bench's policy plugin (harness.engines.vllm.scheduler).
 
 The engine loop is vLLM's own busy loop, made a simpy process: between two engine steps the environment
 delivers whatever became due in real time (arrivals, admissions, tool completions), exactly as a server
@@ -147,7 +147,7 @@ def engine_args(setup: VllmSetup, plugin_settings: dict[str, Any]) -> dict[str, 
         "load_format": setup.load_format,
         "enforce_eager": True,
         "async_scheduling": False,
-        "scheduler_cls": "mars_impl.vllm_plugin.PolicyScheduler",
+        "scheduler_cls": "harness.engines.vllm.scheduler.PolicyScheduler",
         "additional_config": {"mars_bench": plugin_settings},
         "max_model_len": setup.max_model_len,
         "max_num_batched_tokens": setup.max_num_batched_tokens,
@@ -307,7 +307,7 @@ class VllmRun(RealEngineRun):
 
     def fits_at_all(self, req: SimRequest) -> bool:
         tokens = req.num_prompt_tokens + req.max_tokens
-        return super().fits_at_all(req) and math.ceil(tokens / self.sched.block_size) <= self.sched.num_total_blocks
+        return super().fits_at_all(req) and math.ceil(tokens / self.sched.block_size) <= self.sched.engine_view.num_total_blocks
 
     def _send(self, req: SimRequest, prompt: list[int], meta: dict[str, Any]) -> None:
         from vllm import SamplingParams  # noqa: PLC0415
@@ -347,19 +347,19 @@ class VllmRun(RealEngineRun):
 
     # ------------------------------------------------------------------------------ signals, stats
     def engine_signals(self) -> EngineSignals:
-        s = self.sched
+        s = self.sched.engine_view
         return EngineSignals(kv_usage=s.kv_usage, free_blocks=s.num_free_blocks, total_blocks=s.num_total_blocks,
                              block_size=s.block_size, running=len(s.running), waiting=len(s.waiting))
 
     def engine_timeline(self) -> dict[str, Any]:
-        s = self.sched
+        s = self.sched.engine_view
         return {"kv_usage": s.kv_usage, "free_blocks": s.num_free_blocks, "running": len(s.running),
                 "waiting": len(s.waiting), "pinned": len(s.pins), "gpu_busy_s": self.busy_s,
-                "preemptions": s.counters["preemptions"]}
+                "preemptions": self.sched.counters["preemptions"]}
 
     def engine_stats(self) -> dict[str, Any]:
         s = self.sched
-        return {"engine_steps": self.steps, "gpu_busy_s": self.busy_s, "num_gpu_blocks": s.num_total_blocks,
+        return {"engine_steps": self.steps, "gpu_busy_s": self.busy_s, "num_gpu_blocks": s.engine_view.num_total_blocks,
                 "block_size": s.block_size, "vllm_version": vllm_version(), "vllm_cached_tokens": self.cached_tokens,
                 "vllm_mode": "in-process", **s.counters, **self._tool_stats()}
 
