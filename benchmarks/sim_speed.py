@@ -13,8 +13,8 @@ import time
 
 from harness.backends import get_backend
 from harness.config import RunConfig
-from harness.runner import SimRun, isolated_jcts
-from harness.testbed import build_setup
+from harness.engines.sim.run import SimRun, isolated_jcts
+from harness.engines.sim.testbed import build_setup
 from workloads.source import WorkloadRequest, resolve
 
 

@@ -7,24 +7,9 @@ next call is, time spent in LLM calls and tools) and produces the session's resu
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
+from harness.calls import CallSpec
 from workloads.model import Session, ToolCall
-
-
-@dataclass(frozen=True)
-class CallSpec:
-    """The next LLM call of a session, with the metadata every call carries (MARS information stream)."""
-
-    session_id: str
-    turn: int
-    prompt_tokens: int
-    max_tokens: int
-    is_last_turn: bool
-    tool_name: str | None  # the tool this call will lead to
-    prefix_id: str | None
-    prefix_tokens: int
-    session_arrival_s: float
 
 
 class AgentLoop:

@@ -7,6 +7,7 @@ Adding a policy is one file (baselines/NAME.py, on the contract in harness.polic
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -25,17 +26,6 @@ from mars_impl.mars import PREVIEW_OVERRIDES, MarsPolicy, MarsSettings, mars_adm
 if TYPE_CHECKING:
     from harness.config import RunConfig
 
-ENGINES: dict[str, str] = {
-    "sim": "simulated vLLM-V1-style testbed (simpy): deterministic, a one-hour H100 experiment in seconds",
-    "vllm": "real vLLM engine in-process, the policy as its scheduler plugin (install the `vllm` extra; "
-            "`--model DIR` from `mars-bench model make-tiny` on a CPU machine)",
-    "http": "any OpenAI-compatible server, attached by --base-url: its own scheduler runs; mars-bench adds only "
-            "admission control (backend mars-admission)",
-    "sglang": "SGLang's server launched for the run (python -m sglang.launch_server; needs a GPU and the sglang "
-              "package): the real system behind backend sglang",
-}
-
-
 @dataclass(frozen=True)
 class Backend:
     name: str
@@ -46,8 +36,23 @@ class Backend:
     # the run config's section holding this backend's settings (`--set KEY.field=...`) and its model
     settings: tuple[str, type[BaseModel]] | None = None
     # the sim engine's prefix cache when engine_args.prefix_cache is "auto": "block" (vLLM) or "radix" (SGLang);
-    # the testbed is built from the config (harness.testbed.build_setup), so the backend names it here
+    # the testbed is built from the config (harness.engines.sim.testbed.build_setup), so the backend names it here
     prefix_cache: str = "block"
+
+    @staticmethod
+    def of(target: str, engines: tuple[str, ...] = ("sim", "vllm")) -> Backend:
+        """The backend of a policy class named "module:Class" - a new policy's one registry line. The class's
+        `name` names the backend, its docstring's first line describes it, and its `Settings` (a pydantic
+        model, optional) is the run config's section `name` (dashes as underscores); the policy is built with
+        that section, or with no argument when it has none."""
+        module, _, class_name = target.partition(":")
+        cls = getattr(importlib.import_module(module), class_name)
+        model = getattr(cls, "Settings", None)
+        key = str(cls.name).replace("-", "_")
+        description = (cls.__doc__ or cls.name).strip().splitlines()[0]
+        if model is None:
+            return Backend(cls.name, description, engines, lambda cfg: cls())
+        return Backend(cls.name, description, engines, lambda cfg: cls(getattr(cfg, key)), settings=(key, model))
 
 
 BACKENDS: dict[str, Backend] = {

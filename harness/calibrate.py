@@ -291,7 +291,7 @@ class Calibration:
 
 def calibrate_engine(config: RunConfig, cache_dir: Path, repeats: int = 3) -> Calibration:
     """Measure the engine of `config` (its model and engine args) and fit the cost model to it."""
-    from harness.testbed import build_profile  # noqa: PLC0415
+    from harness.engines.sim.testbed import build_profile  # noqa: PLC0415
 
     unforced = config.engine_args.model_copy(update={"num_gpu_blocks": None})
     base = build_profile(config.model_copy(update={"engine_args": unforced}))

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from harness.backends import settings_sections
+from harness.engines.registry import ENGINES
 from harness.errors import BadInput
 from workloads.overrides import apply_overrides, parse_assignment
 from harness.tools import ToolMode
@@ -49,7 +50,7 @@ class RunConfig(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     backend: str = "vllm"
-    engine: Literal["sim", "vllm", "http", "sglang"] = "sim"
+    engine: str = Field(default="sim", description="an engine of the registry (harness.engines.base.ENGINES)")
     vllm_mode: Literal["in-process", "server"] = Field(
         default="in-process", description="--engine vllm: the engine in this process, or vLLM's OpenAI server")
     base_url: str | None = Field(default=None, description="--engine http: the OpenAI-compatible server's URL")
@@ -106,6 +107,13 @@ class RunConfig(BaseModel):
         if errors:
             raise ValidationError.from_exception_data(cls.__name__, errors)
         return data
+
+    @field_validator("engine")
+    @classmethod
+    def _known_engine(cls, name: str) -> str:
+        if name not in ENGINES:
+            raise ValueError(f"unknown engine {name!r} (known: {', '.join(ENGINES)})")
+        return name
 
     @classmethod
     def is_setting(cls, key: str) -> bool:

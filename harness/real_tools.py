@@ -60,7 +60,7 @@ class _Call:
 
 class RealToolPool:
     """Runs tool calls as pinned processes on a (real-time) simpy environment; the interface of
-    harness.engines.sim.engine.SimToolPool, and the signals of harness.tools.ToolPool."""
+    harness.runner.TimedTools (harness.runner.ToolRunner), and the signals of harness.tools.ToolPool."""
 
     def __init__(self, env: simpy.Environment, cores: int, mode: ToolMode = "queue", stress_cores: int = 0,
                  allow_commands: bool = False, ema_alpha: float = 0.2, cpus: Sequence[int] | None = None) -> None:
@@ -73,7 +73,7 @@ class RealToolPool:
                              f"({self.cpus}) for tool calls in queue mode; use fewer or --tool-mode timeshare")
         self.workers = self.cores - stress_cores if mode == "queue" else self.cores
         self.allow_commands = allow_commands
-        self.pool = self  # SimToolPool's shape: the runner reads the signals from `.pool`
+        self.pool = self  # TimedTools' shape: the runner reads the signals from `.pool`
         self._ema = Ema(ema_alpha)
         self._queue: deque[_Call] = deque()
         self._running: list[_Call] = []
@@ -156,6 +156,10 @@ class RealToolPool:
                                                   call.started_s, env.now, call.started_s - call.submitted_s))
             if done:
                 self._start_heads()
+
+    def stats(self) -> dict[str, Any]:
+        return {"tools": "real", "tool_cpus": self.cpus, "tool_calls_run": self.completed,
+                "tool_calls_failed": self.failed}
 
     def close(self) -> None:
         """Kill every process the pool started (tools and stressors); safe to call twice."""

@@ -42,6 +42,34 @@ SESSION_COLUMNS: dict[str, str] = {
 }
 
 
+# One row per timeline sample (at most one per `timeline_interval_s`, taken at an engine step). The engine's
+# columns (harness.engines.base.ENGINE_TIMELINE_KEYS) are NaN where an engine cannot tell (an attached server
+# reports no free blocks or pins); the admission controller's state follows as `admission_<key>` columns.
+TIMELINE_COLUMNS: dict[str, str] = {
+    "t": "float64",  # seconds on the run's clock
+    "kv_usage": "float64",  # fraction of KV blocks referenced by requests or pins
+    "free_blocks": "float64",
+    "running": "float64",  # requests in the running batch
+    "waiting": "float64",  # requests in the engine's waiting queue
+    "pinned": "float64",  # sessions holding pinned KV across a tool call
+    "gpu_busy_s": "float64",  # engine busy time so far
+    "preemptions": "float64",  # preemptions so far
+    "tool_inflight": "int64",  # tool calls queued or running
+    "tool_busy_cores": "float64",
+    "active_sessions": "int64",  # admitted, not finished
+    "backlog": "int64",  # arrived, not admitted
+}
+
+
+def timeline_frame(samples: list[dict]) -> pd.DataFrame:
+    """The timeline table: TIMELINE_COLUMNS in order (NaN where a sample lacks one), then any admission_*."""
+    frame = pd.DataFrame(samples)
+    if frame.empty:
+        return frame
+    extra = [c for c in frame.columns if c not in TIMELINE_COLUMNS]
+    return frame.reindex(columns=[*TIMELINE_COLUMNS, *extra])
+
+
 def empty_frame(columns: dict[str, str]) -> pd.DataFrame:
     """An empty table with the given schema."""
     return pd.DataFrame({name: pd.Series(dtype=dtype) for name, dtype in columns.items()})

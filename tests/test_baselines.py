@@ -23,8 +23,9 @@ from harness.policy.helpers import RunningCorrelation, ecdf
 from harness.config import EngineSettings, RunConfig
 from harness.engines.sim.core import Pin
 from harness.policy import FREE, Policy, Retention, ScheduledStep
-from harness.runner import Outcome, simulate
-from harness.testbed import build_setup
+from harness.runner import Outcome
+from harness.engines.sim.run import simulate
+from harness.engines.sim.testbed import build_setup
 from workloads.model import Session
 from workloads.synthetic import customize, generate, get_preset
 

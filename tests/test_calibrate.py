@@ -15,7 +15,7 @@ from harness.cli import main
 from harness.config import make_config
 from harness.engines.sim.cost_model import StepShape, step_time
 from harness.fidelity import compare_runs, same_ranking, side_by_side
-from harness.testbed import build_profile
+from harness.engines.sim.testbed import build_profile
 
 ENGINE_SETS = ["--set", "engine_args.num_gpu_blocks=50", "--set", "engine_args.block_size=32"]
 
@@ -136,8 +136,8 @@ def test_a_step_after_an_idle_engine_pays_the_wake_up_time_once() -> None:
 
     from harness.config import RunConfig
     from harness.policy import Policy
-    from harness.runner import simulate
-    from harness.testbed import build_setup
+    from harness.engines.sim.run import simulate
+    from harness.engines.sim.testbed import build_setup
     from workloads.model import Session, Turn
 
     sessions = [Session(id=f"s{i}", arrival_s=float(i), turns=(Turn(new_tokens=500, output_tokens=20),))

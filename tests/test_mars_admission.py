@@ -13,8 +13,8 @@ from pydantic import ValidationError
 from harness.policy.admission import AdmissionController
 from harness.config import EngineSettings, RunConfig
 from harness.policy import Policy
-from harness.runner import simulate
-from harness.testbed import build_setup
+from harness.engines.sim.run import simulate
+from harness.engines.sim.testbed import build_setup
 from mars_impl.admission import (
     ArrivalRate,
     MarsAdmission,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from harness.config import EngineSettings, RunConfig
 from harness.policy import DISCARD, FREE, OFFLOAD, Retention
-from harness.runner import simulate
-from harness.testbed import build_setup
+from harness.engines.sim.run import simulate
+from harness.engines.sim.testbed import build_setup
 from mars_impl.mars import MarsPolicy, MarsSettings
 from mars_impl.retention import RetentionPolicy, RetentionSettings
 from tests.fakes import Engine, Req

@@ -5,8 +5,8 @@ from __future__ import annotations
 from tests.fakes import Engine, Req
 from harness.config import EngineSettings, RunConfig
 from harness.policy import Policy, ScheduledStep
-from harness.runner import SimRun, simulate
-from harness.testbed import build_setup
+from harness.engines.sim.run import SimRun, simulate
+from harness.engines.sim.testbed import build_setup
 from harness.policy.admission import AdmitAll
 from mars_impl.scheduler import MlfqScheduler, SchedulerSettings
 from workloads.model import Session, Turn

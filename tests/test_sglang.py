@@ -15,8 +15,8 @@ from harness.engines.sim.core import EngineCore, SchedulerLimits
 from harness.engines.sim.radix_cache import RadixCache
 from harness.engines.sim.request import SimRequest
 from harness.policy import Policy, ScheduledStep
-from harness.runner import SimRun, simulate
-from harness.testbed import build_setup
+from harness.engines.sim.run import SimRun, simulate
+from harness.engines.sim.testbed import build_setup
 from tests.fakes import Req
 from workloads.synthetic import customize, generate, get_preset
 

@@ -13,8 +13,9 @@ from harness.config import EngineSettings, RunConfig
 from harness.engines.sim.core import SchedulerLimits
 from harness.engines.sim.kv_cache import KVCache
 from harness.policy import Policy, ScheduledStep
-from harness.runner import SimRun, SimSetup, simulate
-from harness.testbed import build_profile, build_setup
+from harness.engines.sim.run import SimRun, simulate
+from harness.engines.sim.testbed import SimSetup
+from harness.engines.sim.testbed import build_profile, build_setup
 from workloads.model import Session, ToolCall, Turn
 from workloads.synthetic import customize, generate, get_preset
 

@@ -9,7 +9,8 @@ from pathlib import Path
 import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from harness.backends import ENGINES, get_backend
+from harness.backends import get_backend
+from harness.engines.registry import ENGINES
 from harness.commands.options import json_option, results_dir_option, workload_options
 from harness.commands.run import hardware_options
 from harness.config import make_config

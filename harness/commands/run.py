@@ -10,15 +10,15 @@ import click
 from click.core import ParameterSource
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from harness.backends import BACKENDS, ENGINES
+from harness.backends import BACKENDS
+from harness.engines.registry import ENGINES
 from harness.commands.options import json_option, results_dir_option, workload_options
 from harness.config import make_config
 from harness.console import console, print_json, table
 from harness.engines.sim.cost_model import describe
-from harness.errors import BadInput
 from harness.experiment import run_experiment
 from harness.metrics import summary_table_rows
-from harness.testbed import build_profile
+from harness.engines.sim.testbed import build_profile
 
 F = Callable[..., Any]
 
@@ -131,11 +131,12 @@ def backends(gpu: str, model: str, tp: int, profile: str | None, max_num_batched
     testbed = describe(build_profile(config))
     if as_json:
         print_json({"backends": {n: {"description": b.description, "engines": list(b.engines)} for n, b in BACKENDS.items()},
-                    "engines": ENGINES, "testbed": testbed})
+                    "engines": {n: e.description for n, e in ENGINES.items()}, "testbed": testbed})
         return
     console.print(table("backends", ["backend", "engines", "description"],
                         [(n, ", ".join(b.engines), b.description) for n, b in BACKENDS.items()], numeric_from=9))
-    console.print(table("engines", ["engine", "description"], ENGINES.items(), numeric_from=9))
+    console.print(table("engines", ["engine", "description"], [(n, e.description) for n, e in ENGINES.items()],
+                        numeric_from=9))
     rows = [
         ("weights per GPU (GiB)", testbed["weight_bytes_per_gpu"] / 2**30),
         ("KV bytes per token", int(testbed["kv_bytes_per_token"])),

@@ -13,7 +13,8 @@ import pandas as pd
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
                            TimeRemainingColumn)
 
-from harness.backends import ENGINES, get_backend
+from harness.backends import get_backend
+from harness.engines.registry import ENGINES
 from harness.commands.compare import parse_list
 from harness.commands.options import json_option, results_dir_option
 from harness.commands.run import hardware_options

@@ -1,4 +1,5 @@
-"""`--engine http`: the agent runner against any OpenAI-compatible completions server, attached by URL.
+"""`--engine http`: any OpenAI-compatible completions server as the engine, attached by URL - or launched
+for the run (a `ServerProcess` from harness.engines.launch: vLLM's server with the plugin, SGLang's).
 
 Calls are streaming `/v1/completions` requests: the prompt as token ids where the server takes them (vLLM,
 SGLang), else as text made from the same ids with `--tokenizer` (the server's own count of prompt tokens is
@@ -19,20 +20,17 @@ import os
 import queue
 import re
 import time
-from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 
-from harness.policy.admission import AdmissionController
-from harness.engines.sim.request import SimRequest
-from harness.engines.vllm.engine import FIRST_TOKEN_ID, RealEngineRun, SessionTokens, VllmSetup
+from harness.calls import CallMeta, CallSpec
+from harness.engines.base import BuildContext
+from harness.engines.real import FIRST_TOKEN_ID, RealEngine, SessionTokens, longest_call
 from harness.errors import BadInput, EngineFailed
-from harness.runner import Sink
 from harness.policy.signals import EngineSignals
-from workloads.model import Session
 
 POLL_S = 0.002
 # Prometheus names -> our keys. vLLM (0.32 and the older gpu_cache name) and SGLang (--enable-metrics).
@@ -125,31 +123,60 @@ def _client(base_url: str, api_key: str | None, timeout_s: float | None) -> http
                         limits=httpx.Limits(max_connections=None, max_keepalive_connections=None))
 
 
-class HttpRun(RealEngineRun):
-    """One run against an OpenAI-compatible server that someone else runs."""
+class Server(Protocol):
+    """A server the engine launched and owns (harness.engines.launch.ServerProcess): what its client asks of it."""
 
-    engine_name = "http"
+    engine_name: str
 
-    def __init__(self, sessions: Sequence[Session], admission: AdmissionController, setup: VllmSetup,
-                 target: HttpTarget, sink: Sink | None = None, background: Sequence[Session] = ()) -> None:
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+    def body_fields(self, meta: CallMeta) -> dict[str, Any]: ...
+    def call_figures(self, call_id: str) -> dict[str, Any]: ...
+    def failure(self, reason: str) -> str: ...
+    def stats(self, client: dict[str, Any]) -> dict[str, Any]: ...
+
+
+@dataclass(frozen=True)
+class ServerLimits:
+    """What the client knows of the server's limits: the longest call it accepts, the most calls it runs at
+    once (the client's stream threads), and its KV geometry when /metrics does not publish it."""
+
+    max_model_len: int
+    max_num_seqs: int = 256
+    num_gpu_blocks: int | None = None
+    block_size: int | None = None
+    seed: int = 0
+
+
+class HttpEngine(RealEngine):
+    """An OpenAI-compatible server as the engine: attached by URL, or `server`, launched here, started
+    first and always stopped (at the end, on an error, on Ctrl-C)."""
+
+    name = "http"
+
+    def __init__(self, target: HttpTarget, limits: ServerLimits, server: Server | None = None) -> None:
+        super().__init__(limits.max_model_len, limits.seed)
         self._pool: ThreadPoolExecutor | None = None
         self.http: httpx.Client | None = None
         self._tok: Any = None
-        super().__init__(sessions, admission, setup, sink, background)
+        self.server = server
+        self.limits = limits
         self.target = target
         self._inbox: queue.SimpleQueue[tuple[str, str, Any, float, float]] = queue.SimpleQueue()
         self._metrics: dict[str, float] = {}
         self.metrics_available = True
         self.retried = 0
-        try:  # from here on a failure closes what was opened (tool processes, the client)
+        try:  # from here on a failure closes what was opened (the server, the client)
+            if server is not None:
+                server.start()
             self.http = _client(target.base_url, target.api_key, target.call_timeout_s)
             self.model = target.model or self._served_model()
             self.prompt_format, vocab = self._prompt_format()
-            self.tokens = SessionTokens(vocab, setup.seed)
+            self.tokens = SessionTokens(vocab, limits.seed)
         except BaseException:
             self.close()
             raise
-        self._pool = ThreadPoolExecutor(max_workers=max(8, setup.max_num_seqs))
+        self._pool = ThreadPoolExecutor(max_workers=max(8, limits.max_num_seqs))
         self.env.process(self._drain())
 
     # ------------------------------------------------------------------------------ start-up
@@ -190,21 +217,22 @@ class HttpRun(RealEngineRun):
             raise BadInput(f"--tokenizer {self.target.tokenizer}: {exc}") from None
 
     # ------------------------------------------------------------------------------ calls
-    def _body(self, req: SimRequest, prompt: list[int], meta: dict[str, Any]) -> dict[str, Any]:
-        """The completion request of one call (subclasses add engine-specific fields)."""
+    def _body(self, spec: CallSpec, prompt: list[int], meta: CallMeta) -> dict[str, Any]:
+        """The completion request of one call (a launched server may add its own fields)."""
         text_prompt: Any = prompt
         if self.prompt_format == "text":
             text_prompt = self._decode(prompt)
-        return {"model": self.model, "prompt": text_prompt, "max_tokens": req.max_tokens, "ignore_eos": True,
+        body = {"model": self.model, "prompt": text_prompt, "max_tokens": spec.max_tokens, "ignore_eos": True,
                 "temperature": 0.0, "stream": True, "stream_options": {"include_usage": True},
                 "return_token_ids": True}
+        return body if self.server is None else {**body, **self.server.body_fields(meta)}
 
     def _decode(self, ids: list[int]) -> str:
         return str(self._tok.decode(ids))
 
-    def _send(self, req: SimRequest, prompt: list[int], meta: dict[str, Any]) -> None:
+    def _send(self, spec: CallSpec, prompt: list[int], meta: CallMeta) -> None:
         assert self._pool is not None
-        self._pool.submit(self._stream, req.request_id, self._body(req, prompt, meta))
+        self._pool.submit(self._stream, spec.call_id, self._body(spec, prompt, meta))
 
     def _stream(self, call_id: str, body: dict[str, Any]) -> None:
         """On a worker thread: stream one completion (retrying while nothing has streamed), posting
@@ -267,7 +295,7 @@ class HttpRun(RealEngineRun):
                 self._wake = env.event()
                 yield self._wake
             yield env.timeout(POLL_S)
-            self._sample(env.now)
+            self.on_step(env.now)
             while True:
                 try:
                     call_id, kind, payload, start, end = self._inbox.get_nowait()
@@ -284,12 +312,12 @@ class HttpRun(RealEngineRun):
                     raise EngineFailed(f"{self._failure(payload)}; the calls measured so far are kept")
 
     def _failure(self, reason: str) -> str:
-        """Why the run stops, from a failed call's reason (a launcher knows more: it owns the server)."""
-        return reason
+        """Why the run stops, from a failed call's reason (a launched server's log tells more)."""
+        return reason if self.server is None else self.server.failure(reason)
 
     def _call_figures(self, call_id: str) -> dict[str, Any]:
         """Engine-side figures of a finished call (preemptions, ...); an attached server gives none."""
-        return {}
+        return {} if self.server is None else self.server.call_figures(call_id)
 
     # ------------------------------------------------------------------------------ signals, stats
     def _scrape(self) -> dict[str, float]:
@@ -301,42 +329,46 @@ class HttpRun(RealEngineRun):
         self._metrics = parse_metrics(response.text)
         return self._metrics
 
-    def engine_signals(self) -> EngineSignals | None:  # type: ignore[override]
+    def signals(self) -> EngineSignals | None:
         if not self.metrics_available:
             return None  # no /metrics: the KV signal is missing, admission falls back (reference)
         try:
             m = self._scrape()
         except httpx.HTTPError:
             return None  # a missing reading: the signal stream keeps the last one for a while
-        total = int(m.get("num_gpu_blocks") or self.setup.num_gpu_blocks or 0)
+        total = int(m.get("num_gpu_blocks") or self.limits.num_gpu_blocks or 0)
         if "kv_usage" not in m or not total:
             return None  # usage without the cache's size is no block budget: missing, as the reference says
         usage = float(m["kv_usage"])
         return EngineSignals(kv_usage=usage, free_blocks=int(round(total * (1 - usage))), total_blocks=total,
-                             block_size=int(m.get("block_size") or self.setup.block_size or 16),
+                             block_size=int(m.get("block_size") or self.limits.block_size or 16),
                              running=int(m.get("running", 0)), waiting=int(m.get("waiting", 0)))
 
-    def engine_timeline(self) -> dict[str, Any]:
+    def timeline(self) -> dict[str, Any]:
         m = self._metrics
         return {"kv_usage": m.get("kv_usage"), "running": m.get("running"), "waiting": m.get("waiting"),
                 "preemptions": m.get("preemptions")}
 
-    def engine_stats(self) -> dict[str, Any]:
+    def stats(self) -> dict[str, Any]:
         try:
             m = self._scrape() if self.metrics_available else {}
         except httpx.HTTPError:
             m = self._metrics
-        return {"engine": self.engine_name, "base_url": self.target.base_url, "model": self.model,
-                "prompt_format": self.prompt_format, "calls_retried": self.retried,
-                "metrics": "yes" if self.metrics_available else "missing", "cached_tokens": self.cached_tokens,
-                "server_preemptions": m.get("preemptions"), "server_prefix_cache_hits": m.get("prefix_cache_hits"),
-                "server_prefix_cache_queries": m.get("prefix_cache_queries"), **self._tool_stats()}
+        stats = {"engine": self.name if self.server is None else self.server.engine_name,
+                 "base_url": self.target.base_url, "model": self.model,
+                 "prompt_format": self.prompt_format, "calls_retried": self.retried,
+                 "metrics": "yes" if self.metrics_available else "missing", "cached_tokens": self.cached_tokens,
+                 "server_preemptions": m.get("preemptions"), "server_prefix_cache_hits": m.get("prefix_cache_hits"),
+                 "server_prefix_cache_queries": m.get("prefix_cache_queries")}
+        return stats if self.server is None else self.server.stats(stats)
 
-    def _close_engine(self) -> None:
+    def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
         if self.http is not None:
             self.http.close()
+        if self.server is not None:
+            self.server.stop()
 
 
 class _Retry(Exception):
@@ -350,3 +382,14 @@ def _new_tokens(choice: dict[str, Any]) -> list[int]:
     if ids:
         return [int(t) for t in ids]
     return [FIRST_TOKEN_ID] if choice.get("text") else []
+
+
+def build(ctx: BuildContext) -> HttpEngine:
+    """The engine registry's builder for `--engine http`: attach to the server at --base-url."""
+    config = ctx.config
+    assert config.base_url is not None  # checked with the server before the run (check_server)
+    e = config.engine_args
+    limits = ServerLimits(longest_call(ctx.sessions) + 1, e.max_num_seqs, e.num_gpu_blocks, e.block_size, config.seed)
+    target = HttpTarget(config.base_url, api_key=api_key_from_env(config.api_key_env), model=config.served_model,
+                        tokenizer=config.tokenizer)
+    return HttpEngine(target, limits)

@@ -1,6 +1,7 @@
 """A serving engine's HTTP server as a child process: started on a free local port, health-checked, its log
-kept, and always stopped - its whole process group (API server, engine core, workers) - and the run against
-it (`--engine http`'s client)."""
+kept, and always stopped - its whole process group (API server, engine core, workers). The run against it
+is `--engine http`'s HttpEngine, which owns the server (`launched_engine`); a server kind adds what its
+client should send and read (vLLM's plugin metadata and call log, harness.engines.vllm.server)."""
 
 from __future__ import annotations
 
@@ -10,18 +11,13 @@ import socket
 import subprocess
 import time
 from pathlib import Path
-
-from collections.abc import Sequence
 from typing import Any
 
 import httpx
 
-from harness.policy.admission import AdmissionController
-from harness.engines.http import HttpRun, HttpTarget
-from harness.engines.vllm.engine import VllmSetup
+from harness.calls import CallMeta
+from harness.engines.http import HttpEngine, HttpTarget, ServerLimits
 from harness.errors import EngineFailed
-from harness.runner import Sink
-from workloads.model import Session
 
 
 def free_port() -> int:
@@ -34,6 +30,7 @@ class ServerProcess:
     """A server started with `command(port)` that answers `health_path` once it is ready."""
 
     name = "server"
+    engine_name = "server"  # the run's `engine` figure
     health_path = "/health"
 
     def __init__(self, model: str, log_path: Path, start_timeout_s: float = 600.0) -> None:
@@ -104,43 +101,37 @@ class ServerProcess:
         except ProcessLookupError:
             pass
 
+    # --------------------------------------------------------------------- what its client asks of it
+    def body_fields(self, meta: CallMeta) -> dict[str, Any]:
+        """Fields this server's completion requests carry beside the standard ones."""
+        return {}
 
+    def call_figures(self, call_id: str) -> dict[str, Any]:
+        """This server's own figures of a finished call (preemptions, recomputed tokens), when it gives any."""
+        return {}
 
-
-class LaunchedRun(HttpRun):
-    """A run against a server it starts first and always stops (at the end, on an error, on Ctrl-C)."""
-
-    def __init__(self, server: ServerProcess, sessions: Sequence[Session], admission: AdmissionController,
-                 setup: VllmSetup, sink: Sink | None = None, background: Sequence[Session] = (),
-                 **target: Any) -> None:
-        self.server: ServerProcess | None = server
-        try:
-            server.start()
-            super().__init__(sessions, admission, setup, HttpTarget(server.url, model=server.model, prompt_format="ids",
-                                                                    call_timeout_s=None, retries=0, **target),
-                             sink, background)
-        except BaseException:  # whatever fails after the start must not leave the server running
-            server.stop()
-            raise
-
-    def _failure(self, reason: str) -> str:
-        server = self.server
-        if server is None:
-            return reason
+    def failure(self, reason: str) -> str:
+        """Why the run stops, from a failed call's `reason`: a server that died says why in its log."""
         deadline = time.monotonic() + 3.0  # a dying server resets its connections before it is gone
-        while server.alive and time.monotonic() < deadline:
+        while self.alive and time.monotonic() < deadline:
             time.sleep(0.05)
-        if not server.alive:
-            reason = f"the {server.name} server died mid-run ({server.last_error()})"
-        return f"{reason} (log: {server.log_path})"
+        if not self.alive:
+            reason = f"the {self.name} server died mid-run ({self.last_error()})"
+        return f"{reason} (log: {self.log_path})"
 
-    def engine_stats(self) -> dict[str, Any]:
-        return {**super().engine_stats(), "server_log": str(self.server.log_path) if self.server else None}
+    def stats(self, client: dict[str, Any]) -> dict[str, Any]:
+        """The run's engine figures from the client's (`client`) and this server's."""
+        return {**client, "server_log": str(self.log_path)}
 
-    def _close_engine(self) -> None:
-        super()._close_engine()
-        if self.server is not None:
-            self.server.stop()
+
+
+
+def launched_engine(server: ServerProcess, limits: ServerLimits, vocab_size: int) -> HttpEngine:
+    """The HTTP engine of a run against `server`, which it starts first and always stops: token-id prompts,
+    no retries and no call timeout (the server is ours: a failure is the server's, and its log says why)."""
+    target = HttpTarget(server.url, model=server.model, prompt_format="ids", call_timeout_s=None, retries=0,
+                        vocab_size=vocab_size)
+    return HttpEngine(target, limits, server)
 
 
 def vocab_size(model: str) -> int:

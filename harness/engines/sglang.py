@@ -1,6 +1,5 @@
 """`--engine sglang`: SGLang's server (`python -m sglang.launch_server`) launched for the run with the
-flags its documentation gives (server arguments), and the agent sessions run against it with `--engine
-http`'s client: the backend `sglang` on this engine is the real system (LPM schedule, radix cache), on
+flags its documentation gives (server arguments), as the engine of `--engine http` (which owns it): the backend `sglang` on this engine is the real system (LPM schedule, radix cache), on
 `--engine sim` its policy model. Metrics come from `--enable-metrics` (`sglang:token_usage`, ...).
 
 SGLang's kernels need CUDA: this engine runs on GPU machines only (its end-to-end test needs a GPU).
@@ -9,15 +8,13 @@ SGLang's kernels need CUDA: this engine runs on GPU machines only (its end-to-en
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.policy.admission import AdmissionController
-from harness.engines.launch import LaunchedRun, ServerProcess, vocab_size
-from harness.engines.vllm.engine import VllmSetup
-from harness.runner import Sink
-from workloads.model import Session
+from harness.engines.base import BuildContext
+from harness.engines.http import HttpEngine, ServerLimits
+from harness.engines.launch import ServerProcess, launched_engine, vocab_size
+from harness.engines.real import load_format, longest_call, model_directory
 
 
 @dataclass(frozen=True)
@@ -56,6 +53,7 @@ def sglang_command(args: SglangArgs, port: int) -> list[str]:
 
 class SglangServer(ServerProcess):
     name = "SGLang"
+    engine_name = "sglang"
 
     def __init__(self, args: SglangArgs, log_path: Path, start_timeout_s: float = 900.0) -> None:
         super().__init__(args.model_path, log_path, start_timeout_s)
@@ -65,12 +63,15 @@ class SglangServer(ServerProcess):
         return sglang_command(self.args, port)
 
 
-class SglangRun(LaunchedRun):
-    """One run against an SGLang server this run launches and stops."""
-
-    engine_name = "sglang"
-
-    def __init__(self, sessions: Sequence[Session], admission: AdmissionController, setup: VllmSetup, args: SglangArgs,
-                 run_dir: Path, sink: Sink | None = None, background: Sequence[Session] = ()) -> None:
-        super().__init__(SglangServer(args, run_dir / "server.log"), sessions, admission, setup, sink, background,
-                         vocab_size=vocab_size(args.model_path))
+def build(ctx: BuildContext) -> HttpEngine:
+    """The engine registry's builder for `--engine sglang`: the run's engine settings in SGLang's terms."""
+    config = ctx.config
+    model = model_directory(config.model)
+    e = config.engine_args
+    max_model_len = longest_call(ctx.sessions) + 1
+    args = SglangArgs(model_path=model, context_length=max_model_len, radix_cache=e.enable_prefix_caching,
+                      mem_fraction_static=e.gpu_memory_utilization, chunked_prefill_size=e.max_num_batched_tokens,
+                      max_running_requests=e.max_num_seqs, tp=config.tp, load_format=load_format(model),
+                      seed=config.seed)
+    limits = ServerLimits(max_model_len, e.max_num_seqs, e.num_gpu_blocks, e.block_size, config.seed)
+    return launched_engine(SglangServer(args, ctx.run_dir / "server.log"), limits, vocab_size(model))

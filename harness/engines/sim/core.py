@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from harness.engines.sim.kv_cache import KVCache
 from harness.engines.sim.request import SimRequest

@@ -1,5 +1,5 @@
-"""The simulated engine and tool pool as simpy processes: they own time, `EngineCore` and `ToolPool`
-own the decisions.
+"""The simulated engine: `SimEngine` (the harness.engines.base.Engine of `--engine sim`) runs `EngineCore`'s
+decisions on simulated time with a `StepLoop` (a simpy process: it owns time, the core owns the decisions).
 
 Fast-forward: a step whose batch is all decodes, with nobody waiting, is followed by identical steps
 until a call finishes, a block allocation might fail, or another process's event is due. Those steps
@@ -10,21 +10,24 @@ batch), which makes long decode phases cheap. Results are identical with and wit
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Hashable
+from collections.abc import Callable
 from typing import Any
 
 import simpy
 
-from harness.engines.sim.core import EngineCore, StepPlan
+from harness.calls import CallSpec
+from harness.engines.base import BuildContext
+from harness.engines.sim.core import EngineCore, HostTier, StepPlan
 from harness.engines.sim.cost_model import IDLE_WAKE_AFTER_S
+from harness.engines.sim.kv_cache import KVCache
+from harness.engines.sim.radix_cache import RadixCache
 from harness.engines.sim.request import SimRequest
-from harness.policy import ScheduledStep
-from harness.tools import ToolPool
+from harness.engines.sim.testbed import SimSetup, StepTime, build_setup
+from harness.policy import Policy
+from harness.policy.signals import EngineSignals
 
-StepTime = Callable[[list[tuple[SimRequest, int]]], float]
 
-
-class SimEngine:
+class StepLoop:
     """The engine step loop: schedule, wait the step's modelled time, apply it, notify finished calls."""
 
     def __init__(
@@ -150,36 +153,69 @@ class SimEngine:
             # the next iteration re-checks whether the batch is still repeatable after the wait
 
 
-class SimToolPool:
-    """Runs a sans-IO `ToolPool` on simulated time: `run` returns an event that fires at completion."""
+class SimEngine:
+    """The simulated testbed's engine behind the Engine interface: KV cache (block or radix), the scheduler
+    core with the policy's driver, and the step loop, on a simpy environment of its own."""
 
-    def __init__(self, env: simpy.Environment, pool: ToolPool) -> None:
-        self.env = env
-        self.pool = pool
-        self._done: dict[Hashable, simpy.Event] = {}
-        self._wake: simpy.Event = env.event()
-        env.process(self._loop())
+    name = "sim"
 
-    def run(self, job_id: Hashable, cpu_seconds: float, cores: int, command: str | None = None) -> simpy.Event:
-        """Model the call's CPU time (a recorded `command` is never run here: see harness.real_tools)."""
-        done = self.env.event()
-        self._done[job_id] = done
-        self.pool.submit(job_id, cpu_seconds, cores, self.env.now)
-        if not self._wake.triggered:
-            self._wake.succeed()
-        return done
+    def __init__(self, setup: SimSetup, policy: Policy) -> None:
+        self.env = simpy.Environment()
+        self.setup = setup
+        self.policy = policy
+        cache = RadixCache if setup.prefix_cache == "radix" else KVCache
+        self.kv = cache(setup.num_blocks, setup.block_size, setup.enable_prefix_caching)
+        host = HostTier(setup.host_tier_tokens, setup.host_load_s_per_token) if setup.host_tier_tokens else None
+        self.core = EngineCore(self.kv, setup.limits, policy, setup.prefill_seconds, host)
+        self.loop = StepLoop(self.env, self.core, setup.step_time, setup.gpu_share, setup.fast_forward,
+                             idle_wake_s=setup.idle_wake_s)
 
-    def _loop(self) -> Any:
-        env = self.env
-        while True:
-            self._wake = env.event()
-            due = self.pool.next_event_time()
-            if due is None:
-                yield self._wake
-            else:
-                yield env.any_of([self._wake, env.timeout(max(0.0, due - env.now))])
-            for completion in self.pool.advance(env.now):
-                self._done.pop(completion.job_id).succeed(completion)
+    def bind(self, on_step: Callable[[float], None]) -> None:
+        self.loop.on_step = on_step
+
+    def start(self) -> None:
+        pass
+
+    def fits(self, spec: CallSpec) -> bool:
+        return self.kv.blocks_for(spec.prompt_tokens + spec.max_tokens) <= self.kv.num_blocks
+
+    def submit(self, spec: CallSpec, measured: bool) -> simpy.Event:
+        return self.loop.submit(SimRequest(
+            request_id=spec.call_id, session_id=spec.session_id, turn=spec.turn, is_last_turn=spec.is_last_turn,
+            tool_name=spec.tool_name, session_arrival_s=spec.session_arrival_s, arrival_s=self.env.now,
+            num_prompt_tokens=spec.prompt_tokens, max_tokens=spec.max_tokens, prefix_id=spec.prefix_id,
+            prefix_tokens=spec.prefix_tokens))
+
+    def tool_ended(self, session_id: str, tool_name: str, duration_s: float) -> None:
+        self.policy.on_tool_end(session_id, tool_name, duration_s, self.env.now)
+
+    def signals(self) -> EngineSignals:
+        kv, core = self.kv, self.core
+        return EngineSignals(kv_usage=kv.usage, free_blocks=kv.num_free_blocks, total_blocks=kv.num_blocks,
+                             block_size=kv.block_size, running=len(core.running), waiting=len(core.waiting))
+
+    def timeline(self) -> dict[str, Any]:
+        kv, core = self.kv, self.core
+        return {"kv_usage": kv.usage, "free_blocks": kv.num_free_blocks, "running": len(core.running),
+                "waiting": len(core.waiting), "pinned": len(core.pins), "gpu_busy_s": self.loop.busy_s,
+                "preemptions": core.driver.counters["preemptions"]}
+
+    def stats(self) -> dict[str, Any]:
+        core, counters = self.core, self.core.driver.counters
+        return {"engine_steps": self.loop.steps, "gpu_busy_s": self.loop.busy_s,
+                "preemptions": counters["preemptions"], "kv_evictions": self.kv.evictions,
+                "num_gpu_blocks": self.kv.num_blocks,
+                **{k: counters[k] for k in ("pins_made", "pins_used", "pins_expired", "pins_released_early")},
+                "host_offloads": core.host.offloads if core.host else 0,
+                "host_loads": core.host.loads if core.host else 0}
+
+    def close(self) -> None:
+        pass
 
 
-__all__ = ["ScheduledStep", "SimEngine", "SimToolPool"]
+def build(ctx: BuildContext) -> SimEngine:
+    """The engine registry's builder for `--engine sim`."""
+    return SimEngine(build_setup(ctx.config), ctx.policy)
+
+
+__all__ = ["SimEngine", "StepLoop", "StepTime", "build"]

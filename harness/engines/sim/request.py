@@ -8,40 +8,28 @@ whole context (prompt and output so far) is prefilled again, minus whatever the 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
+from harness.calls import CallRecord
 from harness.engines.sim.kv_cache import BlockKey
 from harness.policy.driver import is_decoding, remaining_prefill_tokens
 
 
-@dataclass(eq=False)
-class SimRequest:
-    request_id: str
-    session_id: str
-    turn: int
+@dataclass(eq=False, kw_only=True)
+class SimRequest(CallRecord):
+    """A call inside the simulated engine: the harness's record of it (timings, tokens) plus the engine's
+    accounting (computed tokens, blocks, prefix-cache keys) and what policies read (RequestView)."""
+
     is_last_turn: bool
     tool_name: str | None
     session_arrival_s: float
-    arrival_s: float
-    num_prompt_tokens: int
-    max_tokens: int
     prefix_id: str | None = None
     prefix_tokens: int = 0
 
-    num_output_tokens: int = 0
     num_computed_tokens: int = 0
     blocks: list[int] = field(default_factory=list)
     num_cached_blocks: int = 0  # leading blocks already registered in the prefix cache
     last_scheduled_s: float | None = None
-    first_scheduled_s: float = math.nan
-    first_token_s: float = math.nan
-    finish_s: float = math.nan
-    last_token_s: float = math.nan
-    itl_s: list[float] = field(default_factory=list)
-    cached_tokens: int = 0  # prefix-cache hit when first scheduled
-    recomputed_tokens: int = 0
-    num_preemptions: int = 0
     lost_until: int = 0  # tokens computed before the last preemption (recomputing them counts)
     _keys: list[BlockKey] = field(default_factory=list, repr=False)  # block_key(i) for i < len, memoised
 
@@ -88,29 +76,3 @@ class SimRequest:
         for index in range(len(keys), n):
             keys.append(self.block_key(index, block_size))
         return keys[:n] if len(keys) > n else keys
-
-    def sample_token(self, t: float) -> None:
-        """One output token produced at time `t` (TTFT, inter-token latency)."""
-        if self.num_output_tokens == 0:
-            self.first_token_s = t
-        else:
-            self.itl_s.append(t - self.last_token_s)
-        self.last_token_s = t
-        self.num_output_tokens += 1
-
-    def row(self) -> dict:
-        """This call as a row of the calls table (harness.tables.CALL_COLUMNS)."""
-        return {
-            "session_id": self.session_id,
-            "turn": self.turn,
-            "arrival_s": self.arrival_s,
-            "first_scheduled_s": self.first_scheduled_s,
-            "first_token_s": self.first_token_s,
-            "finish_s": self.finish_s,
-            "prompt_tokens": self.num_prompt_tokens,
-            "output_tokens": self.num_output_tokens,
-            "cached_tokens": self.cached_tokens,
-            "recomputed_tokens": self.recomputed_tokens,
-            "preemptions": self.num_preemptions,
-            "itl_s": list(self.itl_s),
-        }

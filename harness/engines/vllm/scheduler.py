@@ -50,7 +50,6 @@ from harness.policy.driver import Pin, PolicyDriver, is_decoding, remaining_pref
 SUPPORTED_VLLM = ("0.32.",)
 CONFIG_KEY = "mars_bench"
 META_KEY = "mars"
-SCHEDULER_CLS = f"{__name__}.PolicyScheduler"
 
 
 def check_vllm_version(version: str = vllm.__version__) -> None:

@@ -1,19 +1,48 @@
-"""Build the simulated testbed of a run from its config: cost profile, KV blocks, limits, tool pool."""
+"""The simulated testbed of a run, built from its config: cost profile, KV blocks, limits, tool pool."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from harness.backends import BACKENDS
 from harness.config import RunConfig
 from harness.engines.sim.core import SchedulerLimits
 from harness.engines.sim.cost_model import Profile, StepShape, num_kv_blocks, step_time
-from harness.engines.sim.engine import StepTime
 from harness.engines.sim.hardware import ModelSpec, get_gpu, get_model
-from harness.runner import SimSetup
+from harness.tools import ToolMode
+
+StepTime = Callable[[list], float]  # a step's (request, tokens) pairs -> its duration in seconds
+
+
+@dataclass(frozen=True)
+class SimSetup:
+    """The simulated testbed: engine cost and limits, KV size and the CPU tool pool."""
+
+    step_time: StepTime
+    num_blocks: int
+    prefill_seconds: Callable[[int], float] | None = None
+    block_size: int = 16
+    limits: SchedulerLimits = SchedulerLimits()
+    enable_prefix_caching: bool = True
+    fast_forward: bool = True
+    gpu_share: float = 1.0
+    idle_wake_s: float = 0.0  # extra time of a step that follows an idle engine (cost_model.IDLE_WAKE_AFTER_S)
+    tool_cores: int = 8
+    tool_mode: ToolMode = "queue"
+    cpu_stress: int = 0
+    timeline_interval_s: float = 1.0
+    fingerprint: str = ""  # identifies the cost model + settings, for caching isolated JCTs
+    host_tier_tokens: int = 0  # host-memory KV tier (0 = none)
+    host_load_s_per_token: float = 0.0
+    prefix_cache: str = "block"  # "block": vLLM's hashed-block LRU cache; "radix": SGLang's radix tree
+
+    def idle(self) -> SimSetup:
+        """The same testbed without contention: the reference for isolated JCT."""
+        return replace(self, cpu_stress=0, gpu_share=1.0)
 
 
 def model_spec(name_or_dir: str) -> ModelSpec:

@@ -1,0 +1,70 @@
+"""Whole simulations without a results directory: `simulate` (tests, benchmarks, the isolated reference) and
+`isolated_jcts` - each session alone on the idle testbed, the reference of slowdown and goodput for every
+backend and engine."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from harness.engines.sim.engine import SimEngine
+from harness.engines.sim.testbed import SimSetup
+from harness.policy import AdmissionController, AdmitAll, Policy
+from harness.runner import AgentRun, Outcome, Sink, TimedTools
+from harness.tools import ToolPool
+from workloads.model import Session
+
+
+class SimRun(AgentRun):
+    """The agent runner around a simulated engine; `core` and `kv` are the engine's, for tests to inspect."""
+
+    def __init__(self, sessions: Sequence[Session], policy: Policy, admission: AdmissionController, setup: SimSetup,
+                 sink: Sink | None = None, background: Sequence[Session] = ()) -> None:
+        engine = SimEngine(setup, policy)
+        tools = TimedTools(engine.env, ToolPool(setup.tool_cores, setup.tool_mode, stress_cores=setup.cpu_stress))
+        super().__init__(engine, sessions, admission, tools, sink, background, setup.timeline_interval_s)
+        self.core, self.kv = engine.core, engine.kv
+
+
+def simulate(sessions: Sequence[Session], policy: Policy, setup: SimSetup, admission: AdmissionController | None = None,
+             sink: Sink | None = None, isolated: dict[str, float] | None = None,
+             background: Sequence[Session] = ()) -> Outcome:
+    """Run `sessions` through the simulated testbed under `policy`, with unmeasured `background` traffic."""
+    return SimRun(sessions, policy, admission or AdmitAll(), setup, sink, background).run(isolated)
+
+
+def _session_key(session: Session, setup: SimSetup) -> str:
+    """Cache key: the session's content (not its id or arrival) and the testbed."""
+    content = session.model_dump(mode="json", exclude={"id", "arrival_s", "kind"})
+    text = json.dumps([content, setup.fingerprint], sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def isolated_jcts(sessions: Sequence[Session], setup: SimSetup, cache: Path | None = None,
+                  progress: Callable[[int], None] | None = None) -> dict[str, float]:
+    """JCT of each session alone on the idle testbed (vanilla vLLM policy), cached by content + testbed."""
+    idle = setup.idle()
+    known: dict[str, float] = {}
+    if cache is not None and cache.exists():
+        known = json.loads(cache.read_text())
+    out: dict[str, float] = {}
+    dirty = False
+    for session in sessions:
+        key = _session_key(session, idle)
+        if key not in known:
+            alone = session.with_arrival(0.0)
+            result = simulate([alone], Policy(), idle)
+            known[key] = float(result.sessions["finish_s"].iloc[0] - alone.arrival_s)
+            dirty = True
+        out[session.id] = known[key]
+        if progress is not None:
+            progress(1)
+    if cache is not None and dirty:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_name(f"{cache.name}.{os.getpid()}.tmp")  # runs in parallel share the cache
+        tmp.write_text(json.dumps(known))
+        tmp.replace(cache)
+    return out
