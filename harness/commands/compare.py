@@ -10,21 +10,11 @@ import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from harness.backends import ENGINES, get_backend
-from harness.commands.options import json_option, results_dir_option, workload_options
+from harness.commands.options import json_option, parse_list, results_dir_option, workload_options
 from harness.commands.run import hardware_options, make_config
 from harness.compare import COMPARED, comparison, markdown, run_grid, runs_frame
 from harness.console import console, print_json, table
 from harness.errors import BadInput
-
-
-def parse_list(text: str, name: str, cast: type = str) -> list:
-    items = [x.strip() for x in text.split(",") if x.strip()]
-    if not items:
-        raise BadInput(f"{name}: give a comma-separated list")
-    try:
-        return [cast(x) for x in items]
-    except ValueError:
-        raise BadInput(f"{name}: {text!r} is not a comma-separated list of {cast.__name__}s") from None
 
 
 @click.command()

@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from harness.errors import BadInput
 from harness.results import DEFAULT_RESULTS_DIR
 from workloads.arrivals import ARRIVAL_PROCESSES
 from workloads.source import WorkloadRequest
@@ -42,6 +43,17 @@ def workload_options(default: str | None = "swe-smoke") -> Callable[[F], F]:
 def workload_request(workload: str, sessions: int | None, rps: float | None, arrival: str | None,
                      cv: float | None, seed: int | None, sets: tuple[str, ...]) -> WorkloadRequest:
     return WorkloadRequest(source=workload, sessions=sessions, rps=rps, arrival=arrival, cv=cv, seed=seed, sets=tuple(sets))
+
+
+def parse_list(text: str, name: str, cast: type = str) -> list:
+    """A comma-separated option value (`--backends vllm,mars`, `--seeds 1,2,3`) as a list of `cast`."""
+    items = [x.strip() for x in text.split(",") if x.strip()]
+    if not items:
+        raise BadInput(f"{name}: give a comma-separated list")
+    try:
+        return [cast(x) for x in items]
+    except ValueError:
+        raise BadInput(f"{name}: {text!r} is not a comma-separated list of {cast.__name__}s") from None
 
 
 results_dir_option = click.option(

@@ -14,8 +14,7 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, 
                            TimeRemainingColumn)
 
 from harness.backends import ENGINES, get_backend
-from harness.commands.compare import parse_list
-from harness.commands.options import json_option, results_dir_option
+from harness.commands.options import json_option, parse_list, results_dir_option
 from harness.commands.run import hardware_options, make_config
 from harness.compare import format_spread
 from harness.config import RunConfig
