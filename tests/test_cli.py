@@ -324,3 +324,18 @@ def test_a_missing_extra_is_one_line_with_the_pip_command(run_cli, monkeypatch: 
     assert result.exit_code == 2, result.stderr
     (line,) = result.stderr.strip().splitlines()
     assert module in line and f"pip install -e '.[{extra}]'" in line
+
+
+def test_one_seed_default_for_run_compare_and_sweep(run_cli, tmp_path: Path) -> None:
+    """The same backend on the same workload gives the same numbers whichever command ran it with defaults."""
+    ran = json.loads(run_cli("run", "-b", "vllm", "-w", "swe-smoke", "--results-dir", str(tmp_path / "r"),
+                             "--json").stdout)
+    compared = json.loads(run_cli("compare", "-b", "vllm,mars", "-w", "swe-smoke", "--results-dir",
+                                  str(tmp_path / "c"), "--json").stdout)
+    swept = json.loads(run_cli("sweep", "-b", "vllm", "-w", "swe-smoke", "--results-dir", str(tmp_path / "s"),
+                               "--dry-run", "--json").stdout)
+    (vllm,) = [r for r in compared["runs"] if r["backend"] == "vllm"]
+    assert ran["config"]["seed"] == vllm["seed"] == int(swept["runs"][0]["seed"]) == 0
+    assert ran["mean_jct_s"] == vllm["mean_jct_s"]
+    only_seeds = run_cli("compare", "--seed", "3", "--results-dir", str(tmp_path))
+    assert only_seeds.exit_code == 2 and "--seeds" in only_seeds.stderr  # compare takes --seeds alone

@@ -10,7 +10,7 @@ import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from harness.backends import ENGINES, get_backend
-from harness.commands.options import json_option, parse_list, results_dir_option, workload_options
+from harness.commands.options import json_option, parse_list, results_dir_option, seeds_option, workload_options
 from harness.commands.run import hardware_options, make_config
 from harness.compare import COMPARED, comparison, markdown, run_grid, runs_frame
 from harness.console import console, print_json, table
@@ -21,8 +21,8 @@ from harness.errors import BadInput
 @click.option("--backends", "-b", "backend_list", default="vllm,mars", show_default=True,
               help="Comma-separated backends (see `mars-bench backends`).")
 @click.option("--engine", type=click.Choice(list(ENGINES)), default="sim", show_default=True)
-@workload_options(default="swe-smoke")
-@click.option("--seeds", default="1", show_default=True, help="Comma-separated seeds: one run per backend and seed.")
+@workload_options(default="swe-smoke", seed=False)
+@seeds_option
 @hardware_options
 @click.option("--tool-cores", type=click.IntRange(min=1), default=8, show_default=True)
 @click.option("--tool-mode", type=click.Choice(["queue", "timeshare"]), default="queue", show_default=True)
@@ -33,7 +33,7 @@ from harness.errors import BadInput
 @results_dir_option
 @json_option
 def compare(backend_list: str, engine: str, workload: str, sessions: int | None, rps: float | None,
-            arrival: str | None, cv: float | None, seed: int | None, sets: tuple[str, ...], seeds: str, gpu: str,
+            arrival: str | None, cv: float | None, sets: tuple[str, ...], seeds: str, gpu: str,
             model: str, tp: int, profile: str | None, tool_cores: int, tool_mode: str, reference: str | None,
             jobs: int, out_dir: Path | None, results_dir: Path, as_json: bool) -> None:
     """Run several backends on the identical workload and seeds and compare them.
@@ -45,7 +45,7 @@ def compare(backend_list: str, engine: str, workload: str, sessions: int | None,
       mars-bench compare -b vllm,mars -w paper --rps 0.3 --reference vllm --out leaderboard/
     """
     names = parse_list(backend_list, "--backends")
-    seed_list = [seed] if seed is not None and seeds == "1" else parse_list(seeds, "--seeds", int)
+    seed_list = parse_list(seeds, "--seeds", int)
     reference = reference or names[0]
     if reference not in names:
         raise BadInput(f"--reference {reference!r} is not one of --backends ({', '.join(names)})")

@@ -15,9 +15,19 @@ from workloads.source import WorkloadRequest
 
 F = Callable[..., Any]
 
+# The seed of every command that takes one: run's and workloads' --seed, compare's and sweep's --seeds, the
+# importers' --seed; also the presets' and RunConfig's own. One default, so the same backend on the same
+# workload gives the same numbers whichever command ran it.
+DEFAULT_SEED = 0
 
-def workload_options(default: str | None = "swe-smoke") -> Callable[[F], F]:
-    """--workload/--sessions/--rps/--arrival/--cv/--seed/--set. `default` None makes the source an argument."""
+seed_option = click.option("--seed", type=int, default=DEFAULT_SEED, show_default=True, help="Random seed.")
+seeds_option = click.option("--seeds", default=str(DEFAULT_SEED), show_default=True,
+                            help="Comma-separated seeds: one run per backend and seed.")
+
+
+def workload_options(default: str | None = "swe-smoke", seed: bool = True) -> Callable[[F], F]:
+    """--workload/--sessions/--rps/--arrival/--cv/--seed/--set. `default` None makes the source an argument;
+    `seed` False leaves out --seed (for commands that take --seeds)."""
 
     def decorate(func: F) -> F:
         options = [
@@ -25,7 +35,7 @@ def workload_options(default: str | None = "swe-smoke") -> Callable[[F], F]:
             click.option("--rps", type=click.FloatRange(min=0, min_open=True), help="Session arrival rate per second."),
             click.option("--arrival", type=click.Choice(ARRIVAL_PROCESSES), help="Arrival process."),
             click.option("--cv", type=click.FloatRange(min=0, min_open=True), help="Burstiness of gamma arrivals (CV of gaps)."),
-            click.option("--seed", type=int, help="Random seed (default: the preset's, 0)."),
+            *([seed_option] if seed else []),
             click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override any preset parameter (repeatable)."),
         ]
         if default is None:

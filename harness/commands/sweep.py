@@ -14,7 +14,7 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, 
                            TimeRemainingColumn)
 
 from harness.backends import ENGINES, get_backend
-from harness.commands.options import json_option, parse_list, results_dir_option
+from harness.commands.options import json_option, parse_list, results_dir_option, seeds_option
 from harness.commands.run import hardware_options, make_config
 from harness.compare import format_spread
 from harness.config import RunConfig
@@ -36,7 +36,7 @@ SHOWN = (("mean_jct_s", "mean JCT s"), ("p95_jct_s", "p95 JCT s"), ("session_thr
 @click.option("--workload", "-w", default="paper", show_default=True, metavar="PRESET|FILE",
               help="Workload preset name or JSONL file.")
 @click.option("--rps", "rps_list", default=None, help="Comma-separated session arrival rates (default: the preset's).")
-@click.option("--seeds", default="1", show_default=True, help="Comma-separated seeds.")
+@seeds_option
 @click.option("--sessions", type=click.IntRange(min=1), help="Number of sessions (default: the preset's).")
 @click.option("--arrival", type=click.Choice(ARRIVAL_PROCESSES), help="Arrival process.")
 @click.option("--cv", type=click.FloatRange(min=0, min_open=True), help="Burstiness of gamma arrivals (CV of gaps).")

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 from rich.progress import track
 
-from harness.commands.options import json_option, workload_options, workload_request
+from harness.commands.options import json_option, seed_option, workload_options, workload_request
 from harness.console import console, plural, print_json, table
 from workloads import swebench, traces
 from workloads.model import save_sessions
@@ -48,7 +48,7 @@ def list_presets(as_json: bool) -> None:
 @workload_options(default=None)
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True, help="JSONL file to write.")
 def generate_cmd(workload: str, sessions: int | None, rps: float | None, arrival: str | None, cv: float | None,
-                 seed: int | None, sets: tuple[str, ...], output: Path) -> None:
+                 seed: int, sets: tuple[str, ...], output: Path) -> None:
     """Generate a workload file from a preset (deterministic for a seed).
 
     \b
@@ -63,7 +63,7 @@ def generate_cmd(workload: str, sessions: int | None, rps: float | None, arrival
     if workload in swebench.DATA_PRESETS:
         name, found = resolve(workload_request(workload, sessions, rps, arrival, cv, seed, sets))
         save_sessions(found, output)
-        console.print(f"wrote {plural(len(found), 'session')} ({name}, seed {seed or 0}) to {output}")
+        console.print(f"wrote {plural(len(found), 'session')} ({name}, seed {seed}) to {output}")
         return
     spec = preset_spec(workload_request(workload, sessions, rps, arrival, cv, seed, sets))
     sessions_out = list(track(generate(spec), total=spec.sessions, description="generating", console=console,
@@ -79,7 +79,7 @@ generate_cmd.name = "generate"
 @workload_options(default=None)
 @json_option
 def show(workload: str, sessions: int | None, rps: float | None, arrival: str | None, cv: float | None,
-         seed: int | None, sets: tuple[str, ...], as_json: bool) -> None:
+         seed: int, sets: tuple[str, ...], as_json: bool) -> None:
     """Show the distribution summary of a preset or workload file.
 
     \b
@@ -116,7 +116,6 @@ tokenizer_option = click.option(
     "--tokenizer", type=click.Path(path_type=Path), metavar="PATH",
     help="tokenizer.json or a HuggingFace model directory of the served model (exact token counts); "
          "default: an estimate of 4 characters per token.")
-import_seed_option = click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
 import_rps_option = click.option("--rps", type=click.FloatRange(min=0, min_open=True), default=swebench.DEFAULT_RPS,
                                  show_default=True, help="Arrival rate of the sessions (fixed spacing, file order).")
 output_option = click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
@@ -130,7 +129,7 @@ output_option = click.option("-o", "--output", type=click.Path(dir_okay=False, p
 @click.option("--split", default="test", show_default=True, help="Dataset split.")
 @click.option("--instances", metavar="IDS|FILE", help="Only these instances: comma-separated ids, or a file of ids.")
 @tokenizer_option
-@import_seed_option
+@seed_option
 @import_rps_option
 @click.option("--hints/--no-hints", default=True, show_default=True, help="Append hints_text to the task.")
 @click.option("--prefix-tokens", type=click.IntRange(min=0), default=swebench.AGENT_PREFIX_TOKENS, show_default=True,
@@ -161,7 +160,7 @@ def import_swebench(dataset: str, split: str, instances: str | None, tokenizer: 
 @click.option("--format", "fmt", type=click.Choice(list(traces.FORMATS)), required=True,
               help="The agent that wrote the trajectories.")
 @tokenizer_option
-@import_seed_option
+@seed_option
 @import_rps_option
 @output_option
 def import_trajectories(path: str, fmt: str, tokenizer: Path | None, seed: int, rps: float, output: Path) -> None:
