@@ -339,3 +339,14 @@ def test_one_seed_default_for_run_compare_and_sweep(run_cli, tmp_path: Path) -> 
     assert ran["mean_jct_s"] == vllm["mean_jct_s"]
     only_seeds = run_cli("compare", "--seed", "3", "--results-dir", str(tmp_path))
     assert only_seeds.exit_code == 2 and "--seeds" in only_seeds.stderr  # compare takes --seeds alone
+
+
+@pytest.mark.parametrize("setting", ["retention=ttl,lru", "mars.retention=ttl,lru", "turns.median=2,x"])
+def test_sweep_dry_run_rejects_what_the_sweep_rejects(run_cli, tmp_path: Path, setting: str) -> None:
+    """A dry run validates every run of the grid as the sweep does: the same line, exit 2, nothing written."""
+    args = ["sweep", "-b", "mars", "-w", "swe-smoke", "--sessions", "2", "--set", setting,
+            "--results-dir", str(tmp_path)]
+    dry, real = run_cli(*args, "--dry-run"), run_cli(*args)
+    assert dry.exit_code == real.exit_code == 2, (dry.stderr, real.stderr)
+    assert dry.stderr == real.stderr and len(dry.stderr.strip().splitlines()) == 1
+    assert not list(tmp_path.iterdir())
