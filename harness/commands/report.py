@@ -53,6 +53,8 @@ def report(results_dirs: tuple[Path, ...], out_dir: Path, compare_to: Path | Non
         print_json(_finite(_as_json(result)))
     else:
         _print(result)
+    if result.warning:
+        click.echo(f"mars-bench: warning: {result.warning}", err=True)
     if fail_on_regression and result.regressions is not None:
         fail_if_any(result.regressions)
 
@@ -95,7 +97,7 @@ def _as_json(result: Report) -> dict:
         "images": [str(result.out_dir / f.path) for f in result.document.figures()],
         "runs": result.results.frame().to_dict(orient="records"),
         "leaderboards": [{"workload": b.point[0], "settings": b.point[1], "rps": b.point[2],
-                          "ranked_by": "goodput" if b.by_goodput else "mean_jct_s",
+                          "ranked_by": "goodput" if b.by_goodput else "mean_jct_s", "not_like_for_like": b.mismatch,
                           "ranking": b.ranking.to_dict(orient="records")} for b in result.leaderboards],
         "regressions": None if regressions is None else {
             kind: [{"workload": c.point[0], "settings": c.point[1], "rps": c.point[2], "backend": c.backend,
