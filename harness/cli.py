@@ -86,7 +86,8 @@ def cli() -> None:
 
     \b
     Examples:
-      mars-bench run --backend vllm --workload swe-smoke
+      mars-bench run --backend mars --workload swe-smoke
+      mars-bench compare --backends vllm,mars --workload paper
       mars-bench backends --gpu h100 --model qwen3-coder-30b-a3b
       mars-bench workloads list
       mars-bench workloads generate paper -o paper.jsonl --seed 1
@@ -97,7 +98,12 @@ def cli() -> None:
 
 @cli.command()
 def version() -> None:
-    """Print the mars-bench version."""
+    """Print the mars-bench version.
+
+    \b
+    Example:
+      mars-bench version
+    """
     click.echo(f"mars-bench {__version__}")
 
 

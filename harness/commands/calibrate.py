@@ -35,8 +35,10 @@ def calibrate(engine: str, model: str, out: Path, sets: tuple[str, ...], repeats
     \b
     Examples:
       mars-bench model make-tiny models/tiny
-      mars-bench calibrate --model models/tiny -o tiny-cpu.json --set engine_args.block_size=32 --set engine_args.num_gpu_blocks=50
-      mars-bench run -b mars -w tiny --model models/tiny --profile tiny-cpu.json --set engine_args.block_size=32 --set engine_args.num_gpu_blocks=50
+      mars-bench calibrate --model models/tiny -o tiny-cpu.json --samples steps.csv \\
+          --set engine_args.num_gpu_blocks=50 --set engine_args.block_size=32
+      mars-bench run -b mars -w tiny --model models/tiny --profile tiny-cpu.json \\
+          --set engine_args.num_gpu_blocks=50 --set engine_args.block_size=32
     """
     from harness.commands.run import make_config  # noqa: PLC0415
 

@@ -37,9 +37,11 @@ def report(results_dirs: tuple[Path, ...], out_dir: Path, compare_to: Path | Non
 
     \b
     Examples:
+      mars-bench sweep --backends vllm,mars --workload swe-smoke --seeds 1,2 --out results/before
       mars-bench report results/ --out report/
-      mars-bench report results/ --out report/ --compare-to old-results/ --fail-on-regression
-      mars-bench report results/ --out report/ --sessions paper-1-00017,paper-1-00230
+      mars-bench report results/ --out report/ --sessions swe-smoke-1-00000,swe-smoke-1-00001
+      mars-bench sweep --backends vllm,mars --workload swe-smoke --seeds 1,2 --out results/after
+      mars-bench report results/after --out report/ --compare-to results/before --fail-on-regression
     """
     sessions = parse_list(session_ids, "--sessions") if session_ids is not None else None
     if fail_on_regression and compare_to is None:

@@ -20,7 +20,14 @@ from workloads.tokens import load_tokenizer
 
 @click.group()
 def workloads() -> None:
-    """Agent workloads: synthetic presets, JSONL workload files, imports of real agent workloads."""
+    """Agent workloads: synthetic presets, JSONL workload files, imports of real agent workloads.
+
+    \b
+    Examples:
+      mars-bench workloads list
+      mars-bench workloads show paper
+      mars-bench workloads generate paper -o paper.jsonl --seed 1
+    """
 
 
 @workloads.command("list")
@@ -29,8 +36,9 @@ def list_presets(as_json: bool) -> None:
     """List the synthetic workload presets.
 
     \b
-    Example:
+    Examples:
       mars-bench workloads list
+      mars-bench workloads list --json
     """
     data = {n: {"description": p.description, "sessions": p.instances, "rps": swebench.DEFAULT_RPS, "arrival": "fixed"}
             for n, p in swebench.DATA_PRESETS.items()}
@@ -85,7 +93,8 @@ def show(workload: str, sessions: int | None, rps: float | None, arrival: str | 
     \b
     Examples:
       mars-bench workloads show paper
-      mars-bench workloads show paper.jsonl
+      mars-bench workloads generate paper -o paper.jsonl --seed 1
+      mars-bench workloads show paper.jsonl --json
     """
     name, items = resolve(workload_request(workload, sessions, rps, arrival, cv, seed, sets))
     info = describe(items)
@@ -109,7 +118,13 @@ def show(workload: str, sessions: int | None, rps: float | None, arrival: str | 
 # ------------------------------------------------------------------------------------------ import
 @workloads.group("import")
 def import_group() -> None:
-    """Import real agent workloads: SWE-bench instances and recorded agent trajectories."""
+    """Import real agent workloads: SWE-bench instances and recorded agent trajectories.
+
+    \b
+    Examples:
+      mars-bench workloads import swebench --dataset tests/fixtures/swebench/instances.parquet -o swebench.jsonl
+      mars-bench workloads import trajectories tests/fixtures/trajectories/swe-agent --format swe-agent -o sa.jsonl
+    """
 
 
 tokenizer_option = click.option(
@@ -143,9 +158,10 @@ def import_swebench(dataset: str, split: str, instances: str | None, tokenizer: 
 
     \b
     Examples:
-      mars-bench workloads import swebench --dataset lite.parquet -o lite.jsonl
+      mars-bench workloads import swebench --dataset tests/fixtures/swebench/instances.parquet -o swebench.jsonl
+      mars-bench workloads import swebench --dataset tests/fixtures/swebench/instances.jsonl \\
+          --instances django__django-11099 --seed 1 -o one.jsonl
       mars-bench workloads import swebench --dataset verified --tokenizer ~/models/Qwen3-Coder-30B-A3B -o v.jsonl
-      mars-bench workloads import swebench --dataset lite.jsonl --instances django__django-11099 -o one.jsonl
     """
     counter = load_tokenizer(tokenizer)
     found = swebench.load_instances(dataset, split, swebench.parse_instance_ids(instances))
@@ -170,9 +186,11 @@ def import_trajectories(path: str, fmt: str, tokenizer: Path | None, seed: int, 
 
     \b
     Examples:
-      mars-bench workloads import trajectories trajs/ --format swe-agent -o swe-agent.jsonl
-      mars-bench workloads import trajectories sessions/abc123/events --format openhands -o oh.jsonl
-      mars-bench workloads import trajectories run/ --format mini-swe-agent --tokenizer tokenizer.json -o mini.jsonl
+      mars-bench workloads import trajectories tests/fixtures/trajectories/swe-agent --format swe-agent -o sa.jsonl
+      mars-bench workloads import trajectories tests/fixtures/trajectories/openhands --format openhands -o oh.jsonl
+      mars-bench model make-tiny models/tiny
+      mars-bench workloads import trajectories tests/fixtures/trajectories/mini-swe-agent --format mini-swe-agent \\
+          --tokenizer models/tiny -o mini.jsonl
     """
     counter = load_tokenizer(tokenizer)
     sessions = traces.import_trajectories(path, fmt, counter, seed=seed, rps=rps)
