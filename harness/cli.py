@@ -1,7 +1,7 @@
 """The `mars-bench` command line. Every bad input ends as one line on stderr and exit code 2.
 
-A command's module is imported only when that command runs or shows its help: `mars-bench --help` and
-`mars-bench run` never load the report's plotting or calibration's fitting stack (pandas, seaborn, scipy).
+A command's module is imported only when that command runs or shows its help, so `mars-bench --help` loads
+none, and no command loads another's dependencies (`run` never loads the report's seaborn and matplotlib).
 """
 
 from __future__ import annotations

@@ -7,9 +7,11 @@ from pathlib import Path
 
 import click
 
+from harness.calibrate import FITTED, calibrate_engine, samples_frame
 from harness.commands.extras import require_extra
-from harness.commands.options import DEFAULT_RESULTS_DIR
+from harness.commands.run import make_config
 from harness.console import console, print_json, table
+from harness.results import DEFAULT_RESULTS_DIR
 
 
 @click.command()
@@ -40,12 +42,8 @@ def calibrate(engine: str, model: str, out: Path, sets: tuple[str, ...], repeats
       mars-bench run -b mars -w tiny --model models/tiny --profile tiny-cpu.json \\
           --set engine_args.num_gpu_blocks=50 --set engine_args.block_size=32
     """
-    from harness.commands.run import make_config  # noqa: PLC0415
-
     config = make_config(sets, engine=engine, model=model)
     require_extra("calibrate", ("scipy",), "mars-bench calibrate (its least-squares fit)")
-    from harness.calibrate import FITTED, calibrate_engine, samples_frame  # noqa: PLC0415 - pandas, numpy
-
     started = time.perf_counter()
     result = calibrate_engine(config, DEFAULT_RESULTS_DIR / ".cache" / "vllm", repeats=repeats)
     profile, measured = result.profile, result.samples

@@ -11,10 +11,11 @@ import click
 from harness.commands.extras import require_extra
 from harness.commands.options import json_option, parse_list
 from harness.console import console, print_json, table
+from harness.report.doc import Table
+from harness.report.regressions import fail_if_any, summary_line
 
 if TYPE_CHECKING:
-    from harness.report.build import Report
-    from harness.report.doc import Table
+    from harness.report.build import Report  # its plots import seaborn: the `report` extra, loaded by the command
 
 _DIR = click.Path(file_okay=False, path_type=Path)
 
@@ -48,7 +49,6 @@ def report(results_dirs: tuple[Path, ...], out_dir: Path, compare_to: Path | Non
         raise click.UsageError("--fail-on-regression needs --compare-to")
     require_extra("report", ("matplotlib", "seaborn"), "mars-bench report (its plots)")
     from harness.report.build import build_report  # noqa: PLC0415 - seaborn and matplotlib: the `report` extra
-    from harness.report.regressions import fail_if_any  # noqa: PLC0415
 
     result = build_report(list(results_dirs), out_dir, compare_to, sessions)
     if as_json:
@@ -66,8 +66,6 @@ def _show(t: Table) -> None:
 
 
 def _print(result: Report) -> None:
-    from harness.report.regressions import summary_line  # noqa: PLC0415
-
     for board in result.leaderboards:
         _show(board.table())
     if result.regressions is not None:
