@@ -90,6 +90,7 @@ def main() -> None:
             heavy = sorted(p for p in NOT_IN_CORE if p in packages)
             print(f"core install: {size_of(venv) / 2**20:.0f} MiB in .venv, {len(packages)} distributions; "
                   f"heavy packages present: {', '.join(heavy) or 'none'}")
+            print(f"then: {load()}")
             report_help(str(venv / "bin" / "mars-bench"), args.runs)
     print(f"after: {load()}")
 
