@@ -221,7 +221,7 @@ class Round:
 
 
 class MarsAdmission:
-    """MARS's admission controller (harness.admission.AdmissionController); see the module docstring."""
+    """MARS's admission controller (harness.policy.admission.AdmissionController); see the module docstring."""
 
     name = "mars"
     # A change of any of these is an event in the results (the readings change on every call).

@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
+import click
 import pytest
 
 from tests.processes import wait_for_calls
@@ -100,14 +102,6 @@ def test_console_script_entry_point_exit_codes(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert proc.stderr.strip() == "mars-bench: error: unknown workload preset 'nope' (known: swe, long-context, " \
                                   "cpu-heavy, chat, swe-smoke, tiny, paper)"
-
-
-def test_every_command_has_help_with_an_example(run_cli) -> None:
-    for args in (["workloads", "list"], ["workloads", "show"], ["workloads", "generate"], ["results", "list"],
-                 ["results", "show"]):
-        result = run_cli(*args, "--help")
-        assert result.exit_code == 0
-        assert "mars-bench " in result.stdout.split("Options")[0]
 
 
 def test_run_writes_results_and_prints_summary(run_cli, tmp_path: Path) -> None:
@@ -261,3 +255,90 @@ def test_goodput_takes_several_slos_after_one_flag_as_in_vllm(run_cli, tmp_path:
     data = json.loads(out.stdout)
     assert data["goodput_slo"] == {"ttft": 2000.0, "tpot": 100.0}
     assert data["request_goodput"] is not None and data["request_goodput"] <= data["request_throughput"]
+
+
+# Packages of the extras (and what they pull in): never imported to start the CLI or to show any help.
+HEAVY = ("seaborn", "matplotlib", "scipy", "vllm", "ray", "transformers", "torch")
+
+
+def _loaded_after(code: str) -> list[str]:
+    """The HEAVY modules (and pandas/numpy/pydantic) a fresh interpreter holds after running `code`."""
+    watched = [*HEAVY, "pandas", "numpy", "pydantic"]
+    probe = f"{code}\nimport json, sys\nprint(json.dumps([m for m in {watched!r} if m in sys.modules]))"
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_importing_the_cli_and_its_help_loads_no_command() -> None:
+    """`import harness.cli` and `mars-bench --help` import no command module: not even pandas, let alone an
+    extra's package (a behaviour, not a timing: benchmarks/cli_startup.py has the time)."""
+    assert _loaded_after("import harness.cli") == []
+    assert _loaded_after("from harness.cli import main\nmain(['--help'])") == []
+
+
+def test_no_command_imports_an_extra_to_start() -> None:
+    """Every command module (what `mars-bench CMD --help` and a command's start load) leaves the extras'
+    packages to the functions that use them."""
+    code = ("import click\nfrom harness.cli import cli\nfrom tests.test_cli import all_commands\n"
+            "list(all_commands(cli))")
+    assert not set(_loaded_after(code)) & set(HEAVY)
+
+
+def all_commands(group: click.Group, path: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], click.Command]]:
+    """Every command and group under `group` (loading each), with its words after `mars-bench`."""
+    ctx = click.Context(group, info_name="mars-bench")
+    for name in group.list_commands(ctx):
+        command = group.get_command(ctx, name)
+        assert command is not None, name
+        yield (*path, name), command
+        if isinstance(command, click.Group):
+            yield from all_commands(command, (*path, name))
+
+
+def test_help_lists_each_command_with_its_own_first_sentence() -> None:
+    """The top-level --help reads each command's summary from its source; it is the command's own."""
+    from harness.cli import LazyGroup, cli
+
+    assert isinstance(cli, LazyGroup)
+    for name in cli.lazy:
+        assert cli.summary(name, 60) == cli.get_command(click.Context(cli), name).get_short_help_str(60), name
+
+
+@pytest.mark.parametrize(("extra", "module", "args"), [
+    ("report", "seaborn", ["report", "{tmp}", "--out", "{tmp}/report"]),
+    ("calibrate", "scipy", ["calibrate", "--model", "llama-3.1-8b", "-o", "{tmp}/p.json"]),
+])
+def test_a_missing_extra_is_one_line_with_the_pip_command(run_cli, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                          extra: str, module: str, args: list[str]) -> None:
+    monkeypatch.setitem(sys.modules, module, None)  # as if not installed: importing it raises ImportError
+    result = run_cli(*(a.format(tmp=tmp_path) for a in args))
+    assert result.exit_code == 2, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert module in line and f"pip install -e '.[{extra}]'" in line
+
+
+def test_one_seed_default_for_run_compare_and_sweep(run_cli, tmp_path: Path) -> None:
+    """The same backend on the same workload gives the same numbers whichever command ran it with defaults."""
+    ran = json.loads(run_cli("run", "-b", "vllm", "-w", "swe-smoke", "--results-dir", str(tmp_path / "r"),
+                             "--json").stdout)
+    compared = json.loads(run_cli("compare", "-b", "vllm,mars", "-w", "swe-smoke", "--results-dir",
+                                  str(tmp_path / "c"), "--json").stdout)
+    swept = json.loads(run_cli("sweep", "-b", "vllm", "-w", "swe-smoke", "--results-dir", str(tmp_path / "s"),
+                               "--dry-run", "--json").stdout)
+    (vllm,) = [r for r in compared["runs"] if r["backend"] == "vllm"]
+    assert ran["config"]["seed"] == vllm["seed"] == int(swept["runs"][0]["seed"]) == 0
+    assert ran["mean_jct_s"] == vllm["mean_jct_s"]
+    only_seeds = run_cli("compare", "--seed", "3", "--results-dir", str(tmp_path))
+    assert only_seeds.exit_code == 2 and "--seeds" in only_seeds.stderr  # compare takes --seeds alone
+
+
+@pytest.mark.parametrize("setting", ["retention=ttl,lru", "mars.retention=ttl,lru", "turns.median=2,x"])
+def test_sweep_dry_run_rejects_what_the_sweep_rejects(run_cli, tmp_path: Path, setting: str) -> None:
+    """A dry run validates every run of the grid as the sweep does: the same line, exit 2, nothing written."""
+    args = ["sweep", "-b", "mars", "-w", "swe-smoke", "--sessions", "2", "--set", setting,
+            "--results-dir", str(tmp_path)]
+    dry, real = run_cli(*args, "--dry-run"), run_cli(*args)
+    assert dry.exit_code == real.exit_code == 2, (dry.stderr, real.stderr)
+    assert dry.stderr == real.stderr and len(dry.stderr.strip().splitlines()) == 1
+    assert not list(tmp_path.iterdir())

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from harness.calibrate import FITTED, calibrate_engine, samples_frame
+from harness.commands.extras import require_extra
 from harness.config import make_config
 from harness.console import console, print_json, table
 from harness.results import DEFAULT_RESULTS_DIR
@@ -36,10 +37,13 @@ def calibrate(engine: str, model: str, out: Path, sets: tuple[str, ...], repeats
     \b
     Examples:
       mars-bench model make-tiny models/tiny
-      mars-bench calibrate --model models/tiny -o tiny-cpu.json --set engine_args.block_size=32 --set engine_args.num_gpu_blocks=50
-      mars-bench run -b mars -w tiny --model models/tiny --profile tiny-cpu.json --set engine_args.block_size=32 --set engine_args.num_gpu_blocks=50
+      mars-bench calibrate --model models/tiny -o tiny-cpu.json --samples steps.csv \\
+          --set engine_args.num_gpu_blocks=50 --set engine_args.block_size=32
+      mars-bench run -b mars -w tiny --model models/tiny --profile tiny-cpu.json \\
+          --set engine_args.num_gpu_blocks=50 --set engine_args.block_size=32
     """
     config = make_config(sets, engine=engine, model=model)
+    require_extra("calibrate", ("scipy",), "mars-bench calibrate (its least-squares fit)")
     started = time.perf_counter()
     result = calibrate_engine(config, DEFAULT_RESULTS_DIR / ".cache" / "vllm", repeats=repeats)
     profile, measured = result.profile, result.samples

@@ -10,31 +10,21 @@ import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from harness.backends import get_backend
-from harness.engines.registry import ENGINES
-from harness.commands.options import json_option, results_dir_option, workload_options
+from harness.commands.options import json_option, parse_list, results_dir_option, seeds_option, workload_options
 from harness.commands.run import hardware_options
 from harness.config import make_config
+from harness.engines.registry import ENGINES
 from harness.compare import COMPARED, comparison, markdown, run_grid, runs_frame
 from harness.console import console, print_json, table
 from harness.errors import BadInput
-
-
-def parse_list(text: str, name: str, cast: type = str) -> list:
-    items = [x.strip() for x in text.split(",") if x.strip()]
-    if not items:
-        raise BadInput(f"{name}: give a comma-separated list")
-    try:
-        return [cast(x) for x in items]
-    except ValueError:
-        raise BadInput(f"{name}: {text!r} is not a comma-separated list of {cast.__name__}s") from None
 
 
 @click.command()
 @click.option("--backends", "-b", "backend_list", default="vllm,mars", show_default=True,
               help="Comma-separated backends (see `mars-bench backends`).")
 @click.option("--engine", type=click.Choice(list(ENGINES)), default="sim", show_default=True)
-@workload_options(default="swe-smoke")
-@click.option("--seeds", default="1", show_default=True, help="Comma-separated seeds: one run per backend and seed.")
+@workload_options(default="swe-smoke", seed=False)
+@seeds_option
 @hardware_options
 @click.option("--tool-cores", type=click.IntRange(min=1), default=8, show_default=True)
 @click.option("--tool-mode", type=click.Choice(["queue", "timeshare"]), default="queue", show_default=True)
@@ -45,7 +35,7 @@ def parse_list(text: str, name: str, cast: type = str) -> list:
 @results_dir_option
 @json_option
 def compare(backend_list: str, engine: str, workload: str, sessions: int | None, rps: float | None,
-            arrival: str | None, cv: float | None, seed: int | None, sets: tuple[str, ...], seeds: str, gpu: str,
+            arrival: str | None, cv: float | None, sets: tuple[str, ...], seeds: str, gpu: str,
             model: str, tp: int, profile: str | None, tool_cores: int, tool_mode: str, reference: str | None,
             jobs: int, out_dir: Path | None, results_dir: Path, as_json: bool) -> None:
     """Run several backends on the identical workload and seeds and compare them.
@@ -57,7 +47,7 @@ def compare(backend_list: str, engine: str, workload: str, sessions: int | None,
       mars-bench compare -b vllm,mars -w paper --rps 0.3 --reference vllm --out leaderboard/
     """
     names = parse_list(backend_list, "--backends")
-    seed_list = [seed] if seed is not None and seeds == "1" else parse_list(seeds, "--seeds", int)
+    seed_list = parse_list(seeds, "--seeds", int)
     reference = reference or names[0]
     if reference not in names:
         raise BadInput(f"--reference {reference!r} is not one of --backends ({', '.join(names)})")

@@ -15,7 +15,12 @@ from harness.tiny_model import SIZES, make_tiny_model
 
 @click.group()
 def model() -> None:
-    """Model directories for the real engine."""
+    """Model directories for the real engine.
+
+    \b
+    Example:
+      mars-bench model make-tiny models/tiny
+    """
 
 
 @model.command("make-tiny")

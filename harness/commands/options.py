@@ -8,15 +8,26 @@ from typing import Any
 
 import click
 
+from harness.errors import BadInput
 from harness.results import DEFAULT_RESULTS_DIR
 from workloads.arrivals import ARRIVAL_PROCESSES
 from workloads.source import WorkloadRequest
 
 F = Callable[..., Any]
 
+# The seed of every command that takes one: run's and workloads' --seed, compare's and sweep's --seeds, the
+# importers' --seed; also the presets' and RunConfig's own. One default, so the same backend on the same
+# workload gives the same numbers whichever command ran it.
+DEFAULT_SEED = 0
 
-def workload_options(default: str | None = "swe-smoke") -> Callable[[F], F]:
-    """--workload/--sessions/--rps/--arrival/--cv/--seed/--set. `default` None makes the source an argument."""
+seed_option = click.option("--seed", type=int, default=DEFAULT_SEED, show_default=True, help="Random seed.")
+seeds_option = click.option("--seeds", default=str(DEFAULT_SEED), show_default=True,
+                            help="Comma-separated seeds: one run per backend and seed.")
+
+
+def workload_options(default: str | None = "swe-smoke", seed: bool = True) -> Callable[[F], F]:
+    """--workload/--sessions/--rps/--arrival/--cv/--seed/--set. `default` None makes the source an argument;
+    `seed` False leaves out --seed (for commands that take --seeds)."""
 
     def decorate(func: F) -> F:
         options = [
@@ -24,7 +35,7 @@ def workload_options(default: str | None = "swe-smoke") -> Callable[[F], F]:
             click.option("--rps", type=click.FloatRange(min=0, min_open=True), help="Session arrival rate per second."),
             click.option("--arrival", type=click.Choice(ARRIVAL_PROCESSES), help="Arrival process."),
             click.option("--cv", type=click.FloatRange(min=0, min_open=True), help="Burstiness of gamma arrivals (CV of gaps)."),
-            click.option("--seed", type=int, help="Random seed (default: the preset's, 0)."),
+            *([seed_option] if seed else []),
             click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override any preset parameter (repeatable)."),
         ]
         if default is None:
@@ -42,6 +53,17 @@ def workload_options(default: str | None = "swe-smoke") -> Callable[[F], F]:
 def workload_request(workload: str, sessions: int | None, rps: float | None, arrival: str | None,
                      cv: float | None, seed: int | None, sets: tuple[str, ...]) -> WorkloadRequest:
     return WorkloadRequest(source=workload, sessions=sessions, rps=rps, arrival=arrival, cv=cv, seed=seed, sets=tuple(sets))
+
+
+def parse_list(text: str, name: str, cast: type = str) -> list:
+    """A comma-separated option value (`--backends vllm,mars`, `--seeds 1,2,3`) as a list of `cast`."""
+    items = [x.strip() for x in text.split(",") if x.strip()]
+    if not items:
+        raise BadInput(f"{name}: give a comma-separated list")
+    try:
+        return [cast(x) for x in items]
+    except ValueError:
+        raise BadInput(f"{name}: {text!r} is not a comma-separated list of {cast.__name__}s") from None
 
 
 results_dir_option = click.option(

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from harness.commands.compare import parse_list
-from harness.commands.options import json_option
+from harness.commands.extras import require_extra
+from harness.commands.options import json_option, parse_list
 from harness.console import console, print_json, table
-from harness.report.build import Report, build_report
 from harness.report.doc import Table
 from harness.report.regressions import fail_if_any, summary_line
+
+if TYPE_CHECKING:
+    from harness.report.build import Report  # its plots import seaborn: the `report` extra, loaded by the command
 
 _DIR = click.Path(file_okay=False, path_type=Path)
 
@@ -36,18 +38,25 @@ def report(results_dirs: tuple[Path, ...], out_dir: Path, compare_to: Path | Non
 
     \b
     Examples:
+      mars-bench sweep --backends vllm,mars --workload swe-smoke --seeds 1,2 --out results/before
       mars-bench report results/ --out report/
-      mars-bench report results/ --out report/ --compare-to old-results/ --fail-on-regression
-      mars-bench report results/ --out report/ --sessions paper-1-00017,paper-1-00230
+      mars-bench report results/ --out report/ --sessions swe-smoke-1-00000,swe-smoke-1-00001
+      mars-bench sweep --backends vllm,mars --workload swe-smoke --seeds 1,2 --out results/after
+      mars-bench report results/after --out report/ --compare-to results/before --fail-on-regression
     """
     sessions = parse_list(session_ids, "--sessions") if session_ids is not None else None
     if fail_on_regression and compare_to is None:
         raise click.UsageError("--fail-on-regression needs --compare-to")
+    require_extra("report", ("matplotlib", "seaborn"), "mars-bench report (its plots)")
+    from harness.report.build import build_report  # noqa: PLC0415 - seaborn and matplotlib: the `report` extra
+
     result = build_report(list(results_dirs), out_dir, compare_to, sessions)
     if as_json:
         print_json(_finite(_as_json(result)))
     else:
         _print(result)
+    if result.warning:
+        click.echo(f"mars-bench: warning: {result.warning}", err=True)
     if fail_on_regression and result.regressions is not None:
         fail_if_any(result.regressions)
 
@@ -88,7 +97,7 @@ def _as_json(result: Report) -> dict:
         "images": [str(result.out_dir / f.path) for f in result.document.figures()],
         "runs": result.results.frame().to_dict(orient="records"),
         "leaderboards": [{"workload": b.point[0], "settings": b.point[1], "rps": b.point[2],
-                          "ranked_by": "goodput" if b.by_goodput else "mean_jct_s",
+                          "ranked_by": "goodput" if b.by_goodput else "mean_jct_s", "not_like_for_like": b.mismatch,
                           "ranking": b.ranking.to_dict(orient="records")} for b in result.leaderboards],
         "regressions": None if regressions is None else {
             kind: [{"workload": c.point[0], "settings": c.point[1], "rps": c.point[2], "backend": c.backend,

@@ -22,7 +22,14 @@ def run_summary(run: RunRecord) -> dict:
 
 @click.group()
 def results() -> None:
-    """Runs written under the results directory."""
+    """Runs written under the results directory.
+
+    \b
+    Examples:
+      mars-bench run --backend mars --workload swe-smoke
+      mars-bench results list
+      mars-bench results show latest
+    """
 
 
 @results.command("list")
@@ -32,8 +39,10 @@ def list_cmd(results_dir: Path, as_json: bool) -> None:
     """List the runs under the results directory.
 
     \b
-    Example:
-      mars-bench results list --results-dir results/
+    Examples:
+      mars-bench run --backend mars --workload swe-smoke
+      mars-bench results list
+      mars-bench results list --results-dir results/ --json
     """
     runs = list_runs(results_dir)
     rows = []
@@ -66,8 +75,9 @@ def show(run: str, results_dir: Path, as_json: bool) -> None:
 
     \b
     Examples:
+      mars-bench run --backend mars --workload swe-smoke
       mars-bench results show latest
-      mars-bench results show results/20261125-211500-mars-swe-smoke-s1
+      mars-bench results show latest --json
     """
     record = find_run(results_dir, run)
     summary = run_summary(record)

@@ -66,7 +66,7 @@ def hardware_options(func: F) -> F:
 @results_dir_option
 @json_option
 def run(backend: str, engine: str, vllm_mode: str, workload: str, sessions: int | None, rps: float | None, arrival: str | None,
-        cv: float | None, seed: int | None, sets: tuple[str, ...], gpu: str, model: str, tp: int, profile: str | None,
+        cv: float | None, seed: int, sets: tuple[str, ...], gpu: str, model: str, tp: int, profile: str | None,
         tool_cores: int, tool_mode: str, base_url: str | None, api_key_env: str | None, tokenizer: str | None, tools: str, allow_commands: bool, cpu_stress: int, gpu_share: float, kv_offload_gib: float, chat_rps: float, goodput: tuple[str, ...], alpha: float,
         results_dir: Path, as_json: bool) -> None:
     """Run one backend on one workload; write results/<run_id>/ and print the summary.

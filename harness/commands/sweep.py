@@ -14,11 +14,10 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, 
                            TimeRemainingColumn)
 
 from harness.backends import get_backend
-from harness.engines.registry import ENGINES
-from harness.commands.compare import parse_list
-from harness.commands.options import json_option, results_dir_option
+from harness.commands.options import json_option, parse_list, results_dir_option, seeds_option
 from harness.commands.run import hardware_options
 from harness.config import make_config
+from harness.engines.registry import ENGINES
 from harness.compare import format_spread
 from harness.config import RunConfig
 from harness.console import console, print_json, table
@@ -27,6 +26,7 @@ from harness.executors import Finished, execute
 from harness.sweep import (GridPoint, finished_run, grid_points, is_completed, json_digest, runs_table,
                            write_manifest)
 from workloads.arrivals import ARRIVAL_PROCESSES
+from workloads.source import WorkloadRequest, resolve
 
 SHOWN = (("mean_jct_s", "mean JCT s"), ("p95_jct_s", "p95 JCT s"), ("session_throughput", "sessions/s"),
          ("goodput", "goodput/s"))
@@ -39,7 +39,7 @@ SHOWN = (("mean_jct_s", "mean JCT s"), ("p95_jct_s", "p95 JCT s"), ("session_thr
 @click.option("--workload", "-w", default="paper", show_default=True, metavar="PRESET|FILE",
               help="Workload preset name or JSONL file.")
 @click.option("--rps", "rps_list", default=None, help="Comma-separated session arrival rates (default: the preset's).")
-@click.option("--seeds", default="1", show_default=True, help="Comma-separated seeds.")
+@seeds_option
 @click.option("--sessions", type=click.IntRange(min=1), help="Number of sessions (default: the preset's).")
 @click.option("--arrival", type=click.Choice(ARRIVAL_PROCESSES), help="Arrival process.")
 @click.option("--cv", type=click.FloatRange(min=0, min_open=True), help="Burstiness of gamma arrivals (CV of gaps).")
@@ -69,7 +69,7 @@ def sweep(backend_list: str, engine: str, workload: str, rps_list: str | None, s
     \b
     Examples:
       mars-bench sweep -b vllm,mars -w paper --rps 0.05,0.1,0.2,0.3 --seeds 1,2,3 -j 2
-      mars-bench sweep -b mars -w paper --rps 0.2 --set mars.window_min=2,4,8 --set retention=ttl,lru
+      mars-bench sweep -b mars -w paper --rps 0.2 --set mars.window_min=2,4,8 --set mars.retention=benefit,lru
       mars-bench sweep -b vllm,sglang,continuum,continuum-dy,autellix,infercept,mars --rps 0.1,0.2 \\
           --seeds 1,2,3 --executor ray --address ray://head:10001 --out /shared/sweeps/paper
     """
@@ -91,6 +91,7 @@ def sweep(backend_list: str, engine: str, workload: str, rps_list: str | None, s
                            tool_mode=tool_mode, **values)
 
     points = grid_points(make, names, loads, seed_list, sets)
+    check_workloads(points)
     spec = {"backends": names, "engine": engine, "workload": workload, "rps": loads, "seeds": seed_list,
             "sessions": sessions, "arrival": arrival, "cv": cv, "sets": list(sets), "gpu": gpu, "model": model,
             "tp": tp, "profile": profile, "tool_cores": tool_cores, "tool_mode": tool_mode}
@@ -140,6 +141,16 @@ def sweep(backend_list: str, engine: str, workload: str, rps_list: str | None, s
     if failures:
         raise RunsFailed(f"{len(failures)} of {len(points)} runs failed (first: {failures[0][0].run_id}: "
                          f"{failures[0][1]}); the same command runs them again")
+
+
+def check_workloads(points: list[GridPoint]) -> None:
+    """Resolve each distinct workload of the grid as its runs will (harness.experiment.run_experiment), so a
+    setting the workload rejects (`--set retention=lru`: no such preset field) fails here, in one line and
+    before anything is written, for a dry run as for the sweep itself."""
+    requests = {WorkloadRequest(source=c.workload, sessions=c.sessions, rps=c.rps, arrival=c.arrival, cv=c.cv,
+                                seed=c.seed, sets=c.workload_sets) for c in (p.config for p in points)}
+    for request in requests:
+        resolve(request)
 
 
 def _print_dry_run(points: list[GridPoint], done: list[GridPoint], sweep_dir: Path, as_json: bool) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 from rich.progress import track
 
-from harness.commands.options import json_option, workload_options, workload_request
+from harness.commands.options import json_option, seed_option, workload_options, workload_request
 from harness.console import console, plural, print_json, table
 from workloads import swebench, traces
 from workloads.model import save_sessions
@@ -20,7 +20,14 @@ from workloads.tokens import load_tokenizer
 
 @click.group()
 def workloads() -> None:
-    """Agent workloads: synthetic presets, JSONL workload files, imports of real agent workloads."""
+    """Agent workloads: synthetic presets, JSONL workload files, imports of real agent workloads.
+
+    \b
+    Examples:
+      mars-bench workloads list
+      mars-bench workloads show paper
+      mars-bench workloads generate paper -o paper.jsonl --seed 1
+    """
 
 
 @workloads.command("list")
@@ -29,8 +36,9 @@ def list_presets(as_json: bool) -> None:
     """List the synthetic workload presets.
 
     \b
-    Example:
+    Examples:
       mars-bench workloads list
+      mars-bench workloads list --json
     """
     data = {n: {"description": p.description, "sessions": p.instances, "rps": swebench.DEFAULT_RPS, "arrival": "fixed"}
             for n, p in swebench.DATA_PRESETS.items()}
@@ -48,7 +56,7 @@ def list_presets(as_json: bool) -> None:
 @workload_options(default=None)
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True, help="JSONL file to write.")
 def generate_cmd(workload: str, sessions: int | None, rps: float | None, arrival: str | None, cv: float | None,
-                 seed: int | None, sets: tuple[str, ...], output: Path) -> None:
+                 seed: int, sets: tuple[str, ...], output: Path) -> None:
     """Generate a workload file from a preset (deterministic for a seed).
 
     \b
@@ -63,7 +71,7 @@ def generate_cmd(workload: str, sessions: int | None, rps: float | None, arrival
     if workload in swebench.DATA_PRESETS:
         name, found = resolve(workload_request(workload, sessions, rps, arrival, cv, seed, sets))
         save_sessions(found, output)
-        console.print(f"wrote {plural(len(found), 'session')} ({name}, seed {seed or 0}) to {output}")
+        console.print(f"wrote {plural(len(found), 'session')} ({name}, seed {seed}) to {output}")
         return
     spec = preset_spec(workload_request(workload, sessions, rps, arrival, cv, seed, sets))
     sessions_out = list(track(generate(spec), total=spec.sessions, description="generating", console=console,
@@ -79,13 +87,14 @@ generate_cmd.name = "generate"
 @workload_options(default=None)
 @json_option
 def show(workload: str, sessions: int | None, rps: float | None, arrival: str | None, cv: float | None,
-         seed: int | None, sets: tuple[str, ...], as_json: bool) -> None:
+         seed: int, sets: tuple[str, ...], as_json: bool) -> None:
     """Show the distribution summary of a preset or workload file.
 
     \b
     Examples:
       mars-bench workloads show paper
-      mars-bench workloads show paper.jsonl
+      mars-bench workloads generate paper -o paper.jsonl --seed 1
+      mars-bench workloads show paper.jsonl --json
     """
     name, items = resolve(workload_request(workload, sessions, rps, arrival, cv, seed, sets))
     info = describe(items)
@@ -109,14 +118,19 @@ def show(workload: str, sessions: int | None, rps: float | None, arrival: str | 
 # ------------------------------------------------------------------------------------------ import
 @workloads.group("import")
 def import_group() -> None:
-    """Import real agent workloads: SWE-bench instances and recorded agent trajectories."""
+    """Import real agent workloads: SWE-bench instances and recorded agent trajectories.
+
+    \b
+    Examples:
+      mars-bench workloads import swebench --dataset tests/fixtures/swebench/instances.parquet -o swebench.jsonl
+      mars-bench workloads import trajectories tests/fixtures/trajectories/swe-agent --format swe-agent -o sa.jsonl
+    """
 
 
 tokenizer_option = click.option(
     "--tokenizer", type=click.Path(path_type=Path), metavar="PATH",
     help="tokenizer.json or a HuggingFace model directory of the served model (exact token counts); "
          "default: an estimate of 4 characters per token.")
-import_seed_option = click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
 import_rps_option = click.option("--rps", type=click.FloatRange(min=0, min_open=True), default=swebench.DEFAULT_RPS,
                                  show_default=True, help="Arrival rate of the sessions (fixed spacing, file order).")
 output_option = click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
@@ -130,7 +144,7 @@ output_option = click.option("-o", "--output", type=click.Path(dir_okay=False, p
 @click.option("--split", default="test", show_default=True, help="Dataset split.")
 @click.option("--instances", metavar="IDS|FILE", help="Only these instances: comma-separated ids, or a file of ids.")
 @tokenizer_option
-@import_seed_option
+@seed_option
 @import_rps_option
 @click.option("--hints/--no-hints", default=True, show_default=True, help="Append hints_text to the task.")
 @click.option("--prefix-tokens", type=click.IntRange(min=0), default=swebench.AGENT_PREFIX_TOKENS, show_default=True,
@@ -144,9 +158,10 @@ def import_swebench(dataset: str, split: str, instances: str | None, tokenizer: 
 
     \b
     Examples:
-      mars-bench workloads import swebench --dataset lite.parquet -o lite.jsonl
+      mars-bench workloads import swebench --dataset tests/fixtures/swebench/instances.parquet -o swebench.jsonl
+      mars-bench workloads import swebench --dataset tests/fixtures/swebench/instances.jsonl \\
+          --instances django__django-11099 --seed 1 -o one.jsonl
       mars-bench workloads import swebench --dataset verified --tokenizer ~/models/Qwen3-Coder-30B-A3B -o v.jsonl
-      mars-bench workloads import swebench --dataset lite.jsonl --instances django__django-11099 -o one.jsonl
     """
     counter = load_tokenizer(tokenizer)
     found = swebench.load_instances(dataset, split, swebench.parse_instance_ids(instances))
@@ -161,7 +176,7 @@ def import_swebench(dataset: str, split: str, instances: str | None, tokenizer: 
 @click.option("--format", "fmt", type=click.Choice(list(traces.FORMATS)), required=True,
               help="The agent that wrote the trajectories.")
 @tokenizer_option
-@import_seed_option
+@seed_option
 @import_rps_option
 @output_option
 def import_trajectories(path: str, fmt: str, tokenizer: Path | None, seed: int, rps: float, output: Path) -> None:
@@ -171,9 +186,11 @@ def import_trajectories(path: str, fmt: str, tokenizer: Path | None, seed: int, 
 
     \b
     Examples:
-      mars-bench workloads import trajectories trajs/ --format swe-agent -o swe-agent.jsonl
-      mars-bench workloads import trajectories sessions/abc123/events --format openhands -o oh.jsonl
-      mars-bench workloads import trajectories run/ --format mini-swe-agent --tokenizer tokenizer.json -o mini.jsonl
+      mars-bench workloads import trajectories tests/fixtures/trajectories/swe-agent --format swe-agent -o sa.jsonl
+      mars-bench workloads import trajectories tests/fixtures/trajectories/openhands --format openhands -o oh.jsonl
+      mars-bench model make-tiny models/tiny
+      mars-bench workloads import trajectories tests/fixtures/trajectories/mini-swe-agent --format mini-swe-agent \\
+          --tokenizer models/tiny -o mini.jsonl
     """
     counter = load_tokenizer(tokenizer)
     sessions = traces.import_trajectories(path, fmt, counter, seed=seed, rps=rps)

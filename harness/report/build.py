@@ -14,7 +14,7 @@ from harness.compare import format_spread
 from harness.errors import BadInput
 from harness.report import plots, timelines
 from harness.report.doc import Block, Code, Document, Figure, Section, Table, Text
-from harness.report.leaderboard import Leaderboard, leaderboard
+from harness.report.leaderboard import NOT_LIKE_FOR_LIKE, Leaderboard, leaderboard
 from harness.report.load import ResultSet, Run, common_config, load_results, representatives, session_frame
 from harness.report.regressions import Regressions, compare_sets
 from harness.report.render import html_page, markdown
@@ -30,6 +30,10 @@ class Report:
     leaderboards: list[Leaderboard]
     regressions: Regressions | None
     document: Document
+
+    @property
+    def warning(self) -> str:
+        return mismatch_warning(self.leaderboards)
 
     @property
     def markdown_path(self) -> Path:
@@ -63,14 +67,25 @@ def build_report(roots: Sequence[Path], out_dir: Path, compare_to: Path | None =
     sections += [_runs_section(results), _provenance_section(results)]
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     document = Document("mars-bench leaderboard", f"Generated {stamp} by `mars-bench report`.",
-                        _intro(results, regressions), sections)
+                        _intro(results, regressions, boards), sections)
     report = Report(out_dir, results, boards, regressions, document)
     report.markdown_path.write_text(markdown(document))
     report.html_path.write_text(html_page(document))
     return report
 
 
-def _intro(results: ResultSet, regressions: Regressions | None) -> list[Block]:
+def mismatch_warning(boards: Sequence[Leaderboard]) -> str:
+    """One line when the backends of some leaderboard ran other seeds or workloads; "" when none did."""
+    odd = [b for b in boards if b.mismatch]
+    if not odd:
+        return ""
+    more = f" (and {len(odd) - 1} more)" if len(odd) > 1 else ""
+    points = "1 load point" if len(odd) == 1 else f"{len(odd)} load points"
+    return (f"backends compared over different seeds or workloads at {points}, marked {NOT_LIKE_FOR_LIKE}: "
+            f"{odd[0].title}: {odd[0].mismatch}{more}")
+
+
+def _intro(results: ResultSet, regressions: Regressions | None, boards: Sequence[Leaderboard]) -> list[Block]:
     ranked, total = len(results.included), len(results.runs)
     roots = ", ".join(f"`{r}`" for r in results.roots)
     text = f"{total} runs under {roots}; {ranked} ranked."
@@ -78,6 +93,8 @@ def _intro(results: ResultSet, regressions: Regressions | None) -> list[Block]:
         text += (f" {total - ranked} left out of rankings and plots (not completed, or superseded by a newer run "
                  "of the same point): see Runs.")
     blocks: list[Block] = [Text(text)]
+    if warning := mismatch_warning(boards):
+        blocks.append(Text(f"Warning: {warning}."))
     if regressions is not None:
         blocks.append(Text(f"Against `{regressions.baseline}`: {len(regressions.regressions)} regression(s), "
                            f"{len(regressions.improvements)} improvement(s); see Regressions."))

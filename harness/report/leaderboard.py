@@ -15,6 +15,7 @@ from harness.report.load import PointKey, Run, point_title, run_frame
 _KEYS = ("goodput", "mean_jct_s")  # what a ranking is by, in order
 SHOWN = [item for key in _KEYS for item in COMPARED if item[0] == key] + [i for i in COMPARED if i[0] not in _KEYS]
 RANK_DIGITS = 3  # goodputs equal to this many significant digits rank by mean JCT
+NOT_LIKE_FOR_LIKE = "(not like for like)"  # marks a leaderboard whose backends ran other seeds or workloads
 
 
 @dataclass(frozen=True)
@@ -22,6 +23,7 @@ class Leaderboard:
     point: PointKey
     ranking: pd.DataFrame  # harness.compare.comparison rows, best first, with a `rank` column
     by_goodput: bool  # False: goodput is undefined for every backend (no isolated JCT), ranked by mean JCT
+    mismatch: str = ""  # why the backends here are not compared like for like (see `mismatch`); "" when they are
 
     @property
     def title(self) -> str:
@@ -44,6 +46,9 @@ class Leaderboard:
                     "Values are mean ± std over seeds.")
         else:
             note = "Ranked by mean JCT (lowest first): goodput is undefined here. Values are mean ± std over seeds."
+        if self.mismatch:
+            return Table(f"{self.title} {NOT_LIKE_FOR_LIKE}", columns, rows, numeric_from=2,
+                         note=f"Not like for like: the backends ran {self.mismatch}. {note}")
         return Table(self.title, columns, rows, numeric_from=2, note=note)
 
 
@@ -61,4 +66,30 @@ def leaderboard(point: PointKey, runs: Sequence[Run]) -> Leaderboard:
               .sort_values(["_goodput", "mean_jct_s"], ascending=[False, True], na_position="last", kind="stable")
               .drop(columns="_goodput").reset_index(drop=True))
     ranked.insert(0, "rank", range(1, len(ranked) + 1))
-    return Leaderboard(point, ranked, by_goodput)
+    return Leaderboard(point, ranked, by_goodput, mismatch(runs))
+
+
+def mismatch(runs: Sequence[Run]) -> str:
+    """Why the backends of one load point are not compared like for like, "" when they are: some backend ran
+    other seeds than another (vllm over seeds 0 and 1, mars over seed 1 alone), or for one seed other
+    sessions (a workload file rewritten between the runs)."""
+    seeds: dict[str, set[int]] = {}
+    for run in runs:
+        seeds.setdefault(run.backend, set()).add(run.seed)
+    if len({frozenset(s) for s in seeds.values()}) > 1:
+        return "different seeds (" + "; ".join(f"{b} {', '.join(map(str, sorted(s)))}" for b, s in seeds.items()) + ")"
+    for seed in sorted(set().union(*seeds.values())):
+        workloads: dict[frozenset[tuple[str, int]], list[str]] = {}
+        for run in runs:
+            if run.seed == seed:
+                workloads.setdefault(_sessions_of(run), []).append(run.backend)
+        if len(workloads) > 1:
+            return f"different workloads for seed {seed} (" + "; ".join(
+                f"{', '.join(backends)}: {len(sessions)} sessions" for sessions, backends in workloads.items()) + ")"
+    return ""
+
+
+def _sessions_of(run: Run) -> frozenset[tuple[str, int]]:
+    """The run's workload as its sessions ran it: (session id, number of turns) of each."""
+    frame = run.record.sessions()
+    return frozenset(zip(frame["session_id"].astype(str), frame["num_turns"].astype(int)))
