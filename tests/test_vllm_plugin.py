@@ -165,10 +165,12 @@ def test_a_pin_keeps_the_session_kv_for_its_next_call(tiny_model_dir: Path, tmp_
         out, _ = call(0, first, None)
         assert list(sched.pins) == ["s"] and sched.counters["pins_made"] == 1
         pinned = sched.pins["s"].computed_tokens
-        assert pinned == (300 + 8 - 1) // BLOCK * BLOCK  # the full blocks of prompt + output
-        assert sched.kv_cache_manager.block_pool.get_num_free_blocks() == 40 - 1 - pinned // BLOCK
+        assert pinned == 300 + 8 - 1  # the call's computed context (its last token's KV is never computed)
+        held = -(-pinned // BLOCK)  # every block the call held, the partial last one too (as the sim's pin)
+        assert sched.pins["s"].num_blocks == held
+        assert sched.kv_cache_manager.block_pool.get_num_free_blocks() == 40 - 1 - held
         _, cached = call(1, first + out + [300 + j for j in range(50)], {"name": "grep", "duration_s": 0.5})
-        assert cached >= pinned  # vLLM's own count: the pinned blocks were prefix hits
+        assert cached >= pinned // BLOCK * BLOCK  # vLLM's own count: the pin's full blocks were prefix hits
         assert not sched.pins and sched.counters["pins_used"] == 1
         assert sched.mb_policy.tools.count("grep") == 1  # the tool's duration reached the policy
     finally:

@@ -17,10 +17,12 @@ vLLM's `Scheduler.schedule()` stays intact; the policy acts through a small, ver
   restores the budget of a victim that was already scheduled this step); when an allocation fails the
   policy's victim gets the one raised priority, so vLLM's `max(priority, arrival)` picks it. Other policies
   keep vLLM's FCFS victim (the last running request);
-* retention: the driver's turn-end decision may keep a finished call's full cached blocks for its session
-  (a pin holds one reference per block); pins expire at their deadline, are consumed when the session's
-  next call is scheduled (its prefix hits took the blocks), or are released in the policy's order when an
-  allocation fails - before any chunk shrinking or preemption, as in the simulated engine;
+* retention: the turn ends of the calls that finished in a step are decided once vLLM processed the step's
+  output, each call leaving `running` right before its own, as in the simulated engine; the driver's
+  decision may keep every block the call held for its session (a pin holds one reference per block); pins
+  expire at their deadline, are consumed when the session's next call is admitted (its prefix hits took the
+  blocks), or are released in the policy's order when an allocation fails - before any chunk shrinking or
+  preemption, as in the simulated engine;
 * notifications: `on_arrival`, `on_tool_end` (the previous tool, carried by the next call's metadata),
   `on_scheduled` (with the measured step time), `on_preempted`, `on_finished`.
 Offloading to a host tier is not available on this engine (`offload_seconds` is None), so policies that
@@ -31,6 +33,7 @@ The step log and the call log (harness.engines.vllm.steplog) are written when th
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -188,10 +191,31 @@ class PolicyScheduler(Scheduler):
         self.epoch: float = float(settings.get("epoch", time.monotonic()))
         self.clock: Callable[[], float] = lambda: time.monotonic() - self.epoch
         self._planning_at: float | None = None  # `now` of the step schedule() is planning
-        self.mb_policy: Policy = make_policy(settings)
-        self.driver = PolicyDriver(self.mb_policy, self._release_pinned_blocks)
+        self.waiting = FCFSRequestQueue()
+        self.views: dict[str, VllmRequestView] = {}
+        self.finished_calls: dict[str, dict[str, Any]] = {}  # call id -> per-call figures, for an in-process harness
+        self._prefill_s_per_token = float(settings.get("prefill_s_per_token", 1e-4))
+        self._step: StepRecord | None = None
+        self._turn_ends: list[tuple[VllmRequestView, list[Any]]] | None = None  # in update_from_output
+        self.step_log = StepLog(settings["step_log"]) if settings.get("step_log") else None
+        self.call_log = CallLog(settings["call_log"]) if settings.get("call_log") else None
+        # request id -> its KV blocks (the plugin assumes one KV cache group: full attention)
+        self.req_to_blocks = self.kv_cache_manager.coordinator.single_type_managers[0].req_to_blocks
+        self._allocate = self.kv_cache_manager.allocate_slots
+        self.engine_view = VllmEngineView(self)
+        self.use_policy(make_policy(settings))
+
+    def use_policy(self, policy: Policy) -> None:
+        """Schedule with `policy` from now on, with a driver of its own (pins, counters) and a fresh prefill-rate
+        estimate. Called at start-up; later only on an idle engine (no requests, no pins), e.g. to run several
+        policies on one engine (tests/test_conformance.py)."""
+        if self.requests or (getattr(self, "driver", None) is not None and self.driver.pins):
+            raise RuntimeError("use_policy: the engine still has requests or pins")
+        self.mb_policy: Policy = policy
+        self.driver = PolicyDriver(policy, self._release_pinned_blocks)
+        self.prefill_rate = PrefillRate(self._prefill_s_per_token)
         # hooks the policy leaves at vLLM's behaviour cost nothing per step
-        kind = type(self.mb_policy)
+        kind = type(policy)
         self._orders_running = kind.order_running is not Policy.order_running
         self._orders_waiting = kind.order_waiting is not Policy.order_waiting
         self._caps = kind.prefill_cap is not Policy.prefill_cap
@@ -203,22 +227,16 @@ class PolicyScheduler(Scheduler):
         # The waiting queue stays a FCFS deque either way, reordered by the policy (preempted requests at
         # its front, as vLLM FCFS does).
         self.policy = SchedulingPolicy.PRIORITY if self._chooses_victims else SchedulingPolicy.FCFS
-        self.waiting = FCFSRequestQueue()
-        self.views: dict[str, VllmRequestView] = {}
-        self.finished_calls: dict[str, dict[str, Any]] = {}  # call id -> per-call figures, for an in-process harness
-        self.prefill_rate = PrefillRate(float(settings.get("prefill_s_per_token", 1e-4)))
-        self._step: StepRecord | None = None
-        self.step_log = StepLog(settings["step_log"]) if settings.get("step_log") else None
-        self.call_log = CallLog(settings["call_log"]) if settings.get("call_log") else None
-        # request id -> its KV blocks (the plugin assumes one KV cache group: full attention)
-        self.req_to_blocks = self.kv_cache_manager.coordinator.single_type_managers[0].req_to_blocks
-        self._allocate = self.kv_cache_manager.allocate_slots
+        manager, wraps = self.kv_cache_manager, self.__dict__
         if self._chooses_victims or kind.on_turn_end is not Policy.on_turn_end or self.step_log is not None:
-            self.kv_cache_manager.allocate_slots = self._allocate_slots  # type: ignore[method-assign]
-        if not (self._caps or self._shrinks):
+            manager.allocate_slots = self._allocate_slots  # type: ignore[method-assign]
+        else:
+            manager.allocate_slots = self._allocate  # type: ignore[method-assign]
+        if self._caps or self._shrinks:
+            wraps.pop("_reserve_prefill_lookahead", None)
+        else:
             self._reserve_prefill_lookahead = super()._reserve_prefill_lookahead  # type: ignore[method-assign]
-        self.engine_view = VllmEngineView(self)
-        self.mb_policy.bind(self.engine_view)
+        policy.bind(self.engine_view)
 
     # ------------------------------------------------------------------------------ clock, state
     def now(self) -> float:
@@ -273,7 +291,7 @@ class PolicyScheduler(Scheduler):
             out = super().schedule(*args, **kwargs)
         finally:
             self._planning_at = None
-        views, pins = self.views, driver.pins
+        views = self.views
         for rid, n in out.num_scheduled_tokens.items():
             view = views.get(rid)
             if view is None:
@@ -285,8 +303,6 @@ class PolicyScheduler(Scheduler):
                 req = view.req
                 decode = is_decoding(req.num_output_tokens, before, req.num_tokens)
                 step.phases[view.meta.call_id] = ("decode" if decode else "prefill", before)
-            if pins:
-                pins.consume(view.session_id)  # the call holds its prefix hits now
         return out
 
     def _in_policy_order(self, queue: Any, order: Any, now: float) -> list[Request]:
@@ -299,7 +315,14 @@ class PolicyScheduler(Scheduler):
             return [v.req for v in order(known, now)] + [r for r in queue if r.request_id not in views]
 
     def update_from_output(self, scheduler_output: Any, model_runner_output: Any) -> Any:
-        out = super().update_from_output(scheduler_output, model_runner_output)
+        running = list(self.running)  # as this step left it
+        self._turn_ends = []
+        try:
+            out = super().update_from_output(scheduler_output, model_runner_output)
+        finally:
+            ends, self._turn_ends = self._turn_ends, None
+        if ends:
+            self._end_turns(running, ends)
         step, self._step = self._step, None
         if step is not None and (step.scheduled or step.preempted):
             duration = max(0.0, self.now() - step.start_s)
@@ -348,6 +371,13 @@ class PolicyScheduler(Scheduler):
         while True:
             blocks = self._allocate(request, *args, **kwargs)
             if blocks is not None:
+                if self.driver.pins and request.status != RequestStatus.RUNNING:
+                    # a waiting call is admitted: it holds its prefix hits now, so its session's pin goes
+                    # (its blocks the call did not take - the partial last one - are free for the calls
+                    # admitted after it), as in the simulated engine's admission
+                    view = self.views.get(request.request_id)
+                    if view is not None:
+                        self.driver.pins.consume(view.session_id)
                 break
             session = self.driver.pins.release_one(self.now())
             if session is None:
@@ -389,6 +419,7 @@ class PolicyScheduler(Scheduler):
     # ------------------------------------------------------------------------- finish, retention
     def _free_request(self, request: Request, *args: Any, **kwargs: Any) -> Any:
         view = self.views.pop(request.request_id, None)
+        held = None
         if view is not None:
             figures = {"preemptions": request.num_preemptions, "recomputed_tokens": view.recomputed_tokens,
                        "first_scheduled_s": view.first_scheduled_s}
@@ -397,19 +428,49 @@ class PolicyScheduler(Scheduler):
             else:
                 self.finished_calls[view.meta.call_id] = figures
             if request.status in (RequestStatus.FINISHED_LENGTH_CAPPED, RequestStatus.FINISHED_STOPPED):
-                now = self.now()
-                decision = self.driver.turn_end(view, now)
-                if decision.action == "keep":
-                    self._pin(view, decision.seconds, now)
-        return super()._free_request(request, *args, **kwargs)
+                # the call's turn end decides what becomes of its blocks: hold them (one reference each, as the
+                # call held them) past vLLM's free until then
+                held = list(self.req_to_blocks.get(request.request_id, ()))
+                self.kv_cache_manager.block_pool.touch(held)
+                view._blocks = {view.request_id: held}  # the policy still sees the blocks the call held
+        result = super()._free_request(request, *args, **kwargs)
+        if held is not None:
+            if self._turn_ends is not None:
+                self._turn_ends.append((view, held))
+            else:  # finished outside a step's output (none in practice)
+                with contextlib.suppress(ValueError):
+                    self.running.remove(view.req)
+                self._end_turn(view, held, self.now())
+        return result
 
-    def _pin(self, view: VllmRequestView, seconds: float, now: float) -> None:
-        """Take one reference on the call's cached (full, hashed) blocks until the deadline."""
-        blocks = [b for b in self.kv_cache_manager.get_blocks(view.request_id).blocks[0] if b.block_hash is not None]
-        if not blocks:
-            return
-        self.kv_cache_manager.block_pool.touch(blocks)
-        self.driver.pins.make(view.session_id, blocks, len(blocks) * self.block_size, now, seconds)
+    def _end_turns(self, running: list[Request], ends: list[tuple[VllmRequestView, list[Any]]]) -> None:
+        """The turn ends of the calls that finished in a step, decided once vLLM processed the step's whole
+        output (every call's new token is in), in the step's order, each call leaving `running` right before
+        its own turn end - the simulated engine's order: a policy reading the running calls (InferCept's
+        C_other) or the free blocks sees what the simulated engine shows it."""
+        after, done, views = self.running, set(), self.views
+        for view, _ in ends:  # the calls still to end are running calls, seen through their views
+            views[view.request_id] = view
+        try:
+            for view, held in ends:
+                done.add(id(view.req))
+                del views[view.request_id]
+                self.running = [r for r in running if id(r) not in done]
+                self._end_turn(view, held, self.now())
+        finally:
+            self.running = after
+            for view, _ in ends:
+                views.pop(view.request_id, None)
+
+    def _end_turn(self, view: VllmRequestView, blocks: list[Any], now: float) -> None:
+        """The driver's turn-end decision for a finished call whose `blocks` are held for it: a keep pins them
+        all (the pin takes the hold over), as the simulated engine's pin; otherwise they are freed, in the
+        order vLLM frees a request's blocks."""
+        decision = self.driver.turn_end(view, now)
+        if decision.action == "keep" and blocks:
+            self.driver.pins.make(view.session_id, blocks, view.req.num_computed_tokens, now, decision.seconds)
+        else:
+            self._release_pinned_blocks(blocks)
 
     def mb_stats(self) -> dict[str, Any]:
         """Counters for the run's stats (pins, preemptions, chunk shrinking and capping)."""
