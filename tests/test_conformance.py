@@ -15,6 +15,7 @@ chunk), must then decide the same, step by step (`Decisions`):
 * preempted: the victims, in order;
 * pins made (session, blocks, tokens, deadline), used (by the session's next call), released early (blocks
   short) and expired; turn-end decisions (call, keep or free, seconds);
+* the policy's order hooks (of a policy that has its own): asked in the same steps, with the same answer;
 * and the free KV blocks after the step, so a difference in the books shows before it changes a decision.
 
 Prompts are token ids built append-only per session (turn k's prompt = the previous prompt, that call's real
@@ -27,8 +28,8 @@ partial last block) to the FRONT of its free queue, to be reused first, where th
 freed block at the tail. The two engines then evict different cached blocks, and a later prefix hit differs
 by whole blocks. It is allocator behaviour, not a policy's decision, and the sim cannot follow vLLM without
 changing its results, so every call of TRACE ends with its context on a block boundary (no partial block is
-freed at a turn end); `test_the_one_modelling_difference_is_the_free_order` shows the difference on a trace
-that is one token off and that it is the only one: with vLLM freeing as the sim does, that trace conforms too.
+freed at a turn end); `test_the_one_modelling_difference_is_the_free_order` shows the difference on the trace
+one token off, and that it is the only one that trace meets: with vLLM freeing as the sim does, it conforms.
 
 Two small traces (`SCENARIOS`) aim at rules the big one may not meet: calls that end in the same step, and a
 pin used by the admission of its session's call while a later admission in that step needs the block it frees.
@@ -60,11 +61,11 @@ from harness.policy.driver import PolicyDriver
 VLLM_BACKENDS = [name for name, backend in BACKENDS.items() if "vllm" in backend.engines]
 # every backend that runs on vLLM with its defaults, and settings under which more of the hooks act on this trace
 CASES = [pytest.param(name, {}, id=name) for name in VLLM_BACKENDS] + [
-    # MLFQ quanta below the token budget: prefill_cap caps every competing prompt chunk
-    pytest.param("mars", {"mars": {"quanta": (64, 48, 32, 16)}}, id="mars-small-quanta"),
-    # PLAS quanta and thresholds this trace reaches: caps, demotions, starvation promotion
-    pytest.param("autellix", {"autellix": {"quanta": (96, 64, 48, 32), "service_thresholds": (150, 300, 450)}},
-                 id="autellix-small-quanta"),
+    # MLFQ quanta below the token budget, levels aging within the trace: prefill_cap caps competing prompt chunks
+    pytest.param("mars", {"mars": {"quanta": (64, 48, 32, 16), "aging_s": 0.3}}, id="mars-small-quanta"),
+    # PLAS quanta, thresholds and starvation this trace reaches: caps, demotions, promotions
+    pytest.param("autellix", {"autellix": {"quanta": (96, 64, 48, 32), "service_thresholds": (150, 300, 450),
+                                           "starvation_ratio": 0.25}}, id="autellix-small-quanta"),
     # past the cold start: TTLs from the tool-duration CDF, queueing delays and the engine's prefill estimate
     pytest.param("continuum-dy", {"continuum_dy": {"cold_start_samples": 2, "tool_min_samples": 2}},
                  id="continuum-dy-warm"),
@@ -142,6 +143,8 @@ class Decisions:
     pins_released: list[str] = field(default_factory=list)
     pins_expired: list[str] = field(default_factory=list)
     turn_ends: list[tuple[str, str, float]] = field(default_factory=list)  # call, action, seconds
+    # the policy's own orders (of a policy that overrides them), when asked: which queue and the calls in order
+    orders: list[tuple[str, list[str]]] = field(default_factory=list)
     free_blocks: int = -1  # after the step
 
     @staticmethod
@@ -151,7 +154,7 @@ class Decisions:
 
 class Recorder:
     """Logs each step's decisions by wrapping one engine's PolicyDriver - the instance its adapter calls for
-    every scheduled chunk, preemption, turn end and pin operation."""
+    every scheduled chunk, preemption, turn end and pin operation - and the policy's order hooks."""
 
     def __init__(self, driver: PolicyDriver, call_id: Callable[[Any], str]) -> None:
         self.steps: list[Decisions] = []
@@ -198,6 +201,18 @@ class Recorder:
                 step().pins_released.append(session)
             return session
 
+        def ordered(queue: str, order: Callable[[list[Any], float], list[Any]]) -> Callable[[list[Any], float], Any]:
+            def record(reqs: list[Any], now: float) -> list[Any]:
+                out = order(reqs, now)
+                step().orders.append((queue, [call_id(r) for r in out]))
+                return out
+            return record
+
+        policy = driver.policy
+        for queue in ("running", "waiting"):  # hooks left at vLLM's behaviour: the plugin need not ask them
+            name = f"order_{queue}"
+            if getattr(type(policy), name) is not getattr(Policy, name):
+                setattr(policy, name, ordered(queue, getattr(policy, name)))
         for obj, name, wrapper in ((driver, "scheduled", on_scheduled), (driver, "preempted", on_preempted),
                                    (driver, "turn_end", on_turn_end), (pins, "make", on_make),
                                    (pins, "consume", on_consume), (pins, "expire", on_expire),
@@ -447,7 +462,8 @@ def test_the_comparison_reports_the_first_differing_step_and_field() -> None:
     assert first_divergence(base, [Decisions(**vars(d)) for d in base]) is None
     for name, value in (("tick", 7), ("scheduled", [("a#0", 255)]), ("preempted", ["a#0"]),
                         ("pins_made", [("a", 3, 96, 1.0)]), ("pins_used", ["a"]), ("pins_released", ["a"]),
-                        ("pins_expired", ["a"]), ("turn_ends", [("a#0", "free", 0.0)]), ("free_blocks", 8)):
+                        ("pins_expired", ["a"]), ("turn_ends", [("a#0", "free", 0.0)]), ("orders", [("waiting", ["a#1"])]),
+                        ("free_blocks", 8)):
         other = [Decisions(**vars(d)) for d in base]
         setattr(other[2], name, value)
         divergence = first_divergence(base, other)

@@ -8,8 +8,9 @@ engine args, or `--scheduler-cls` / `--additional-config` of the OpenAI server).
 request's `vllm_xargs`, as a JSON string).
 
 vLLM's `Scheduler.schedule()` stays intact; the policy acts through a small, version-checked surface:
-* `order_running` / `order_waiting`: the running list and the (FCFS deque) waiting queue are put in the
-  policy's order before each `schedule()`;
+* `order_running` / `order_waiting`: the running list is put in the policy's order before each `schedule()`,
+  the (FCFS deque) waiting queue when vLLM's waiting pass first looks at it - so only in a step that preempted
+  nobody, as in the simulated engine;
 * chunk sizes: `_reserve_prefill_lookahead`, which vLLM calls on every chunk it is about to schedule
   (running and waiting), applies the driver's cap (`prefill_cap`) and, for a running request whose new
   blocks do not fit, the driver's `fit_chunk`: release a pin, else shrink (`on_allocation_failure`);
@@ -181,6 +182,20 @@ class VllmEngineView:
         return max(0, int(req.req.max_tokens) - int(req.req.num_output_tokens))
 
 
+class PolicyOrderedQueue(FCFSRequestQueue):
+    """vLLM's FCFS waiting queue that puts itself in the policy's order (`order_once`, armed for one step)
+    when vLLM's waiting pass first looks at it: after the running pass and only in a step that preempted
+    nobody, where the simulated engine asks the policy's `order_waiting`."""
+
+    order_once: Callable[[], None] | None = None
+
+    def peek_request(self) -> Request:
+        order, self.order_once = self.order_once, None
+        if order is not None:
+            order()
+        return super().peek_request()
+
+
 class PolicyScheduler(Scheduler):
     """vLLM's scheduler with a mars-bench policy's hooks (see the module docstring)."""
 
@@ -191,7 +206,8 @@ class PolicyScheduler(Scheduler):
         self.epoch: float = float(settings.get("epoch", time.monotonic()))
         self.clock: Callable[[], float] = lambda: time.monotonic() - self.epoch
         self._planning_at: float | None = None  # `now` of the step schedule() is planning
-        self.waiting = FCFSRequestQueue()
+        self.waiting = PolicyOrderedQueue()
+        self._preempted_in_step = False
         self.views: dict[str, VllmRequestView] = {}
         self.finished_calls: dict[str, dict[str, Any]] = {}  # call id -> per-call figures, for an in-process harness
         self._prefill_s_per_token = float(settings.get("prefill_s_per_token", 1e-4))
@@ -276,12 +292,16 @@ class PolicyScheduler(Scheduler):
         driver = self.driver
         driver.pins.expire(now)
         policy = self.mb_policy
-        if self._orders_running and len(self.running) > 1:
+        # The policy's orders are asked where the simulated engine asks them, also for one request or none (an
+        # order may change the policy's state: Autellix promotes starving programs): the running order every
+        # step; the waiting order when vLLM's waiting pass first looks at the queue - after the running pass,
+        # in a step that preempted nobody - or, if it looked at no request, once the step is planned.
+        if self._orders_running:
             self.running[:] = self._in_policy_order(self.running, policy.order_running, now)
-        if self._orders_waiting and len(self.waiting) > 1:
-            order = self._in_policy_order(self.waiting, policy.order_waiting, now)
-            self.waiting.clear()
-            self.waiting.extend(order)
+        waiting = self.waiting
+        if self._orders_waiting:
+            waiting.order_once = lambda: self._order_waiting(now)
+        self._preempted_in_step = False
         step = self._step = StepRecord(start_s=now)
         logging = self.step_log is not None
         if logging:
@@ -291,6 +311,9 @@ class PolicyScheduler(Scheduler):
             out = super().schedule(*args, **kwargs)
         finally:
             self._planning_at = None
+            order, waiting.order_once = waiting.order_once, None
+        if order is not None and not self._preempted_in_step:
+            order()
         views = self.views
         for rid, n in out.num_scheduled_tokens.items():
             view = views.get(rid)
@@ -304,6 +327,11 @@ class PolicyScheduler(Scheduler):
                 decode = is_decoding(req.num_output_tokens, before, req.num_tokens)
                 step.phases[view.meta.call_id] = ("decode" if decode else "prefill", before)
         return out
+
+    def _order_waiting(self, now: float) -> None:
+        order = self._in_policy_order(self.waiting, self.mb_policy.order_waiting, now)
+        self.waiting.clear()
+        self.waiting.extend(order)
 
     def _in_policy_order(self, queue: Any, order: Any, now: float) -> list[Request]:
         """The requests of `queue` in the policy's order; requests without a view (none in practice) last."""
@@ -404,6 +432,7 @@ class PolicyScheduler(Scheduler):
         return blocks
 
     def _preempt_request(self, request: Request, timestamp: float, *args: Any, **kwargs: Any) -> None:
+        self._preempted_in_step = True
         view = self.views.get(request.request_id)
         computed = request.num_computed_tokens
         super()._preempt_request(request, timestamp, *args, **kwargs)
