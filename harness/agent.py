@@ -65,7 +65,7 @@ class AgentLoop:
     def fail(self, reason: str) -> None:
         self.failed = reason
 
-    def row(self, isolated_jct_s: float = math.nan) -> dict:
+    def row(self, isolated_jct_s: float = math.nan, floor_jct_s: float = math.nan, pool_jct_s: float = math.nan) -> dict:
         """The session as a row of the sessions table (harness.tables.SESSION_COLUMNS)."""
         return {
             "session_id": self.session.id,
@@ -81,4 +81,6 @@ class AgentLoop:
             "tool_s": self.tool_s,
             "tool_wait_s": self.tool_wait_s,
             "isolated_jct_s": isolated_jct_s,
+            "floor_jct_s": floor_jct_s,
+            "pool_jct_s": pool_jct_s,
         }

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.backends import get_backend
+from harness.bound import bound_jcts
 from harness.config import RunConfig
 from harness.engines.base import BuildContext
 from harness.engines.registry import get_engine
@@ -97,6 +98,7 @@ def run_experiment(config: RunConfig, results_dir: Path, progress: Progress | No
 
     isolated = {} if setup is None else \
         isolated_jcts(sessions, setup, cache=results_dir / ".cache" / "isolated.json", progress=isolated_progress)
+    bound = None if setup is None else bound_jcts(sessions, setup, cache=results_dir / ".cache" / "floors.json")
     run_id = run_id or make_run_id(config.backend, name, config.seed, results_dir)
     meta_config = {**config.model_dump(mode="json"), "workload_name": name, "num_sessions": total}
     with RunWriter(results_dir, run_id, meta_config, config.seed) as writer:
@@ -110,7 +112,7 @@ def run_experiment(config: RunConfig, results_dir: Path, progress: Progress | No
             engine.close()
             raise
         run = AgentRun(engine, sessions, admission, tools, sink, background, config.timeline_interval_s)
-        outcome = run.run(isolated)
+        outcome = run.run(isolated, bound)
         summary = summarize(outcome.calls, outcome.sessions, alpha=config.alpha, goodput_slo=slo, end_s=outcome.end_s)
         payload = {**summary.model_dump(mode="json"), "engine_stats": outcome.stats}
         writer.finish(outcome.calls, outcome.sessions, payload, timeline=outcome.timeline)

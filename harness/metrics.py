@@ -192,6 +192,10 @@ class RunSummary(BaseModel):
     p90_slowdown: float | None = None
     p95_slowdown: float | None = None
     p99_slowdown: float | None = None
+    # the physical bound (harness.bound): a mean JCT no policy beats on this testbed, and the mean JCT as a
+    # multiple of it (1.0 = nothing left to gain)
+    bound_mean_jct_s: float | None = None
+    x_of_bound: float | None = None
     # session throughput and slowdown goodput
     session_throughput: float | None = None
     goodput: float | None = None
@@ -333,7 +337,25 @@ def _session_fields(s: pd.DataFrame, duration: float | None, alpha: float, ps: t
         "mean_tool_s": _mean(done["tool_s"]),
         "mean_llm_s": _mean(done["llm_s"]),
         **_stats(admitted, "admission_wait_s", ps),
+        **_bound_fields(s, done),
     }
+
+
+def _bound_fields(s: pd.DataFrame, done: pd.DataFrame) -> dict[str, Any]:
+    """bound_mean_jct_s (harness.bound) and x_of_bound: with every session completed, the larger of the mean
+    floor and the mean pool relaxation; else the mean floor of the completed sessions. Tables written before
+    the bound existed have no columns: both undefined."""
+    if "floor_jct_s" not in s.columns or "pool_jct_s" not in s.columns:
+        return {}
+    floor, pool = s["floor_jct_s"].astype(float), s["pool_jct_s"].astype(float)
+    if len(s) and len(done) == len(s) and floor.notna().all() and pool.notna().all():
+        bound, jct = max(float(floor.mean()), float(pool.mean())), float(done["jct_s"].astype(float).mean())
+    else:
+        known = done[done["floor_jct_s"].astype(float) > 0]
+        if known.empty:
+            return {}
+        bound, jct = float(known["floor_jct_s"].astype(float).mean()), float(known["jct_s"].astype(float).mean())
+    return {"bound_mean_jct_s": bound, "x_of_bound": jct / bound if bound > 0 else None}
 
 
 def _call_fields(c: pd.DataFrame, duration: float | None, slo: SloSpec | None, ps: tuple[float, ...]) -> dict[str, Any]:
@@ -402,6 +424,7 @@ _ROWS: tuple[tuple[str, str, Any], ...] = (
     ("p95 JCT", "p95_jct_s", _seconds),
     ("p99 JCT", "p99_jct_s", _seconds),
     ("mean slowdown", "mean_slowdown", lambda v: f"{fmt(v)}x"),
+    ("x of bound", "x_of_bound", lambda v: f"{fmt(v)}x"),
     ("throughput", "session_throughput", lambda v: f"{fmt(v)} sessions/s"),
     ("token throughput", "total_token_throughput", lambda v: f"{fmt(v)} tokens/s"),
     ("output throughput", "output_throughput", lambda v: f"{fmt(v)} tokens/s"),

@@ -223,8 +223,9 @@ class AgentRun:
         self._admit()
 
     # ----------------------------------------------------------------------------- run
-    def run(self, isolated: dict[str, float] | None = None) -> Outcome:
-        """Run to the end; the tools and the engine are closed afterwards, also on an error or Ctrl-C."""
+    def run(self, isolated: dict[str, float] | None = None,
+            bound: tuple[dict[str, float], dict[str, float]] | None = None) -> Outcome:
+        """Run to the end (`isolated`, `bound`: each session's reference JCTs, see harness.bound); the tools and the engine are closed afterwards, also on an error or Ctrl-C."""
         try:
             self.engine.start()
             wall = time.perf_counter()
@@ -239,8 +240,10 @@ class AgentRun:
         finally:
             self.tools.close()
             self.engine.close()
-        isolated = isolated or {}
-        session_rows = [self.loops[s.id].row(isolated.get(s.id, math.nan)) if s.id in self.loops
+        isolated, (floor, pool) = isolated or {}, bound or ({}, {})
+        session_rows = [self.loops[s.id].row(isolated.get(s.id, math.nan), floor.get(s.id, math.nan),
+                                             pool.get(s.id, math.nan))
+                        if s.id in self.loops
                         else _never_admitted(s) for s in self.sessions]
         calls = conform(pd.DataFrame(self.call_rows, columns=list(CALL_COLUMNS)), CALL_COLUMNS) \
             if self.call_rows else empty_frame(CALL_COLUMNS)

@@ -39,6 +39,8 @@ SESSION_COLUMNS: dict[str, str] = {
     "tool_s": "float64",  # time tools were executing
     "tool_wait_s": "float64",  # time tool calls waited for cores
     "isolated_jct_s": "float64",  # JCT of this session alone on the idle system; NaN if unknown
+    "floor_jct_s": "float64",  # its JCT with nothing shared, a bound per session (harness.bound); NaN if unknown
+    "pool_jct_s": "float64",  # its JCT in the CPU relaxation, a bound in sum over the run (harness.bound)
 }
 
 

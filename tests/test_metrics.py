@@ -34,6 +34,8 @@ SESSION_DEFAULTS: dict[str, Any] = {
     "session_id": "s0", "arrival_s": 0.0, "admitted_s": 0.0, "finish_s": 1.0, "completed": True, "num_turns": 1,
     "turns_done": 1, "prompt_tokens": 100, "output_tokens": 2, "llm_s": 1.0, "tool_s": 0.0, "tool_wait_s": 0.0,
     "isolated_jct_s": 1.0,
+    "floor_jct_s": NAN,
+    "pool_jct_s": NAN,
 }
 
 

@@ -30,6 +30,8 @@ def session_row(sid: str, arrival: float, finish: float | None) -> dict:
         "completed": finish is not None, "num_turns": 2, "turns_done": 2 if finish is not None else 1,
         "prompt_tokens": 200, "output_tokens": 18, "llm_s": 2.0, "tool_s": 1.0, "tool_wait_s": 0.0,
         "isolated_jct_s": 3.0,
+        "floor_jct_s": 2.5,
+        "pool_jct_s": 2.5,
     }
 
 
