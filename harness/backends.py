@@ -21,7 +21,8 @@ from baselines.infercept import InferCeptPolicy, InferCeptSettings
 from baselines.lpm import LpmSettings, SglangPolicy
 from harness.errors import BadInput
 from harness.policy import AdmissionController, AdmitAll, Policy
-from mars_impl.mars import PREVIEW_OVERRIDES, MarsPolicy, MarsSettings, mars_admission
+from harness.policy.tools import FifoTools, ToolOrder
+from mars_impl.mars import PREVIEW_OVERRIDES, MarsPolicy, MarsSettings, mars_admission, mars_tool_order
 
 if TYPE_CHECKING:
     from harness.config import RunConfig
@@ -33,6 +34,8 @@ class Backend:
     engines: tuple[str, ...]
     make_policy: Callable[[RunConfig], Policy]
     make_admission: Callable[[RunConfig], AdmissionController] = lambda cfg: AdmitAll()
+    # the CPU half (harness.policy.tools): which waiting tool call runs next; FIFO unless the backend says
+    make_tool_order: Callable[[RunConfig], ToolOrder] = lambda cfg: FifoTools()
     # the run config's section holding this backend's settings (`--set KEY.field=...`) and its model
     settings: tuple[str, type[BaseModel]] | None = None
     # the sim engine's prefix cache when engine_args.prefix_cache is "auto": "block" (vLLM) or "radix" (SGLang);
@@ -96,24 +99,27 @@ BACKENDS: dict[str, Backend] = {
         Backend(
             "mars",
             "MARS: AIMD admission on KV and tool-pool pressure, agent-centric MLFQ with quantum-capped chunks, "
-            "chunk shrinking, benefit-tested KV retention across tool calls (ablations: --set mars.*)",
+            "chunk shrinking, benefit-tested KV retention across tool calls, shortest-expected-first tool pool "
+            "(ablations: --set mars.*)",
             ("sim", "vllm"),
             lambda cfg: MarsPolicy(cfg.mars),
             lambda cfg: mars_admission(cfg.mars, cfg.tool_cores, cfg.rps),
             settings=("mars", MarsSettings),
+            make_tool_order=lambda cfg: mars_tool_order(cfg.mars),
         ),
         Backend(
             "mars-admission",
             "MARS's control plane alone in front of an unmodified engine: admission on KV and tool-pool pressure "
-            "(KV from the server's /metrics), backlog order; the engine schedules as it does (vLLM FCFS)",
+            "(KV from the server's /metrics), backlog order, tool-pool order; the engine schedules as it does (vLLM FCFS)",
             ("sim", "vllm", "http", "sglang"),
             lambda cfg: FcfsPolicy(),
             lambda cfg: mars_admission(cfg.mars, cfg.tool_cores, cfg.rps),
             settings=("mars", MarsSettings),
+            make_tool_order=lambda cfg: mars_tool_order(cfg.mars),
         ),
         Backend(
             "mars-preview",
-            "MARS as in its public preview code: retention = LRU prefix cache only, CPU high mark 2.0",
+            "MARS as in its public preview code: retention = LRU prefix cache only, CPU high mark 2.0, FIFO tools",
             ("sim", "vllm"),
             lambda cfg: MarsPolicy(_preview(cfg.mars)),
             lambda cfg: mars_admission(_preview(cfg.mars), cfg.tool_cores, cfg.rps),

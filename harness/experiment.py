@@ -17,6 +17,7 @@ from harness.engines.registry import get_engine
 from harness.engines.sim.run import isolated_jcts
 from harness.engines.sim.testbed import build_setup
 from harness.errors import BadInput
+from harness.policy.tools import ToolOrder
 from harness.metrics import RunSummary, parse_goodput, summarize
 from harness.real_tools import RealToolPool
 from harness.results import RunWriter, make_run_id
@@ -59,14 +60,16 @@ class _CountingSink:
             self.progress("simulating", self.done, self.total)
 
 
-def make_tools(config: RunConfig, env: Any) -> ToolRunner:
-    """The run's tool pool on the engine's clock: modelled CPU time, or real pinned processes."""
+def make_tools(config: RunConfig, env: Any, order: ToolOrder | None = None) -> ToolRunner:
+    """The run's tool pool on the engine's clock: modelled CPU time, or real pinned processes; `order`: the
+    backend's tool-order policy (None: FIFO)."""
     if config.tools == "real":
         try:
-            return RealToolPool(env, config.tool_cores, config.tool_mode, config.cpu_stress, config.allow_commands)
+            return RealToolPool(env, config.tool_cores, config.tool_mode, config.cpu_stress, config.allow_commands,
+                                order=order)
         except ValueError as exc:
             raise BadInput(f"--tools real: {exc}") from None
-    return TimedTools(env, ToolPool(config.tool_cores, config.tool_mode, stress_cores=config.cpu_stress))
+    return TimedTools(env, ToolPool(config.tool_cores, config.tool_mode, stress_cores=config.cpu_stress, order=order))
 
 
 def run_experiment(config: RunConfig, results_dir: Path, progress: Progress | None = None,
@@ -107,7 +110,7 @@ def run_experiment(config: RunConfig, results_dir: Path, progress: Progress | No
         engine = engine_entry.build(BuildContext(config, policy, [*sessions, *background], writer.dir,
                                                  results_dir / ".cache"))
         try:
-            tools = make_tools(config, engine.env)
+            tools = make_tools(config, engine.env, backend.make_tool_order(config))
         except BaseException:
             engine.close()
             raise

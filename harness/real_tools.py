@@ -6,8 +6,8 @@ A call of `cpu_seconds` on `cores` cores starts `cores` worker processes (clampe
 conserved as in harness.tools), each burning `cpu_seconds` of its own CPU time (a busy loop on
 `time.process_time`, so the work is exact however the OS shares the cores), or, when the workload
 records a command and `--allow-commands` is given, runs that command through the shell. Disciplines as
-in harness.tools: `queue` (one FIFO; the head starts when enough tool cores are free, nobody overtakes)
-and `timeshare` (everything starts at once; the OS shares the cores). `--cpu-stress K` adds K busy
+in harness.tools: `queue` (one FIFO, or the tool-order policy's order of it, harness.policy.tools; the
+head starts when enough tool cores are free, nobody overtakes) and `timeshare` (everything starts at once; the OS shares the cores). `--cpu-stress K` adds K busy
 processes on the same cores for the whole run.
 
 Every process is pinned (`os.sched_setaffinity`) to the tool CPUs, runs in its own session (so the pool
@@ -29,7 +29,8 @@ from typing import Any
 
 import simpy
 
-from harness.tools import Ema, ToolCompletion, ToolMode
+from harness.policy.tools import ToolOrder, ToolRequest
+from harness.tools import Ema, ToolCompletion, ToolMode, in_order
 
 POLL_S = 0.005  # how often running tools are checked for completion
 MEMORY_LIMIT_BYTES = 2 << 30
@@ -54,6 +55,7 @@ class _Call:
     submitted_s: float
     command: str | None
     event: simpy.Event
+    request: ToolRequest
     started_s: float | None = None
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
@@ -63,8 +65,11 @@ class RealToolPool:
     harness.runner.TimedTools (harness.runner.ToolRunner), and the signals of harness.tools.ToolPool."""
 
     def __init__(self, env: simpy.Environment, cores: int, mode: ToolMode = "queue", stress_cores: int = 0,
-                 allow_commands: bool = False, ema_alpha: float = 0.2, cpus: Sequence[int] | None = None) -> None:
+                 allow_commands: bool = False, ema_alpha: float = 0.2, cpus: Sequence[int] | None = None,
+                 order: ToolOrder | None = None) -> None:
         self.env = env
+        self.order = order
+        self._seq = 0
         self.mode = mode
         self.cpus = list(cpus) if cpus is not None else tool_cpus(cores)
         self.cores = len(self.cpus)
@@ -98,9 +103,12 @@ class RealToolPool:
         return self._ema.value if self._ema.value is not None else 0.0
 
     # ----------------------------------------------------------------------------- calls
-    def run(self, job_id: Hashable, cpu_seconds: float, cores: int, command: str | None = None) -> simpy.Event:
+    def run(self, job_id: Hashable, cpu_seconds: float, cores: int, command: str | None = None, session_id: str = "",
+            tool: str = "") -> simpy.Event:
         event = self.env.event()
-        call = _Call(job_id, cpu_seconds, cores, min(cores, self.workers), self.env.now, command, event)
+        request = ToolRequest(job_id, session_id, tool, cores, self.env.now, self._seq)
+        self._seq += 1
+        call = _Call(job_id, cpu_seconds, cores, min(cores, self.workers), self.env.now, command, event, request)
         self._queue.append(call)
         self._start_heads()
         if not self._wake.triggered:
@@ -108,6 +116,8 @@ class RealToolPool:
         return event
 
     def _start_heads(self) -> None:
+        if self.order is not None and self.mode == "queue" and len(self._queue) > 1 and self._busy < self.workers:
+            self._queue = in_order(self.order, self._queue, self.env.now)
         while self._queue and (self.mode == "timeshare" or self._queue[0].workers <= self.workers - self._busy):
             call = self._queue.popleft()
             call.started_s = self.env.now
@@ -152,6 +162,8 @@ class RealToolPool:
                 assert call.started_s is not None
                 if self.mode == "timeshare":
                     self._ema.update(max(0.0, env.now - call.submitted_s - call.cpu_seconds * call.cores / call.workers))
+                if self.order is not None:
+                    self.order.on_tool_end(call.request, env.now - call.started_s, env.now)
                 call.event.succeed(ToolCompletion(call.job_id, call.cores, call.cpu_seconds, call.submitted_s,
                                                   call.started_s, env.now, call.started_s - call.submitted_s))
             if done:

@@ -31,7 +31,8 @@ class ToolRunner(Protocol):
 
     pool: Any  # the signals: workers, inflight, ema_wait_s, busy_cores
 
-    def run(self, job_id: Hashable, cpu_seconds: float, cores: int, command: str | None = None) -> simpy.Event: ...
+    def run(self, job_id: Hashable, cpu_seconds: float, cores: int, command: str | None = None, session_id: str = "",
+            tool: str = "") -> simpy.Event: ...
     def stats(self) -> dict[str, Any]: ...
     def close(self) -> None: ...
 
@@ -55,11 +56,12 @@ class TimedTools:
         self._wake: simpy.Event = env.event()
         env.process(self._loop())
 
-    def run(self, job_id: Hashable, cpu_seconds: float, cores: int, command: str | None = None) -> simpy.Event:
+    def run(self, job_id: Hashable, cpu_seconds: float, cores: int, command: str | None = None, session_id: str = "",
+            tool: str = "") -> simpy.Event:
         """Model the call's CPU time (a recorded `command` is never run here: see harness.real_tools)."""
         done = self.env.event()
         self._done[job_id] = done
-        self.pool.submit(job_id, cpu_seconds, cores, self.env.now)
+        self.pool.submit(job_id, cpu_seconds, cores, self.env.now, session_id, tool)
         if not self._wake.triggered:
             self._wake.succeed()
         return done
@@ -211,7 +213,8 @@ class AgentRun:
             tool = loop.call_finished(record.arrival_s, env.now, record.num_prompt_tokens, record.num_output_tokens)
             if tool is None:
                 break
-            done = yield self.tools.run((spec.session_id, spec.turn), tool.cpu_seconds, tool.cores, tool.command)
+            done = yield self.tools.run((spec.session_id, spec.turn), tool.cpu_seconds, tool.cores, tool.command,
+                                        spec.session_id, tool.name)
             loop.tool_finished(done.wait_s, done.finished_s - done.started_s)
             engine.tool_ended(spec.session_id, tool.name, done.finished_s - done.submitted_s)
         if not measured:

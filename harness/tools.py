@@ -9,7 +9,9 @@ on each of its cores, i.e. cores * cpu_seconds core-seconds). Two disciplines, s
 
 * ``"queue"`` — the MARS testbed's "one call per core, FIFO wait". Head-of-line FIFO: the call at the
   head of the queue starts as soon as enough cores are free, and no call behind it overtakes it, even a
-  smaller one that would fit. A started call runs at full speed and finishes after its cpu_seconds.
+  smaller one that would fit. A started call runs at full speed and finishes after its cpu_seconds. A
+  tool-order policy (`order`, harness.policy.tools) may put the waiting calls in its own order first;
+  they then start head-of-line in that order.
 * ``"timeshare"`` — every call starts at once and the OS shares the cores (processor sharing). With
   demand D = cores of the running calls + stress cores and N pool cores, every call progresses at rate
   N / D when D > N, else at full speed; rates change whenever a call arrives or leaves. Finish times are
@@ -41,6 +43,8 @@ from collections import deque
 from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Literal, Protocol, get_args
+
+from harness.policy.tools import ToolOrder, ToolRequest, checked_order
 
 ToolMode = Literal["queue", "timeshare"]
 
@@ -94,10 +98,13 @@ class Ema:
 
 
 class _Job:
-    __slots__ = ("job_id", "seq", "requested_cores", "cores", "cpu_seconds", "work_s", "submitted_s", "started_s")
+    __slots__ = ("job_id", "seq", "requested_cores", "cores", "cpu_seconds", "work_s", "submitted_s", "started_s",
+                 "request")
 
-    def __init__(self, job_id: Hashable, seq: int, requested: int, granted: int, cpu_seconds: float, now: float):
+    def __init__(self, job_id: Hashable, seq: int, requested: int, granted: int, cpu_seconds: float, now: float,
+                 session_id: str = "", tool: str = ""):
         self.job_id = job_id
+        self.request = ToolRequest(job_id, session_id, tool, requested, now, seq)
         self.seq = seq  # submission order: breaks every tie
         self.requested_cores = requested
         self.cores = granted
@@ -125,8 +132,9 @@ class _Discipline(Protocol):
 class _HeadOfLineFifo:
     """`capacity` cores, one FIFO queue; the head starts when enough cores are free, nobody overtakes it."""
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, order: ToolOrder | None = None) -> None:
         self.capacity = capacity
+        self.order = order
         self._busy = 0
         self._waiting: deque[_Job] = deque()
         self._finishing: list[tuple[float, int, _Job]] = []  # heap of (finish time, seq, job)
@@ -159,7 +167,9 @@ class _HeadOfLineFifo:
         return job, self._start_heads(t)
 
     def _start_heads(self, t: float) -> list[_Job]:
-        started = []
+        started: list[_Job] = []
+        if self.order is not None and len(self._waiting) > 1 and self._busy < self.capacity:
+            self._waiting = in_order(self.order, self._waiting, t)
         while self._waiting and self._waiting[0].cores <= self.capacity - self._busy:
             job = self._waiting.popleft()
             job.started_s = t
@@ -167,6 +177,14 @@ class _HeadOfLineFifo:
             heapq.heappush(self._finishing, (t + job.work_s, job.seq, job))
             started.append(job)
         return started
+
+
+def in_order(policy: ToolOrder, waiting: deque, now: float) -> deque:
+    """The waiting calls (anything with a `request`, in submission order) in the policy's order."""
+    by_request = {id(item.request): item for item in waiting}
+    requests = sorted((item.request for item in waiting), key=lambda r: r.seq)
+    ordered = checked_order(policy, requests, now)
+    return deque(by_request[id(r)] for r in ordered)
 
 
 class _ProcessorSharing:
@@ -247,7 +265,8 @@ class ToolPool:
       when a call finishes.
     """
 
-    def __init__(self, cores: int, mode: ToolMode = "queue", stress_cores: int = 0, ema_alpha: float = 0.2) -> None:
+    def __init__(self, cores: int, mode: ToolMode = "queue", stress_cores: int = 0, ema_alpha: float = 0.2,
+                 order: ToolOrder | None = None) -> None:
         if mode not in get_args(ToolMode):
             raise ValueError(f"tool mode must be one of {', '.join(get_args(ToolMode))}, got {mode!r}")
         if cores < 1:
@@ -264,9 +283,10 @@ class ToolPool:
         self.stress_cores = stress_cores
         self.workers = cores - stress_cores if mode == "queue" else cores
         self._discipline: _Discipline = (
-            _HeadOfLineFifo(self.workers) if mode == "queue" else _ProcessorSharing(cores, stress_cores)
+            _HeadOfLineFifo(self.workers, order) if mode == "queue" else _ProcessorSharing(cores, stress_cores)
         )
         self._ema = Ema(ema_alpha)
+        self.order = order
         self._clock: float | None = None  # set by the first call
         self._inflight: dict[Hashable, _Job] = {}
         self._seq = 0
@@ -312,8 +332,10 @@ class ToolPool:
         )
 
     # --------------------------------------------------------------------------------- operations
-    def submit(self, job_id: Hashable, cpu_seconds: float, cores: int, now: float) -> None:
-        """A tool call arrives. `job_id` must not be in flight; `cores` above `workers` is clamped."""
+    def submit(self, job_id: Hashable, cpu_seconds: float, cores: int, now: float, session_id: str = "",
+               tool: str = "") -> None:
+        """A tool call arrives. `job_id` must not be in flight; `cores` above `workers` is clamped;
+        `session_id` and `tool` are what a tool-order policy sees of it beside its cores."""
         if job_id in self._inflight:
             raise ValueError(f"tool call {job_id!r} is already in the pool")
         if not (math.isfinite(cpu_seconds) and cpu_seconds >= 0):
@@ -323,7 +345,7 @@ class ToolPool:
         self._check_time(now)
         self._move_to(now)
         assert self._clock is not None
-        job = _Job(job_id, self._seq, cores, min(cores, self.workers), cpu_seconds, self._clock)
+        job = _Job(job_id, self._seq, cores, min(cores, self.workers), cpu_seconds, self._clock, session_id, tool)
         self._seq += 1
         self._inflight[job_id] = job
         for started in self._discipline.add(job, self._clock):
@@ -380,6 +402,8 @@ class ToolPool:
         assert job.started_s is not None
         if self.mode == "timeshare":
             self._ema.update(max(0.0, t - job.submitted_s - job.work_s))
+        if self.order is not None:
+            self.order.on_tool_end(job.request, t - job.started_s, t)
         return ToolCompletion(
             job_id=job.job_id,
             cores=job.requested_cores,

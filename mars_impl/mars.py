@@ -2,8 +2,9 @@
 (scheduler.py) and retain-or-evict at tool calls (retention.py), with every setting under `mars.*`.
 
 Ablations (`--set mars.KEY=VALUE`): `admission=off` (admit everything, as vLLM), `scheduler=fcfs`
-(vLLM's order, caps and victim), `chunk_shrink=false`, `retention=lru|off`. The `mars-preview` backend is
-the configuration of the public preview code: retention = LRU prefix cache only, CPU high mark 2.0.
+(vLLM's order, caps and victim), `chunk_shrink=false`, `retention=lru|off`, `tool_order=fifo|shortest` (the
+CPU half, tools.py). The `mars-preview` backend is the configuration of the public preview code: retention =
+LRU prefix cache only, CPU high mark 2.0, FIFO tools.
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ from harness.policy import PinView, RequestView, Retention
 from mars_impl.admission import MarsAdmission, MarsAdmissionSettings
 from mars_impl.retention import RetentionPolicy, RetentionSettings
 from mars_impl.scheduler import MlfqScheduler, SchedulerSettings
+from mars_impl.tools import MarsToolOrder, ToolOrderSettings
 
 
-class MarsSettings(MarsAdmissionSettings, SchedulerSettings, RetentionSettings):
+class MarsSettings(MarsAdmissionSettings, SchedulerSettings, RetentionSettings, ToolOrderSettings):
     """Every MARS parameter, flat, so `--set mars.window_min=4` and `--set mars.retention=lru` both work."""
 
     admission: bool = Field(default=True, description="ablation: false = admit every session at once")
@@ -29,7 +31,7 @@ class MarsSettings(MarsAdmissionSettings, SchedulerSettings, RetentionSettings):
         return cls(**{name: getattr(self, name) for name in cls.model_fields})
 
 
-PREVIEW_OVERRIDES = {"retention": "lru", "cpu_backlog_high": 2.0}
+PREVIEW_OVERRIDES = {"retention": "lru", "cpu_backlog_high": 2.0, "tool_order": "fifo"}
 
 
 class MarsPolicy(MlfqScheduler):
@@ -57,3 +59,7 @@ def mars_admission(settings: MarsSettings, tool_cores: int, rps: float | None) -
     if not settings.admission:
         return AdmitAll()
     return MarsAdmission(settings.part(MarsAdmissionSettings), tool_cores=tool_cores, rps=rps)  # type: ignore[arg-type]
+
+
+def mars_tool_order(settings: MarsSettings) -> MarsToolOrder:
+    return MarsToolOrder(settings.part(ToolOrderSettings))  # type: ignore[arg-type]

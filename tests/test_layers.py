@@ -21,7 +21,7 @@ PACKAGES = ("harness", "workloads", "baselines", "mars_impl")
 POLICY_PACKAGES = ("baselines", "mars_impl")
 # what a policy may import from the project beside its own package (the contract; never the driver)
 CONTRACT = ("harness.policy", "harness.policy.hooks", "harness.policy.signals", "harness.policy.admission",
-            "harness.policy.helpers", "workloads.model")
+            "harness.policy.helpers", "harness.policy.tools", "workloads.model")
 REAL_ENGINES = ("harness.engines.http", "harness.engines.launch", "harness.engines.real", "harness.engines.sglang",
                 "harness.engines.vllm")
 

@@ -4,6 +4,7 @@
   retention actions, the scheduled step;
 * `signals` - the unified information stream's data (KV and tool-pool snapshots);
 * `admission` - the harness-side admission-controller protocol and its default (admit everything);
+* `tools` - the CPU half: the tool-order protocol (which waiting tool call runs next) and its default (FIFO);
 * `helpers` - quantities more than one policy computes the same way (tool-duration statistics, context
   sizes, pin-release orders).
 
@@ -15,6 +16,8 @@ from harness.policy.admission import AdmissionController, AdmitAll
 from harness.policy.hooks import (DISCARD, FREE, OFFLOAD, EngineView, PinView, Policy, R, RequestView, Retention,
                                   ScheduledStep)
 from harness.policy.signals import EngineSignals, Signals, ToolSignals
+from harness.policy.tools import FifoTools, ToolOrder, ToolRequest
 
-__all__ = ["DISCARD", "FREE", "OFFLOAD", "AdmissionController", "AdmitAll", "EngineSignals", "EngineView", "PinView",
-           "Policy", "R", "RequestView", "Retention", "ScheduledStep", "Signals", "ToolSignals"]
+__all__ = ["DISCARD", "FREE", "OFFLOAD", "AdmissionController", "AdmitAll", "EngineSignals", "EngineView", "FifoTools",
+           "PinView", "Policy", "R", "RequestView", "Retention", "ScheduledStep", "Signals", "ToolOrder", "ToolRequest",
+           "ToolSignals"]
