@@ -66,6 +66,12 @@ def parse_metrics(text: str) -> dict[str, float]:
 
 
 @dataclass(frozen=True)
+def _count(metrics: dict[str, float], key: str) -> int | None:
+    """A counter of /metrics as an int, None when the server does not export it."""
+    value = metrics.get(key)
+    return None if value is None else int(value)
+
+
 class HttpTarget:
     """Where the calls go and how: the server's URL, its API key, the served model's name, and how prompts
     are sent ("ids" or "text", with the tokenizer directory for text)."""
@@ -342,7 +348,9 @@ class HttpEngine(RealEngine):
         usage = float(m["kv_usage"])
         return EngineSignals(kv_usage=usage, free_blocks=int(round(total * (1 - usage))), total_blocks=total,
                              block_size=int(m.get("block_size") or self.limits.block_size or 16),
-                             running=int(m.get("running", 0)), waiting=int(m.get("waiting", 0)))
+                             running=int(m.get("running", 0)), waiting=int(m.get("waiting", 0)),
+                             preemptions=_count(m, "preemptions"), prefix_query_tokens=_count(m, "prefix_cache_queries"),
+                             prefix_hit_tokens=_count(m, "prefix_cache_hits"))
 
     def timeline(self) -> dict[str, Any]:
         m = self._metrics

@@ -110,6 +110,7 @@ class RealEngine:
         self.calls: dict[str, _Call] = {}
         self.prev_tool: dict[str, PrevTool] = {}
         self.cached_tokens = 0
+        self.prompt_tokens = 0  # prompt tokens of the finished calls (cached_tokens of them were cached)
         self.tokens: SessionTokens | None = None
         self.on_step: Callable[[float], None] = lambda now: None
         self._wake: simpy.Event | None = None  # set while the engine's loop waits for a call
@@ -171,6 +172,7 @@ class RealEngine:
         record.finish_s = end
         record.cached_tokens = cached_tokens
         self.cached_tokens += cached_tokens
+        self.prompt_tokens += call.spec.prompt_tokens
         record.num_preemptions = int(figures.get("preemptions", 0))
         record.recomputed_tokens = int(figures.get("recomputed_tokens", 0))
         first = figures.get("first_scheduled_s")

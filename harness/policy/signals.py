@@ -18,6 +18,12 @@ class EngineSignals:
     block_size: int
     running: int
     waiting: int
+    # Cumulative counters since the engine started, None where the engine does not report them (CONCUR reads
+    # their change over its control interval): recompute preemptions, and prompt tokens looked up in the prefix
+    # cache and found there (vLLM's `prefix_cache_queries` / `prefix_cache_hits`; SGLang's prompt / cached tokens).
+    preemptions: int | None = None
+    prefix_query_tokens: int | None = None
+    prefix_hit_tokens: int | None = None
 
 
 @dataclass(frozen=True)

@@ -88,6 +88,10 @@ class EngineCore:
         self._prefill_seconds = prefill_seconds
         self.host = host
         self._transfer_s = 0.0  # load time of the requests admitted in the step being planned
+        # vLLM's prefix-cache counters: at each admission from the waiting queue (also after a preemption),
+        # the request's tokens are queried and the cached (or host-loaded) prefix is hit
+        self.prefix_query_tokens = 0
+        self.prefix_hit_tokens = 0
         policy.bind(self)
 
     # ------------------------------------------------------------- EngineView (what policies read)
@@ -240,6 +244,8 @@ class EngineCore:
             req.num_computed_tokens = 0
             if self._pin_table.release_one(now) is None:
                 return 0
+        self.prefix_query_tokens += req.num_tokens
+        self.prefix_hit_tokens += req.num_computed_tokens
         req.blocks = kv.take(req.block_keys(hits, bs))
         if loaded:
             self._load_from_host(req, hits, loaded)

@@ -192,7 +192,9 @@ class SimEngine:
     def signals(self) -> EngineSignals:
         kv, core = self.kv, self.core
         return EngineSignals(kv_usage=kv.usage, free_blocks=kv.num_free_blocks, total_blocks=kv.num_blocks,
-                             block_size=kv.block_size, running=len(core.running), waiting=len(core.waiting))
+                             block_size=kv.block_size, running=len(core.running), waiting=len(core.waiting),
+                             preemptions=core.driver.counters["preemptions"],
+                             prefix_query_tokens=core.prefix_query_tokens, prefix_hit_tokens=core.prefix_hit_tokens)
 
     def timeline(self) -> dict[str, Any]:
         kv, core = self.kv, self.core

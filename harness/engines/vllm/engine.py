@@ -173,7 +173,9 @@ class VllmEngine(RealEngine):
     def signals(self) -> EngineSignals:
         v = self.view
         return EngineSignals(kv_usage=v.kv_usage, free_blocks=v.num_free_blocks, total_blocks=v.num_total_blocks,
-                             block_size=v.block_size, running=len(v.running), waiting=len(v.waiting))
+                             block_size=v.block_size, running=len(v.running), waiting=len(v.waiting),
+                             preemptions=self.sched.counters["preemptions"],
+                             prefix_query_tokens=self.prompt_tokens, prefix_hit_tokens=self.cached_tokens)
 
     def timeline(self) -> dict[str, Any]:
         v = self.view
