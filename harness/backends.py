@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel
 
 from baselines.autellix import AutellixPolicy, AutellixSettings
+from baselines.concur import ConcurAdmission, ConcurSettings
 from baselines.continuum import ContinuumDynamicPolicy, ContinuumDynamicSettings, ContinuumPolicy, ContinuumSettings
 from baselines.fcfs import FcfsPolicy
 from baselines.infercept import InferCeptPolicy, InferCeptSettings
@@ -116,6 +117,15 @@ BACKENDS: dict[str, Backend] = {
             lambda cfg: mars_admission(cfg.mars, cfg.tool_cores, cfg.rps),
             settings=("mars", MarsSettings),
             make_tool_order=lambda cfg: mars_tool_order(cfg.mars),
+        ),
+        Backend(
+            "concur",
+            "CONCUR: agent-level admission with an AIMD window on KV-cache signals only (usage, preemptions, "
+            "prefix-hit rate), whole sessions in arrival order, in front of an unmodified engine (vLLM FCFS)",
+            ("sim", "vllm", "http", "sglang"),
+            lambda cfg: FcfsPolicy(),
+            lambda cfg: ConcurAdmission(cfg.concur),
+            settings=("concur", ConcurSettings),
         ),
         Backend(
             "mars-preview",
