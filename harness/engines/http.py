@@ -65,13 +65,13 @@ def parse_metrics(text: str) -> dict[str, float]:
     return out
 
 
-@dataclass(frozen=True)
 def _count(metrics: dict[str, float], key: str) -> int | None:
     """A counter of /metrics as an int, None when the server does not export it."""
     value = metrics.get(key)
     return None if value is None else int(value)
 
 
+@dataclass(frozen=True)
 class HttpTarget:
     """Where the calls go and how: the server's URL, its API key, the served model's name, and how prompts
     are sent ("ids" or "text", with the tokenizer directory for text)."""
