@@ -1,10 +1,14 @@
 """Several backends on the identical workload and seeds: one run each, then a comparison table with
-the spread over seeds and the speedup against a reference backend."""
+each figure's mean over seeds and its 95% confidence interval, and the speedup against a reference backend
+(paired: computed per seed, then averaged, with its own interval).
+
+The statistics here (`t975`, `mean_ci`, `paired_ratio`) are the only implementation: the CLI, the
+benchmarks and the README tables all use them."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +30,62 @@ COMPARED: tuple[tuple[str, str], ...] = (
     ("prefix_cache_hit_rate", "cache hit"),
     ("preemptions", "preemptions"),
 )
+
+
+# Student t quantiles t(0.975, df) for df = 1..30 (scipy.stats.t.ppf(0.975, df), 6 decimals; scipy is not a
+# core dependency). Beyond 30 degrees of freedom: a Cornish-Fisher expansion around the normal 1.959964,
+# within 1e-5 of the exact quantile there and tending to it.
+_T975 = (12.706205, 4.302653, 3.182446, 2.776445, 2.570582, 2.446912, 2.364624, 2.306004, 2.262157, 2.228139,
+         2.200985, 2.178813, 2.160369, 2.144787, 2.131450, 2.119905, 2.109816, 2.100922, 2.093024, 2.085963,
+         2.079614, 2.073873, 2.068658, 2.063899, 2.059539, 2.055529, 2.051831, 2.048407, 2.045230, 2.042272)
+_Z975 = 1.959963985
+
+
+def t975(df: int) -> float:
+    """The 97.5% quantile of Student's t with `df` degrees of freedom (two-sided 95%)."""
+    if df < 1:
+        raise ValueError(f"degrees of freedom must be >= 1, got {df}")
+    if df <= len(_T975):
+        return _T975[df - 1]
+    z = _Z975
+    return (z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
+            + (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / (384 * df**3))
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A mean over seeds and the half-width of its 95% confidence interval: mean ± ci95. With fewer than two
+    finite values the interval is undefined (NaN), never 0."""
+
+    mean: float
+    ci95: float
+    n: int
+
+
+def mean_ci(values: Iterable[float | None]) -> Estimate:
+    """Mean and 95% confidence half-width (t(0.975, n-1) * sample std / sqrt(n)) of the finite values;
+    None and NaN are left out. No finite value: mean NaN; one: the value, interval NaN."""
+    xs = [float(x) for x in values if x is not None and math.isfinite(float(x))]
+    n = len(xs)
+    if n == 0:
+        return Estimate(math.nan, math.nan, 0)
+    mean = sum(xs) / n
+    if n == 1:
+        return Estimate(mean, math.nan, 1)
+    variance = sum((x - mean) ** 2 for x in xs) / (n - 1)
+    return Estimate(mean, t975(n - 1) * math.sqrt(variance / n), n)
+
+
+def paired_ratio(numerator: pd.Series, denominator: pd.Series) -> Estimate:
+    """numerator[seed] / denominator[seed] over the seeds both have (series indexed by seed), then mean ± ci95:
+    a speedup is `paired_ratio(reference JCT, backend JCT)`, a throughput ratio `paired_ratio(this, other)`."""
+    num, den = numerator.groupby(level=0).mean(), denominator.groupby(level=0).mean()
+    seeds = [s for s in num.index if s in den.index]
+    ratios = []
+    for seed in seeds:
+        a, b = float(num[seed]), float(den[seed])
+        ratios.append(a / b if b != 0 and math.isfinite(a) and math.isfinite(b) else math.nan)
+    return mean_ci(ratios)
 
 
 @dataclass(frozen=True)
@@ -73,45 +133,91 @@ def runs_frame(rows: Sequence[RunRow]) -> pd.DataFrame:
 
 
 def comparison(runs: pd.DataFrame, reference: str | None) -> pd.DataFrame:
-    """Per backend: mean and standard deviation over seeds of each figure, and the speedup of mean JCT
-    against `reference` (its mean JCT / this backend's, per seed, then averaged)."""
+    """Per backend: the number of seeds, each figure's mean over seeds, its 95% confidence half-width
+    (`<figure>_ci95`, NaN with one seed) and standard deviation (`<figure>_std`, population, as the report's
+    leaderboard shows it), and the speedup of mean JCT against `reference`: its mean JCT / this backend's per
+    seed, then mean (`speedup_vs_<reference>`) ± `speedup_vs_<reference>_ci95` over the paired seeds."""
     keys = [k for k, _ in COMPARED]
     numeric = runs[["backend", "seed", *keys]].copy()
     numeric[keys] = numeric[keys].astype(float)
-    grouped = numeric.groupby("backend", sort=False)[keys]
-    table = grouped.mean()
-    spread = grouped.std(ddof=0).add_suffix("_std")
-    out = pd.concat([table, spread], axis=1)
-    out.insert(0, "seeds", numeric.groupby("backend", sort=False)["seed"].count())
+    rows = []
+    for backend, group in numeric.groupby("backend", sort=False):
+        row: dict[str, Any] = {"backend": backend, "seeds": int(group["seed"].count())}
+        for key in keys:
+            est = mean_ci(group[key])
+            row[key] = est.mean
+            row[f"{key}_ci95"] = est.ci95
+            row[f"{key}_std"] = float(group[key].std(ddof=0)) if group[key].notna().any() else math.nan
+        rows.append(row)
+    out = pd.DataFrame(rows)
     if reference is not None and reference in set(numeric["backend"]):
         ref = numeric[numeric["backend"] == reference].set_index("seed")["mean_jct_s"]
-        speedups = {}
-        for backend, group in numeric.groupby("backend", sort=False):
-            per_seed = ref.reindex(group["seed"]).to_numpy() / group["mean_jct_s"].to_numpy()
-            finite = [x for x in per_seed if math.isfinite(x)]
-            speedups[backend] = sum(finite) / len(finite) if finite else math.nan
-        out["speedup_vs_" + reference] = pd.Series(speedups)
-    return out.reset_index()
+        speedups = [paired_ratio(ref, group.set_index("seed")["mean_jct_s"])
+                    for _, group in numeric.groupby("backend", sort=False)]
+        out[f"speedup_vs_{reference}"] = [e.mean for e in speedups]
+        out[f"speedup_vs_{reference}_ci95"] = [e.ci95 for e in speedups]
+    return out
+
+
+def ci_footer(table: pd.DataFrame) -> str:
+    """What ± means in a comparison, and over how many seeds (one seed: no interval, values alone)."""
+    counts = sorted({int(n) for n in table["seeds"]}) if len(table) else [0]
+    seeds = "/".join(map(str, counts)) + (" seed" if counts == [1] else " seeds")
+    if max(counts) < 2:
+        return (f"Values from {seeds}: a 95% confidence interval needs at least two seeds, so each value "
+                "is shown alone.")
+    note = f"Values are mean ± 95% confidence interval over {seeds} (± is the Student-t half-width)."
+    if min(counts) < 2:
+        note += " A backend with one seed shows its value alone (no interval)."
+    return note
 
 
 def markdown(table: pd.DataFrame, reference: str | None) -> str:
-    """The comparison as a Markdown table: value ± spread over seeds."""
+    """The comparison as a Markdown table, mean ± 95% CI over seeds, and a footer saying what ± means."""
     headers = ["backend", "seeds", *[label for _, label in COMPARED]]
     speed_col = f"speedup_vs_{reference}" if reference else None
     if speed_col and speed_col in table:
         headers.append(f"speedup vs {reference}")
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     for _, row in table.iterrows():
-        cells = [str(row["backend"]), str(int(row["seeds"]))]
-        for key, _ in COMPARED:
-            cells.append(format_spread(row[key], row[f"{key}_std"]))
-        if speed_col and speed_col in table:
-            cells.append(f"{row[speed_col]:.2f}x" if math.isfinite(row[speed_col]) else "-")
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+        lines.append("| " + " | ".join(table_cells(row, reference)) + " |")
+    return "\n".join(lines) + "\n\n" + ci_footer(table) + "\n"
+
+
+def table_cells(row: pd.Series, reference: str | None) -> list[str]:
+    """One comparison row as text: backend, seeds, each figure as mean ± ci95, the speedup (if any) alike."""
+    cells = [str(row["backend"]), str(int(row["seeds"]))]
+    cells += [format_ci(row[key], row[f"{key}_ci95"]) for key, _ in COMPARED]
+    speed_col = f"speedup_vs_{reference}" if reference else None
+    if speed_col and speed_col in row:
+        cells.append(format_ratio(row[speed_col], row[f"{speed_col}_ci95"]))
+    return cells
+
+
+def format_ratio(value: float, ci95: float) -> str:
+    """A speedup or ratio: `1.87x ± 0.21`, `1.87x` without an interval, `-` when undefined."""
+    if value is None or not math.isfinite(value):
+        return "-"
+    if ci95 is not None and math.isfinite(ci95) and ci95 > 0:
+        return f"{value:.2f}x ± {ci95:.2f}"
+    return f"{value:.2f}x"
+
+
+def format_ci(value: float, ci95: float) -> str:
+    """`mean ± ci95` with the mean to 3 significant digits (at most 3 decimals) and the interval to the same
+    decimals: `105 ± 73`, `61.9 ± 42.5`, `0.190 ± 0.007`; the value alone when the interval is undefined
+    (one seed) or 0; `-` when the value is undefined."""
+    if value is None or not math.isfinite(value):
+        return "-"
+    magnitude = math.floor(math.log10(abs(value))) if value else 0
+    digits = min(3, max(0, 2 - magnitude))
+    if ci95 is not None and math.isfinite(ci95) and ci95 > 0:
+        return f"{value:.{digits}f} ± {ci95:.{digits}f}"
+    return f"{value:.{digits}f}"
 
 
 def format_spread(value: float, std: float) -> str:
+    """`value ± spread` (a std or a CI half-width); the value alone when the spread is 0 or undefined."""
     if value is None or not math.isfinite(value):
         return "-"
     digits = 3 if abs(value) < 10 else 1

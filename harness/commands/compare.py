@@ -7,14 +7,16 @@ from datetime import datetime
 from pathlib import Path
 
 import click
+import pandas as pd
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from harness.backends import get_backend
-from harness.commands.options import json_option, parse_list, results_dir_option, seeds_option, workload_options
+from harness.commands.options import (DEFAULT_SEEDS, json_option, parse_list, parse_seeds, results_dir_option,
+                                      seeds_option, workload_options)
 from harness.commands.run import hardware_options
 from harness.config import make_config
 from harness.engines.registry import ENGINES
-from harness.compare import COMPARED, comparison, markdown, run_grid, runs_frame
+from harness.compare import COMPARED, ci_footer, comparison, markdown, run_grid, runs_frame, table_cells
 from harness.console import console, print_json, table
 from harness.errors import BadInput
 
@@ -24,7 +26,7 @@ from harness.errors import BadInput
               help="Comma-separated backends (see `mars-bench backends`).")
 @click.option("--engine", type=click.Choice(list(ENGINES)), default="sim", show_default=True)
 @workload_options(default="swe-smoke", seed=False)
-@seeds_option
+@seeds_option(DEFAULT_SEEDS)
 @hardware_options
 @click.option("--tool-cores", type=click.IntRange(min=1), default=8, show_default=True)
 @click.option("--tool-mode", type=click.Choice(["queue", "timeshare"]), default="queue", show_default=True)
@@ -38,16 +40,17 @@ def compare(backend_list: str, engine: str, workload: str, sessions: int | None,
             arrival: str | None, cv: float | None, sets: tuple[str, ...], seeds: str, gpu: str,
             model: str, tp: int, profile: str | None, tool_cores: int, tool_mode: str, reference: str | None,
             jobs: int, out_dir: Path | None, results_dir: Path, as_json: bool) -> None:
-    """Run several backends on the identical workload and seeds and compare them.
+    """Run several backends on the identical workload and seeds and compare them: each figure as the mean
+    ± 95% confidence interval over the seeds (five by default), the speedup paired per seed.
 
     \b
     Examples:
       mars-bench compare --backends vllm,mars --workload swe-smoke
-      mars-bench compare -b vllm,sglang,continuum,continuum-dy,autellix,infercept,mars -w paper --seeds 1,2,3 -j 2
+      mars-bench compare -b vllm,sglang,continuum,continuum-dy,autellix,infercept,mars -w paper --seeds 1-5 -j 2
       mars-bench compare -b vllm,mars -w paper --rps 0.3 --reference vllm --out leaderboard/
     """
     names = parse_list(backend_list, "--backends")
-    seed_list = parse_list(seeds, "--seeds", int)
+    seed_list = parse_seeds(seeds)
     reference = reference or names[0]
     if reference not in names:
         raise BadInput(f"--reference {reference!r} is not one of --backends ({', '.join(names)})")
@@ -74,11 +77,18 @@ def compare(backend_list: str, engine: str, workload: str, sessions: int | None,
     text = markdown(result, reference)
     (out_dir / "comparison.md").write_text(text)
     if as_json:
-        print_json({"elapsed_s": elapsed, "out_dir": str(out_dir), "runs": runs.to_dict(orient="records"),
-                    "comparison": result.to_dict(orient="records")})
+        print_json({"elapsed_s": elapsed, "out_dir": str(out_dir), "seeds": seed_list, "confidence": 0.95,
+                    "runs": _records(runs), "comparison": _records(result)})
         return
     columns = ["backend", "seeds", *[label for _, label in COMPARED], f"speedup vs {reference}"]
-    body = [[r["backend"], int(r["seeds"]), *[r[k] for k, _ in COMPARED], r.get(f"speedup_vs_{reference}")]
-            for _, r in result.iterrows()]
-    console.print(table(f"{workload}: {len(seed_list)} seed(s), reference {reference}", columns, body))
+    body = [table_cells(r, reference) for _, r in result.iterrows()]
+    shown = table(f"{workload}: {len(seed_list)} seed(s), reference {reference}", columns, body)
+    # mean ± CI cells are wide: piped output gets the table's natural width rather than cells wrapped in two
+    console.print(shown, width=None if console.is_terminal else max(console.width, console.measure(shown).maximum))
+    console.print(ci_footer(result))
     console.print(f"{len(configs)} runs in {elapsed:.1f} s; written to {out_dir}/ (comparison.csv, comparison.md, runs.csv)")
+
+
+def _records(frame: pd.DataFrame) -> list[dict]:
+    """Rows as dicts for JSON, NaN (an undefined figure or interval) as null."""
+    return frame.astype(object).where(frame.notna(), None).to_dict(orient="records")

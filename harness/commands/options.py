@@ -15,14 +15,21 @@ from workloads.source import WorkloadRequest
 
 F = Callable[..., Any]
 
-# The seed of every command that takes one: run's and workloads' --seed, compare's and sweep's --seeds, the
-# importers' --seed; also the presets' and RunConfig's own. One default, so the same backend on the same
-# workload gives the same numbers whichever command ran it.
+# The seed of every command that takes one: run's and workloads' --seed, sweep's --seeds, the importers'
+# --seed; also the presets' and RunConfig's own. One default, so the same backend on the same workload gives
+# the same numbers whichever command ran it.
 DEFAULT_SEED = 0
+# compare's --seeds (and the policy-quality benchmark's): five seeds, enough for a 95% confidence interval,
+# starting at DEFAULT_SEED, so a compare's seed-0 runs are the runs `run` makes by default.
+DEFAULT_SEEDS = f"{DEFAULT_SEED}-{DEFAULT_SEED + 4}"
 
 seed_option = click.option("--seed", type=int, default=DEFAULT_SEED, show_default=True, help="Random seed.")
-seeds_option = click.option("--seeds", default=str(DEFAULT_SEED), show_default=True,
-                            help="Comma-separated seeds: one run per backend and seed.")
+
+
+def seeds_option(default: str = str(DEFAULT_SEED)) -> Callable[[F], F]:
+    """--seeds, parsed by `parse_seeds`."""
+    return click.option("--seeds", default=default, show_default=True, metavar="LIST",
+                        help="Seeds, comma-separated and/or ranges (1,2,3 or 0-4): one run per backend and seed.")
 
 
 def workload_options(default: str | None = "swe-smoke", seed: bool = True) -> Callable[[F], F]:
@@ -64,6 +71,24 @@ def parse_list(text: str, name: str, cast: type = str) -> list:
         return [cast(x) for x in items]
     except ValueError:
         raise BadInput(f"{name}: {text!r} is not a comma-separated list of {cast.__name__}s") from None
+
+
+def parse_seeds(text: str, name: str = "--seeds") -> list[int]:
+    """Seeds as a comma-separated list of integers and inclusive ranges: `1,2,3`, `0-4`, `0-2,7`. A seed given
+    twice is refused (a paired comparison matches runs by seed)."""
+    seeds: list[int] = []
+    for item in parse_list(text, name):
+        low, sep, high = item.partition("-")
+        try:
+            seeds += list(range(int(low), int(high) + 1)) if sep and low else [int(item)]
+        except ValueError:
+            raise BadInput(f"{name}: {item!r} is neither a seed nor a range like 0-4") from None
+        if sep and low and int(high) < int(low):
+            raise BadInput(f"{name}: the range {item!r} is empty (write the lower seed first)")
+    repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+    if repeated:
+        raise BadInput(f"{name}: seed {', '.join(map(str, repeated))} given more than once")
+    return seeds
 
 
 results_dir_option = click.option(

@@ -14,7 +14,7 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, 
                            TimeRemainingColumn)
 
 from harness.backends import get_backend
-from harness.commands.options import json_option, parse_list, results_dir_option, seeds_option
+from harness.commands.options import json_option, parse_list, parse_seeds, results_dir_option, seeds_option
 from harness.commands.run import hardware_options
 from harness.config import make_config
 from harness.engines.registry import ENGINES
@@ -39,7 +39,7 @@ SHOWN = (("mean_jct_s", "mean JCT s"), ("p95_jct_s", "p95 JCT s"), ("session_thr
 @click.option("--workload", "-w", default="paper", show_default=True, metavar="PRESET|FILE",
               help="Workload preset name or JSONL file.")
 @click.option("--rps", "rps_list", default=None, help="Comma-separated session arrival rates (default: the preset's).")
-@seeds_option
+@seeds_option()
 @click.option("--sessions", type=click.IntRange(min=1), help="Number of sessions (default: the preset's).")
 @click.option("--arrival", type=click.Choice(ARRIVAL_PROCESSES), help="Arrival process.")
 @click.option("--cv", type=click.FloatRange(min=0, min_open=True), help="Burstiness of gamma arrivals (CV of gaps).")
@@ -77,7 +77,7 @@ def sweep(backend_list: str, engine: str, workload: str, rps_list: str | None, s
     loads: list[float | None] = [None] if rps_list is None else parse_list(rps_list, "--rps", float)
     if any(r is not None and not (r > 0 and math.isfinite(r)) for r in loads):
         raise BadInput(f"--rps {rps_list}: every rate must be a positive number")
-    seed_list = parse_list(seeds, "--seeds", int)
+    seed_list = parse_seeds(seeds)
     for name in names:
         get_backend(name, engine)  # fail on a bad name before any run starts
     if engine != "sim" and (jobs > 1 or executor == "ray"):
