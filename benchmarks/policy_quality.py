@@ -1,11 +1,16 @@
-"""Policy quality on the `paper` preset: vllm, mars, mars-preview and each MARS ablation at several
-arrival rates, on identical workloads and seeds. Prints mean/p95 JCT, throughput, goodput and the
-ratios to vllm at each rate.
+"""Policy quality on the `paper` preset: every baseline, MARS and its ablations at several arrival rates, on
+identical workloads and seeds (5 by default). Prints, per load and backend, mean JCT, p95 JCT, throughput and
+goodput as mean ± 95% confidence interval over the seeds, the speedup against vllm, and per load "mars vs
+best baseline": the baseline with the lowest mean JCT, its JCT / MARS's paired per seed (mean ± 95% CI), and
+MARS's throughput against the highest baseline throughput, also paired per seed. The statistics are
+harness.compare's (`comparison`, `paired_ratio`), the same as `mars-bench compare`.
 
-Targets (issue #5): at the highest-pressure rate MARS's mean JCT >= 3x lower than vllm's with throughput
->= 95% of vllm's; at light load never more than 5% worse than vllm.
+Targets (issue #17): MARS the lowest mean JCT at every load with >= 95% of the best throughput; >= 1.5x
+lower than the best baseline at 0.2 and 0.25/s; never more than 2% worse than vllm at light load.
 
-    python benchmarks/policy_quality.py [--rps 0.05,0.1,0.2,0.3] [--seeds 1] [-j 2] [--workload paper]
+    python benchmarks/policy_quality.py                       # 6 loads x 13 variants x 5 seeds = 390 runs
+    python benchmarks/policy_quality.py --rps 0.2 --seeds 0-2 --variants vllm,continuum-dy,mars -j 1
+    python benchmarks/policy_quality.py --rps 0.2 --seeds 0,1 --variants vllm,mars --sessions 40   # a quick look
 """
 
 from __future__ import annotations
@@ -17,41 +22,70 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness.compare import run_grid, runs_frame
-from harness.config import RunConfig
-from mars_impl.mars import MarsSettings
+from harness.commands.options import DEFAULT_SEEDS, parse_seeds
+from harness.compare import (
+    comparison,
+    format_ratio,
+    format_ci,
+    paired_ratio,
+    run_grid,
+    runs_frame,
+)
+from harness.config import make_config
+from harness.errors import BadInput
 
-VARIANTS: dict[str, tuple[str, dict]] = {
-    "vllm": ("vllm", {}),
-    "mars": ("mars", {}),
-    "mars-preview": ("mars-preview", {}),
-    "mars admission=off": ("mars", {"admission": False}),
-    "mars scheduler=fcfs": ("mars", {"scheduler": "fcfs"}),
-    "mars chunk_shrink=off": ("mars", {"chunk_shrink": False}),
-    "mars retention=lru": ("mars", {"retention": "lru"}),
-    "mars retention=off": ("mars", {"retention": "off"}),
+# label -> (backend, --set overrides). Baselines first, then MARS, then its ablations.
+BASELINES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "vllm": ("vllm", ()),
+    "sglang": ("sglang", ()),
+    "continuum": ("continuum", ()),
+    "continuum-dy": ("continuum-dy", ()),
+    "autellix": ("autellix", ()),
+    "infercept": ("infercept", ()),
 }
+MARS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "mars": ("mars", ()),
+    "mars-preview": ("mars-preview", ()),
+    "mars admission=off": ("mars", ("mars.admission=false",)),
+    "mars scheduler=fcfs": ("mars", ("mars.scheduler=fcfs",)),
+    "mars chunk_shrink=off": ("mars", ("mars.chunk_shrink=false",)),
+    "mars retention=lru": ("mars", ("mars.retention=lru",)),
+    "mars retention=off": ("mars", ("mars.retention=off",)),
+}
+VARIANTS = {**BASELINES, **MARS}
+LOADS = "0.05,0.1,0.15,0.2,0.25,0.3"
+SHOWN = (("mean_jct_s", "mean JCT s"), ("p95_jct_s", "p95 JCT s"), ("session_throughput", "sessions/s"),
+         ("goodput", "goodput/s"))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workload", default="paper")
-    parser.add_argument("--rps", default="0.05,0.1,0.2,0.3")
-    parser.add_argument("--seeds", default="1")
-    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--rps", default=LOADS, help=f"arrival rates (default {LOADS})")
+    parser.add_argument("--seeds", default=DEFAULT_SEEDS,
+                        help=f"seeds: a list and/or ranges (default {DEFAULT_SEEDS})")
+    parser.add_argument("--variants", default=",".join(VARIANTS), help="labels of VARIANTS (default: all)")
+    parser.add_argument("--sessions", type=int, default=None, help="sessions per run (default: the preset's)")
+    parser.add_argument("--set", dest="sets", action="append", default=[], help="KEY=VALUE for every run")
     parser.add_argument("-j", "--jobs", type=int, default=2)
     args = parser.parse_args()
-    rates = [float(x) for x in args.rps.split(",")]
-    seeds = [int(x) for x in args.seeds.split(",")]
-    names = args.variants.split(",")
+    try:
+        rates = [float(x) for x in args.rps.split(",")]
+        seeds = parse_seeds(args.seeds)
+    except (ValueError, BadInput) as e:
+        parser.error(str(e))
+    names = [x.strip() for x in args.variants.split(",") if x.strip()]
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown:
+        parser.error(f"unknown variant(s) {', '.join(unknown)}; known: {', '.join(VARIANTS)}")
 
     configs, labels = [], []
     for rps in rates:
         for name in names:
-            backend, mars = VARIANTS[name]
+            backend, sets = VARIANTS[name]
             for seed in seeds:
-                configs.append(RunConfig(backend=backend, workload=args.workload, rps=rps, seed=seed,
-                                         mars=MarsSettings(**mars)))
+                configs.append(make_config((*args.sets, *sets), backend=backend, workload=args.workload, rps=rps,
+                                           seed=seed, sessions=args.sessions))
                 labels.append((rps, name))
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
@@ -59,23 +93,44 @@ def main() -> None:
     elapsed = time.perf_counter() - started
     runs = runs_frame(rows)
     runs["rps"] = [rps for rps, _ in labels]
-    runs["variant"] = [name for _, name in labels]
-    table = runs.groupby(["rps", "variant"], sort=False)[
-        ["mean_jct_s", "p95_jct_s", "session_throughput", "goodput", "prefix_cache_hit_rate", "preemptions"]
-    ].mean().reset_index()
-    base = table[table["variant"] == "vllm"].set_index("rps")
-    table["jct_speedup"] = [base.loc[r, "mean_jct_s"] / j for r, j in zip(table["rps"], table["mean_jct_s"])]
-    table["throughput_ratio"] = [t / base.loc[r, "session_throughput"] for r, t in zip(table["rps"], table["session_throughput"])]
-    pd.set_option("display.width", 200)
-    pd.set_option("display.max_columns", 20)
-    print(f"workload {args.workload}, seeds {seeds}, {len(configs)} runs in {elapsed:.0f} s")
-    print(table.to_string(index=False, float_format=lambda x: f"{x:.3f}" if abs(x) < 10 else f"{x:.1f}"))
-    top = max(rates)
-    mars_top = table[(table["rps"] == top) & (table["variant"] == "mars")].iloc[0]
-    light = table[(table["rps"] == min(rates)) & (table["variant"] == "mars")].iloc[0]
-    print(f"\nat {top}/s: mars mean JCT {mars_top['jct_speedup']:.2f}x lower than vllm (target >= 3x), "
-          f"throughput {100 * mars_top['throughput_ratio']:.1f}% of vllm's (target >= 95%)")
-    print(f"at {min(rates)}/s: mars mean JCT {100 * (1 / light['jct_speedup'] - 1):+.1f}% vs vllm (target <= +5%)")
+    runs["backend"] = [name for _, name in labels]  # the variant label: ablations are backends of their own here
+    print(f"workload {args.workload}, seeds {', '.join(map(str, seeds))}, {len(configs)} runs in {elapsed:.0f} s; "
+          f"values are mean ± 95% confidence interval over the {len(seeds)} seeds (Student t), "
+          "speedups and ratios paired per seed")
+    reference = "vllm" if "vllm" in names else None
+    for rps in rates:
+        at = runs[runs["rps"] == rps]
+        table = comparison(at, reference)
+        width = max(len(n) for n in names)
+        print(f"\n{rps}/s")
+        header = f"  {'backend':<{width}}  " + "  ".join(f"{label:>16}" for _, label in SHOWN)
+        if reference:
+            header += f"  {'speedup vs vllm':>16}"
+        print(header)
+        for _, row in table.iterrows():
+            line = f"  {row['backend']:<{width}}  " + "  ".join(
+                f"{format_ci(row[k], row[f'{k}_ci95']):>16}" for k, _ in SHOWN)
+            if reference:
+                line += f"  {format_ratio(row['speedup_vs_vllm'], row['speedup_vs_vllm_ci95']):>16}"
+            print(line)
+        print("  " + mars_vs_best(at, table, names))
+
+
+def mars_vs_best(runs: pd.DataFrame, table: pd.DataFrame, names: list[str]) -> str:
+    """MARS against the baseline with the lowest mean JCT (JCT ratio) and the one with the highest throughput
+    (throughput ratio), both paired per seed."""
+    baselines = table[table["backend"].isin([n for n in names if n in BASELINES])]
+    if "mars" not in names or baselines.empty:
+        return "mars vs best baseline: needs mars and at least one baseline among --variants"
+    by_seed = {b: g.set_index("seed") for b, g in runs.groupby("backend")}
+    mars = by_seed["mars"]
+    fastest = baselines.loc[baselines["mean_jct_s"].idxmin(), "backend"]
+    busiest = baselines.loc[baselines["session_throughput"].idxmax(), "backend"]
+    speedup = paired_ratio(by_seed[fastest]["mean_jct_s"], mars["mean_jct_s"])
+    throughput = paired_ratio(mars["session_throughput"], by_seed[busiest]["session_throughput"])
+    return (f"mars vs best baseline: speedup {format_ratio(speedup.mean, speedup.ci95)} over {fastest} (lowest "
+            f"baseline mean JCT, {by_seed[fastest]['mean_jct_s'].mean():.1f} s); throughput "
+            f"{format_ratio(throughput.mean, throughput.ci95)} of {busiest}'s (highest baseline throughput)")
 
 
 if __name__ == "__main__":
