@@ -25,8 +25,8 @@ import pandas as pd
 from harness.commands.options import DEFAULT_SEEDS, parse_seeds
 from harness.compare import (
     comparison,
-    format_ratio,
     format_ci,
+    format_ratio,
     paired_ratio,
     run_grid,
     runs_frame,

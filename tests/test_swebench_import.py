@@ -328,7 +328,7 @@ def test_data_presets_without_data_or_with_bad_settings_fail_in_one_line(run_cli
 def test_compare_runs_an_imported_swebench_workload_end_to_end(run_cli, tmp_path: Path, tokenizer_dir: Path) -> None:
     workload = tmp_path / "swebench.jsonl"
     _import(run_cli, workload, "--dataset", str(PARQUET), "--tokenizer", str(tokenizer_dir), "--rps", "0.2")
-    out = run_cli("compare", "--backends", "vllm,mars", "--workload", str(workload), "--results-dir",
+    out = run_cli("compare", "--backends", "vllm,mars", "--workload", str(workload), "--seeds", "0", "--results-dir",
                   str(tmp_path / "res"), "--out", str(tmp_path / "cmp"), "--json")
     assert out.exit_code == 0, out.stderr
     data = json.loads(out.stdout)

@@ -183,4 +183,4 @@ def test_compare_reports_a_failed_run_after_the_others(tmp_path: Path, monkeypat
 
     monkeypatch.setattr(harness.executors, "run_experiment", broken)
     assert main(["compare", "-b", "vllm,mars", "-w", "swe-smoke", "--results-dir", str(tmp_path)]) == 1
-    assert "2 of 2 runs failed" in capsys.readouterr().err
+    assert "10 of 10 runs failed" in capsys.readouterr().err  # 2 backends x the default 5 seeds

@@ -238,7 +238,7 @@ def test_compare_runs_imported_trajectories_end_to_end(run_cli, tmp_path: Path, 
         lines.append(out.read_text())
     workload = tmp_path / "traces.jsonl"
     workload.write_text("".join(lines))
-    result = run_cli("compare", "--backends", "vllm,mars", "--workload", str(workload), "--rps", "0.5",
+    result = run_cli("compare", "--backends", "vllm,mars", "--workload", str(workload), "--rps", "0.5", "--seeds", "0",
                      "--results-dir", str(tmp_path / "res"), "--out", str(tmp_path / "cmp"), "--json")
     assert result.exit_code == 0, result.stderr
     runs = json.loads(result.stdout)["runs"]
