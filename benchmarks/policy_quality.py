@@ -1,6 +1,7 @@
 """Policy quality on the `paper` preset: every baseline, MARS and its ablations at several arrival rates, on
-identical workloads and seeds (5 by default). Prints, per load and backend, mean JCT, p95 JCT, throughput and
-goodput as mean ± 95% confidence interval over the seeds, the speedup against vllm, and per load "mars vs
+identical workloads and seeds (5 by default). Prints, per load and backend, mean JCT, p95 JCT, throughput,
+goodput and "x of bound" (mean JCT / the physical bound, harness.bound) as mean ± 95% confidence interval
+over the seeds, the speedup against vllm, and per load "mars vs
 best baseline": the baseline with the lowest mean JCT, its JCT / MARS's paired per seed (mean ± 95% CI), and
 MARS's throughput against the highest baseline throughput, also paired per seed. The statistics are
 harness.compare's (`comparison`, `paired_ratio`), the same as `mars-bench compare`.
@@ -8,7 +9,7 @@ harness.compare's (`comparison`, `paired_ratio`), the same as `mars-bench compar
 Targets (issue #17): MARS the lowest mean JCT at every load with >= 95% of the best throughput; >= 1.5x
 lower than the best baseline at 0.2 and 0.25/s; never more than 2% worse than vllm at light load.
 
-    python benchmarks/policy_quality.py                       # 6 loads x 13 variants x 5 seeds = 390 runs
+    python benchmarks/policy_quality.py                       # 6 loads x 15 variants x 5 seeds = 450 runs
     python benchmarks/policy_quality.py --rps 0.2 --seeds 0-2 --variants vllm,continuum-dy,mars -j 1
     python benchmarks/policy_quality.py --rps 0.2 --seeds 0,1 --variants vllm,mars --sessions 40   # a quick look
 """
@@ -27,6 +28,7 @@ from harness.compare import (
     comparison,
     format_ci,
     format_ratio,
+    mean_ci,
     paired_ratio,
     run_grid,
     runs_frame,
@@ -42,6 +44,7 @@ BASELINES: dict[str, tuple[str, tuple[str, ...]]] = {
     "continuum-dy": ("continuum-dy", ()),
     "autellix": ("autellix", ()),
     "infercept": ("infercept", ()),
+    "concur": ("concur", ()),
 }
 MARS: dict[str, tuple[str, tuple[str, ...]]] = {
     "mars": ("mars", ()),
@@ -51,6 +54,7 @@ MARS: dict[str, tuple[str, tuple[str, ...]]] = {
     "mars chunk_shrink=off": ("mars", ("mars.chunk_shrink=false",)),
     "mars retention=lru": ("mars", ("mars.retention=lru",)),
     "mars retention=off": ("mars", ("mars.retention=off",)),
+    "mars tool_order=fifo": ("mars", ("mars.tool_order=fifo",)),
 }
 VARIANTS = {**BASELINES, **MARS}
 LOADS = "0.05,0.1,0.15,0.2,0.25,0.3"
@@ -92,6 +96,7 @@ def main() -> None:
         rows = run_grid(configs, Path(tmp), jobs=args.jobs)
     elapsed = time.perf_counter() - started
     runs = runs_frame(rows)
+    runs["x_of_bound"] = [r.summary.get("x_of_bound") for r in rows]
     runs["rps"] = [rps for rps, _ in labels]
     runs["backend"] = [name for _, name in labels]  # the variant label: ablations are backends of their own here
     print(f"workload {args.workload}, seeds {', '.join(map(str, seeds))}, {len(configs)} runs in {elapsed:.0f} s; "
@@ -106,12 +111,15 @@ def main() -> None:
         header = f"  {'backend':<{width}}  " + "  ".join(f"{label:>16}" for _, label in SHOWN)
         if reference:
             header += f"  {'speedup vs vllm':>16}"
+        header += f"  {'x of bound':>14}"
         print(header)
         for _, row in table.iterrows():
             line = f"  {row['backend']:<{width}}  " + "  ".join(
                 f"{format_ci(row[k], row[f'{k}_ci95']):>16}" for k, _ in SHOWN)
             if reference:
                 line += f"  {format_ratio(row['speedup_vs_vllm'], row['speedup_vs_vllm_ci95']):>16}"
+            bound = mean_ci(at.loc[at["backend"] == row["backend"], "x_of_bound"])
+            line += f"  {format_ratio(bound.mean, bound.ci95):>14}"
             print(line)
         print("  " + mars_vs_best(at, table, names))
 
