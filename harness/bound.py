@@ -32,12 +32,11 @@ import hashlib
 import heapq
 import json
 import math
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from harness.engines.sim.run import simulate
+from harness.engines.sim.run import read_cache, simulate, write_cache
 from harness.engines.sim.testbed import SimSetup
 from harness.policy import Policy
 from harness.tools import ToolPool
@@ -93,9 +92,7 @@ def call_floors(sessions: Sequence[Session], setup: SimSetup, cache: Path | None
     content, warmth and testbed like the isolated reference."""
     bare = floor_setup(setup)
     warm = warm_prefix(sessions)
-    known: dict[str, list[float] | None] = {}
-    if cache is not None and cache.exists():
-        known = json.loads(cache.read_text())
+    known: dict[str, list[float] | None] = read_cache(cache)
     out: dict[str, list[float]] = {}
     dirty = False
     for session in sessions:
@@ -107,10 +104,7 @@ def call_floors(sessions: Sequence[Session], setup: SimSetup, cache: Path | None
         if floors is not None:
             out[session.id] = floors
     if cache is not None and dirty:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_name(f"{cache.name}.{os.getpid()}.tmp")  # runs in parallel share the cache
-        tmp.write_text(json.dumps(known))
-        tmp.replace(cache)
+        write_cache(cache, known)
     return out
 
 

@@ -27,6 +27,7 @@ COMPARED: tuple[tuple[str, str], ...] = (
     ("session_throughput", "sessions/s"),
     ("goodput", "goodput/s"),
     ("mean_slowdown", "mean slowdown"),
+    ("x_of_bound", "x of bound"),
     ("prefix_cache_hit_rate", "cache hit"),
     ("preemptions", "preemptions"),
 )

@@ -9,6 +9,7 @@ import json
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from harness.engines.sim.engine import SimEngine
 from harness.engines.sim.testbed import SimSetup
@@ -47,9 +48,7 @@ def isolated_jcts(sessions: Sequence[Session], setup: SimSetup, cache: Path | No
                   progress: Callable[[int], None] | None = None) -> dict[str, float]:
     """JCT of each session alone on the idle testbed (vanilla vLLM policy), cached by content + testbed."""
     idle = setup.idle()
-    known: dict[str, float] = {}
-    if cache is not None and cache.exists():
-        known = json.loads(cache.read_text())
+    known: dict[str, float] = read_cache(cache)
     out: dict[str, float] = {}
     dirty = False
     for session in sessions:
@@ -63,8 +62,18 @@ def isolated_jcts(sessions: Sequence[Session], setup: SimSetup, cache: Path | No
         if progress is not None:
             progress(1)
     if cache is not None and dirty:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_name(f"{cache.name}.{os.getpid()}.tmp")  # runs in parallel share the cache
-        tmp.write_text(json.dumps(known))
-        tmp.replace(cache)
+        write_cache(cache, known)
     return out
+
+
+def read_cache(cache: Path | None) -> dict[str, Any]:
+    """A JSON cache of per-session references (empty when there is none)."""
+    return json.loads(cache.read_text()) if cache is not None and cache.exists() else {}
+
+
+def write_cache(cache: Path, known: dict[str, Any]) -> None:
+    """Replace the cache atomically: runs in parallel share it."""
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_name(f"{cache.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(known))
+    tmp.replace(cache)
