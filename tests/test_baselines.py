@@ -247,11 +247,24 @@ def test_continuum_dy_eta_is_minus_the_correlation_of_turn_and_turns_left() -> N
 
 
 # ----------------------------------------------------------------------------------------- autellix
+PREVIEW = AutellixSettings(cap_prefill=True)  # the public preview code's chunk cap (not in the paper)
+
+
+def test_autellix_by_default_never_caps_a_prefill_chunk_but_charges_it_to_the_quantum() -> None:
+    policy = bound(AutellixPolicy())
+    req = Req("s", num_prompt_tokens=9000)
+    policy.on_arrival(req, 0.0)
+    assert policy.prefill_cap(req, 0.0) is None
+    policy.on_scheduled(step(0.0, (req, 9000)))  # one whole prompt: its quantum is spent, the call demoted
+    assert (policy.program("s").queue, policy.program("s").service) == (1, 9000)
+    assert policy.prefill_cap(req, 1.0) is None
+
+
 def test_autellix_queue_of_a_new_call_follows_its_sessions_attained_service() -> None:
     policy = AutellixPolicy()
     assert [policy.queue_for_service(s) for s in (0, 2047, 2048, 8191, 8192, 32767, 32768, 10**6)] == \
         [0, 0, 1, 1, 2, 2, 3, 3]
-    policy = bound(AutellixPolicy())
+    policy = bound(AutellixPolicy(PREVIEW))
     first = Req("s", turn=0, num_prompt_tokens=9000)
     policy.on_arrival(first, 0.0)
     for start in range(5):  # five uncapped 1800-token chunks would take 9000 service; the cap limits them
@@ -265,7 +278,7 @@ def test_autellix_queue_of_a_new_call_follows_its_sessions_attained_service() ->
 
 
 def test_autellix_demotes_when_a_step_uses_the_whole_quantum_and_caps_chunks_at_it() -> None:
-    policy = bound(AutellixPolicy())
+    policy = bound(AutellixPolicy(PREVIEW))
     req = Req("s", num_prompt_tokens=10_000)
     policy.on_arrival(req, 0.0)
     assert policy.prefill_cap(req, 0.0) == 2048
@@ -304,7 +317,7 @@ def test_autellix_promotes_a_program_once_its_wait_reaches_twice_its_service() -
     assert policy.order_waiting([slow, newcomer], 6.0) == [newcomer, slow]  # queue 0 before queue 1
     policy.on_scheduled(step(6.0, (rival, 1)))  # wait 4096 = 2 x 2048: starving
     assert policy.order_waiting([newcomer, slow], 7.0) == [slow, newcomer]  # both queue 0: arrival decides
-    assert (policy.program("slow").queue, policy.prefill_cap(slow, 7.0)) == (0, 2048)  # with a fresh quantum
+    assert (policy.program("slow").queue, policy.program("slow").allowance) == (0, 2048)  # with a fresh quantum
     policy.on_scheduled(step(7.0, (slow, 100)))  # it ran: its wait starts again from 0
     assert policy.wait_tokens("slow") == 0 and policy.wait_tokens("rival") == 100
 
@@ -423,8 +436,8 @@ def test_pinning_policies_pin_and_resume_onto_their_pins(make, sessions, setup, 
 class ChunkRecorder(Policy):
     """Records the size of every multi-token chunk (prefill chunks; decode steps compute one token)."""
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, *args: object) -> None:
+        super().__init__(*args)
         self.chunks: list[int] = []
 
     def on_scheduled(self, step: ScheduledStep) -> None:
@@ -436,10 +449,12 @@ class AutellixChunkRecorder(ChunkRecorder, AutellixPolicy):
     pass
 
 
-def test_autellix_caps_prefill_chunks_at_its_quanta(sessions, setup) -> None:
-    policy, plain = AutellixChunkRecorder(), ChunkRecorder()
-    out = simulate(sessions, policy, setup)
+def test_autellix_caps_prefill_chunks_at_its_quanta_only_as_the_preview_code_does(sessions, setup) -> None:
+    preview, paper, plain = AutellixChunkRecorder(PREVIEW), AutellixChunkRecorder(), ChunkRecorder()
+    out = simulate(sessions, preview, setup)
+    simulate(sessions, paper, setup)
     simulate(sessions, plain, setup)
     assert completed_all(out, sessions)
-    assert max(plain.chunks) > 2048 and max(policy.chunks) == 2048
-    assert 256 in policy.chunks  # calls were demoted to the last queue
+    assert max(plain.chunks) > 2048 and max(preview.chunks) == 2048
+    assert 256 in preview.chunks  # calls were demoted to the last queue
+    assert max(paper.chunks) == max(plain.chunks)  # the paper's PLAS leaves chunking to the engine

@@ -65,7 +65,8 @@ CASES = [pytest.param(name, {}, id=name) for name in VLLM_BACKENDS] + [
     pytest.param("mars", {"mars": {"quanta": (64, 48, 32, 16), "aging_s": 0.3}}, id="mars-small-quanta"),
     # PLAS quanta, thresholds and starvation this trace reaches: caps, demotions, promotions
     pytest.param("autellix", {"autellix": {"quanta": (96, 64, 48, 32), "service_thresholds": (150, 300, 450),
-                                           "starvation_ratio": 0.25}}, id="autellix-small-quanta"),
+                                           "starvation_ratio": 0.25, "cap_prefill": True}},
+                 id="autellix-small-quanta"),
     # past the cold start: TTLs from the tool-duration CDF, queueing delays and the engine's prefill estimate
     pytest.param("continuum-dy", {"continuum_dy": {"cold_start_samples": 2, "tool_min_samples": 2}},
                  id="continuum-dy-warm"),
