@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from harness.compare import format_spread
+from harness.compare import format_ci
 from harness.errors import BadInput
 from harness.report import plots, timelines
 from harness.report.doc import Block, Code, Document, Figure, Section, Table, Text
@@ -20,6 +20,7 @@ from harness.report.regressions import Regressions, compare_sets
 from harness.report.render import html_page, markdown
 from harness.report.style import palette
 
+Progress = Callable[[str, int, int], None]  # (phase, steps done, steps in the phase)
 GANTT_SESSIONS = 4  # sessions in the per-session timeline when none are chosen
 
 
@@ -45,11 +46,19 @@ class Report:
 
 
 def build_report(roots: Sequence[Path], out_dir: Path, compare_to: Path | None = None,
-                 sessions: Sequence[str] | None = None) -> Report:
-    """Read the runs under `roots` (and `compare_to`), write the report into `out_dir`."""
+                 sessions: Sequence[str] | None = None, reference: str | None = None,
+                 progress: Progress | None = None) -> Report:
+    """Read the runs under `roots` (and `compare_to`), write the report into `out_dir`. `reference`: the backend
+    speedups are against (default vllm, where it ran). `progress(phase, done, total)` hears of each step."""
+    step = progress or (lambda phase, done, total: None)
+    step("reading runs", 0, 1)
     results = load_results(roots)
     baseline = load_results([compare_to]) if compare_to is not None else None
-    boards = [leaderboard(point, runs) for point, runs in results.points()]
+    step("reading runs", 1, 1)
+    if reference is not None and reference not in {r.backend for r in results.runs}:
+        raise BadInput(f"--reference {reference}: no run of that backend under "
+                       f"{', '.join(map(str, roots))} (backends: {', '.join(sorted({r.backend for r in results.runs}))})")
+    boards = [leaderboard(point, runs, reference) for point, runs in results.points()]
     colours = palette(r.backend for r in results.runs)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -60,7 +69,11 @@ def build_report(roots: Sequence[Path], out_dir: Path, compare_to: Path | None =
     if sessions and not any(_known_sessions(s.runs) & set(sessions) for s in setups):
         raise BadInput(f"--sessions: none of {', '.join(sessions)} is in the runs shown (ids look like "
                        f"{_example_ids(results)})")
-    sections = [_setup_section(s, boards, sessions) for s in setups]
+    sections = []
+    for i, setup in enumerate(setups):
+        step("figures", i, len(setups))
+        sections.append(_setup_section(setup, boards, sessions))
+    step("figures", len(setups), len(setups))
     regressions = compare_sets(results, baseline) if baseline is not None else None
     if regressions is not None:
         sections.append(_regressions_section(regressions))
@@ -69,8 +82,10 @@ def build_report(roots: Sequence[Path], out_dir: Path, compare_to: Path | None =
     document = Document("mars-bench leaderboard", f"Generated {stamp} by `mars-bench report`.",
                         _intro(results, regressions, boards), sections)
     report = Report(out_dir, results, boards, regressions, document)
+    step("writing", 0, 1)
     report.markdown_path.write_text(markdown(document))
     report.html_path.write_text(html_page(document))
+    step("writing", 1, 1)
     return report
 
 
@@ -148,13 +163,15 @@ def _regressions_section(result: Regressions) -> Section:
 
 
 def _runs_section(results: ResultSet) -> Section:
-    columns = ("run", "directory", "status", "ranked", "valid", "workload", "settings", "backend", "seed", "rps",
+    # what tells runs apart comes first and the long ids last, so a table wider than the page, scrolled or
+    # not, never hides a backend's name
+    columns = ("backend", "workload", "settings", "status", "ranked", "valid", "run", "directory", "seed", "rps",
                "sessions", "mean JCT s", "goodput/s")
     rows = tuple(
-        (r.run_id, _relative(r, results.roots), r.record.status, r.excluded or "yes",
-         _yes_no((r.summary or {}).get("valid")), r.workload, r.settings or "-", r.backend, str(r.seed),
+        (r.backend, r.workload, r.settings or "-", r.record.status, r.excluded or "yes",
+         _yes_no((r.summary or {}).get("valid")), r.run_id, _relative(r, results.roots), str(r.seed),
          "-" if math.isnan(r.rps) else f"{r.rps:g}", str(r.record.config.get("num_sessions", "-")),
-         format_spread(r.figure("mean_jct_s"), 0), format_spread(r.figure("goodput"), 0))
+         format_ci(r.figure("mean_jct_s"), 0), format_ci(r.figure("goodput"), 0))
         for r in results.runs
     )
     note = "Every run found; runs not completed, or superseded by a newer run of the same point, are not ranked."
