@@ -111,8 +111,9 @@ def duration(seconds: float) -> str:
 
 class ProgressReport:
     """Progress of a command's phases with an ETA: a live rich bar on a terminal; when stdout is not one (CI,
-    nohup, a pipe), one plain line on stderr every `interval_s` (and at each phase's start), e.g.
-    `[sweep] 12/40 runs, 3 min elapsed, ETA 7 min`. The ETA extrapolates the current phase's rate.
+    nohup, a pipe), one plain line on stdout every `interval_s` (and at each phase's start and the end), e.g.
+    `[sweep] 12/40 runs, 3 min elapsed, ETA 7 min`, in the log beside the tables; stderr keeps to errors and
+    warnings. The ETA extrapolates the current phase's rate. `--json` output has none.
 
         with ProgressReport("sweep", "runs", enabled=not as_json) as progress:
             progress.update("runs", done, total)
@@ -123,7 +124,7 @@ class ProgressReport:
         self.command, self.unit, self.enabled = command, unit, enabled
         self.interval_s = progress_interval() if interval_s is None else interval_s
         self.terminal = console.is_terminal if terminal is None else terminal
-        self.echo = echo or (lambda line: click.echo(line, err=True))
+        self.echo = echo or click.echo
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None

@@ -21,7 +21,8 @@ from harness.report.render import html_page, markdown
 from harness.report.style import palette
 
 Progress = Callable[[str, int, int], None]  # (phase, steps done, steps in the phase)
-GANTT_SESSIONS = 4  # sessions in the per-session timeline when none are chosen
+GANTT_SESSIONS = 4
+FIGURES_PER_SETUP = 6  # drawn by _setup_section (one may be left out), counted for the progress  # sessions in the per-session timeline when none are chosen
 
 
 @dataclass(frozen=True)
@@ -69,11 +70,15 @@ def build_report(roots: Sequence[Path], out_dir: Path, compare_to: Path | None =
     if sessions and not any(_known_sessions(s.runs) & set(sessions) for s in setups):
         raise BadInput(f"--sessions: none of {', '.join(sessions)} is in the runs shown (ids look like "
                        f"{_example_ids(results)})")
-    sections = []
-    for i, setup in enumerate(setups):
-        step("figures", i, len(setups))
-        sections.append(_setup_section(setup, boards, sessions))
-    step("figures", len(setups), len(setups))
+    total, drawn = FIGURES_PER_SETUP * len(setups), 0
+
+    def drew() -> None:
+        nonlocal drawn
+        drawn += 1
+        step("figures", drawn, total)
+
+    step("figures", 0, total)
+    sections = [_setup_section(s, boards, sessions, drew) for s in setups]
     regressions = compare_sets(results, baseline) if baseline is not None else None
     if regressions is not None:
         sections.append(_regressions_section(regressions))
@@ -116,17 +121,22 @@ def _intro(results: ResultSet, regressions: Regressions | None, boards: Sequence
     return blocks
 
 
-def _setup_section(setup: plots.Setup, boards: Sequence[Leaderboard], sessions: Sequence[str] | None) -> Section:
+def _setup_section(setup: plots.Setup, boards: Sequence[Leaderboard], sessions: Sequence[str] | None,
+                   drew: Callable[[], None] = lambda: None) -> Section:
     mine = [b for b in boards if b.point[:2] == (setup.workload, setup.settings)]
     blocks: list[Block] = [b.table() for b in mine]
     frame = session_frame(setup.runs)
     alpha = next((r.figure("goodput_alpha") for r in setup.runs if r.summary), 3.0)
     reps = representatives(setup.runs)
-    figures = [
-        plots.jct_cdf(setup, frame), plots.jct_vs_load(setup), plots.frontier(setup),
-        plots.slowdown(setup, frame, alpha), timelines.engine_state(setup, reps),
-        _session_figure(setup, reps, mine[-1].order if mine else [], sessions),
+    draw: list[Callable[[], Figure | None]] = [
+        lambda: plots.jct_cdf(setup, frame), lambda: plots.jct_vs_load(setup), lambda: plots.frontier(setup),
+        lambda: plots.slowdown(setup, frame, alpha), lambda: timelines.engine_state(setup, reps),
+        lambda: _session_figure(setup, reps, mine[-1].order if mine else [], sessions),
     ]
+    figures = []
+    for make in draw:
+        figures.append(make())
+        drew()
     blocks += [f for f in figures if f is not None]
     return Section(setup.title, blocks)
 
