@@ -203,12 +203,13 @@ def table_cells(row: pd.Series, reference: str | None) -> list[str]:
     return cells
 
 
-def format_ratio(value: float, ci95: float) -> str:
-    """A speedup or ratio: `1.87x ± 0.21`, `1.87x` without an interval, `-` when undefined."""
+def format_ratio(value: float, ci95: float, as_range: bool = False) -> str:
+    """A speedup or ratio: `1.87x ± 0.21`, or with `as_range` its 95% interval as `1.87x [1.66, 2.08]`; `1.87x`
+    without an interval, `-` when undefined."""
     if value is None or not math.isfinite(value):
         return "-"
     if ci95 is not None and math.isfinite(ci95) and ci95 > 0:
-        return f"{value:.2f}x ± {ci95:.2f}"
+        return f"{value:.2f}x [{value - ci95:.2f}, {value + ci95:.2f}]" if as_range else f"{value:.2f}x ± {ci95:.2f}"
     return f"{value:.2f}x"
 
 
@@ -256,15 +257,6 @@ def format_summary(value: float, std: float, ci95: float, count: bool = False) -
         if ci95 is not None and math.isfinite(ci95):
             text += f" [{value - ci95:.{digits}f}, {value + ci95:.{digits}f}]"
     return text
-
-
-def format_ratio_ci(value: float, ci95: float) -> str:
-    """A paired ratio with its 95% interval as a range: `1.87x [1.66, 2.08]`; `1.87x` alone without one."""
-    if value is None or not math.isfinite(value):
-        return "-"
-    if ci95 is not None and math.isfinite(ci95) and ci95 > 0:
-        return f"{value:.2f}x [{value - ci95:.2f}, {value + ci95:.2f}]"
-    return f"{value:.2f}x"
 
 
 def format_spread(value: float, std: float) -> str:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from harness.compare import COMPARED, as_shown, comparison, format_ratio_ci, format_summary
+from harness.compare import COMPARED, as_shown, comparison, format_ratio, format_summary
 from harness.config import RunConfig
 from harness.experiment import run_experiment
 from harness.report.leaderboard import leaderboard, ranks
@@ -59,9 +59,9 @@ def test_counts_print_as_integers() -> None:
 
 
 def test_speedup_cells_are_ratios_with_an_interval() -> None:
-    assert format_ratio_ci(1.8712, 0.21) == "1.87x [1.66, 2.08]"
-    assert format_ratio_ci(1.0, 0.0) == "1.00x" and format_ratio_ci(1.0, math.nan) == "1.00x"
-    assert format_ratio_ci(math.nan, 0.1) == "-"
+    assert format_ratio(1.8712, 0.21, as_range=True) == "1.87x [1.66, 2.08]"
+    assert format_ratio(1.0, 0.0, as_range=True) == "1.00x" and format_ratio(1.0, math.nan, as_range=True) == "1.00x"
+    assert format_ratio(math.nan, 0.1, as_range=True) == "-"
 
 
 def _runs(jcts: dict[str, list[float]]) -> pd.DataFrame:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from harness.compare import COMPARED, COUNTS, LATENCIES, as_shown, comparison, format_ratio_ci, format_summary
+from harness.compare import COMPARED, COUNTS, LATENCIES, as_shown, comparison, format_ratio, format_summary
 from harness.report.doc import Table
 from harness.report.load import PointKey, Run, point_title, run_frame
 
@@ -55,7 +55,7 @@ class Leaderboard:
             cells = [format_summary(r[key], r[f"{key}_std"], r[f"{key}_ci95"], count=key in COUNTS)
                      for key, _ in SHOWN]
             if self.reference:
-                cells.insert(at, format_ratio_ci(r[speed], r[f"{speed}_ci95"]))
+                cells.insert(at, format_ratio(r[speed], r[f"{speed}_ci95"], as_range=True))
             rows.append((str(int(r["rank"])), str(r["backend"]), str(int(r["seeds"])), *cells))
         if self.by_goodput:
             note = ("Ranked by goodput/s (highest first), then by mean JCT (lowest first); backends equal in both "
