@@ -175,17 +175,18 @@ def _regressions_section(result: Regressions) -> Section:
 def _runs_section(results: ResultSet) -> Section:
     # what tells runs apart comes first and the long ids last, so a table wider than the page, scrolled or
     # not, never hides a backend's name
-    columns = ("backend", "workload", "settings", "status", "ranked", "valid", "run", "directory", "seed", "rps",
-               "sessions", "mean JCT s", "goodput/s")
+    columns = ("backend", "workload", "settings", "status", "ranked", "valid", "seed", "rps", "sessions",
+               "mean JCT s", "goodput/s", "run", "directory")
     rows = tuple(
         (r.backend, r.workload, r.settings or "-", r.record.status, r.excluded or "yes",
-         _yes_no((r.summary or {}).get("valid")), r.run_id, _relative(r, results.roots), str(r.seed),
-         "-" if math.isnan(r.rps) else f"{r.rps:g}", str(r.record.config.get("num_sessions", "-")),
-         format_ci(r.figure("mean_jct_s"), 0), format_ci(r.figure("goodput"), 0))
+         _yes_no((r.summary or {}).get("valid")), str(r.seed), "-" if math.isnan(r.rps) else f"{r.rps:g}",
+         str(r.record.config.get("num_sessions", "-")), format_ci(r.figure("mean_jct_s"), 0),
+         format_ci(r.figure("goodput"), 0), r.run_id, _relative(r, results.roots))
         for r in results.runs
     )
     note = "Every run found; runs not completed, or superseded by a newer run of the same point, are not ranked."
-    return Section("Runs", [Table(f"{len(rows)} runs", columns, rows, numeric_from=8, note=note)])
+    return Section("Runs", [Table(f"{len(rows)} runs", columns, rows, numeric_from=6, note=note,
+                                          numeric_to=11)])
 
 
 def _yes_no(value: object) -> str:
