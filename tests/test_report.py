@@ -252,11 +252,12 @@ def test_fail_on_regression_sets_the_exit_code(sets: dict[str, Path], tmp_path: 
     assert same.exit_code == 0 and "0 regression(s), 0 improvement(s)" in same.stdout
 
 
-@pytest.mark.parametrize("case", ["missing", "empty", "bad-session"])
+@pytest.mark.parametrize("case", ["missing", "empty", "bad-session", "bad-reference"])
 def test_bad_input_is_one_line_and_exit_2(case: str, sets: dict[str, Path], tmp_path: Path, run_cli) -> None:
     (tmp_path / "empty").mkdir()
     args = {"missing": [str(tmp_path / "nope")], "empty": [str(tmp_path / "empty")],
-            "bad-session": [str(sets["base"]), "--sessions", "no-such-session"]}[case]
+            "bad-session": [str(sets["base"]), "--sessions", "no-such-session"],
+            "bad-reference": [str(sets["base"]), "--reference", "sglang"]}[case]
     result = run_cli("report", *args, "--out", str(tmp_path / "out"))
     assert result.exit_code == 2
     assert result.stderr.startswith("mars-bench: error: ") and result.stderr.count("\n") == 1

@@ -21,8 +21,8 @@ from harness.report.render import html_page, markdown
 from harness.report.style import palette
 
 Progress = Callable[[str, int, int], None]  # (phase, steps done, steps in the phase)
-GANTT_SESSIONS = 4
-FIGURES_PER_SETUP = 6  # drawn by _setup_section (one may be left out), counted for the progress  # sessions in the per-session timeline when none are chosen
+GANTT_SESSIONS = 4  # sessions in the per-session timeline when none are chosen
+FIGURES_PER_SETUP = 6  # drawn by _setup_section (one may be left out), counted for the progress
 
 
 @dataclass(frozen=True)
@@ -57,8 +57,9 @@ def build_report(roots: Sequence[Path], out_dir: Path, compare_to: Path | None =
     baseline = load_results([compare_to]) if compare_to is not None else None
     step("reading runs", 1, 1)
     if reference is not None and reference not in {r.backend for r in results.runs}:
-        raise BadInput(f"--reference {reference}: no run of that backend under "
-                       f"{', '.join(map(str, roots))} (backends: {', '.join(sorted({r.backend for r in results.runs}))})")
+        ran = ", ".join(sorted({r.backend for r in results.runs}))
+        raise BadInput(f"--reference {reference}: no run of that backend under {', '.join(map(str, roots))} "
+                       f"(backends: {ran})")
     boards = [leaderboard(point, runs, reference) for point, runs in results.points()]
     colours = palette(r.backend for r in results.runs)
     try:
