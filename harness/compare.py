@@ -32,6 +32,13 @@ COMPARED: tuple[tuple[str, str], ...] = (
     ("preemptions", "preemptions"),
 )
 
+# Per-call latencies as `vllm bench serve` reports them, in milliseconds: (summary key, column label).
+LATENCIES: tuple[tuple[str, str], ...] = tuple(
+    (f"{p}_{name}_ms", f"{name.upper()} {p} ms") for name in ("ttft", "tpot", "itl") for p in ("p50", "p99"))
+
+# Figures that count things: a run's value is an integer, and a mean over seeds prints as one when it is one.
+COUNTS = frozenset({"preemptions", "completed_sessions", "num_sessions", "completed_calls", "recomputed_tokens"})
+
 
 # Student t quantiles t(0.975, df) for df = 1..30 (scipy.stats.t.ppf(0.975, df), 6 decimals; scipy is not a
 # core dependency). Beyond 30 degrees of freedom: a Cornish-Fisher expansion around the normal 1.959964,
@@ -133,12 +140,13 @@ def runs_frame(rows: Sequence[RunRow]) -> pd.DataFrame:
     ])
 
 
-def comparison(runs: pd.DataFrame, reference: str | None) -> pd.DataFrame:
+def comparison(runs: pd.DataFrame, reference: str | None, figures: Sequence[str] | None = None) -> pd.DataFrame:
     """Per backend: the number of seeds, each figure's mean over seeds, its 95% confidence half-width
     (`<figure>_ci95`, NaN with one seed) and standard deviation (`<figure>_std`, population, as the report's
     leaderboard shows it), and the speedup of mean JCT against `reference`: its mean JCT / this backend's per
-    seed, then mean (`speedup_vs_<reference>`) ± `speedup_vs_<reference>_ci95` over the paired seeds."""
-    keys = [k for k, _ in COMPARED]
+    seed, then mean (`speedup_vs_<reference>`) ± `speedup_vs_<reference>_ci95` over the paired seeds.
+    `figures`: the summary keys compared (default: COMPARED's); `runs` has a column for each."""
+    keys = list(figures) if figures is not None else [k for k, _ in COMPARED]
     numeric = runs[["backend", "seed", *keys]].copy()
     numeric[keys] = numeric[keys].astype(float)
     rows = []
@@ -188,33 +196,67 @@ def markdown(table: pd.DataFrame, reference: str | None) -> str:
 def table_cells(row: pd.Series, reference: str | None) -> list[str]:
     """One comparison row as text: backend, seeds, each figure as mean ± ci95, the speedup (if any) alike."""
     cells = [str(row["backend"]), str(int(row["seeds"]))]
-    cells += [format_ci(row[key], row[f"{key}_ci95"]) for key, _ in COMPARED]
+    cells += [format_ci(row[key], row[f"{key}_ci95"], count=key in COUNTS) for key, _ in COMPARED]
     speed_col = f"speedup_vs_{reference}" if reference else None
     if speed_col and speed_col in row:
         cells.append(format_ratio(row[speed_col], row[f"{speed_col}_ci95"]))
     return cells
 
 
-def format_ratio(value: float, ci95: float) -> str:
-    """A speedup or ratio: `1.87x ± 0.21`, `1.87x` without an interval, `-` when undefined."""
+def format_ratio(value: float, ci95: float, as_range: bool = False) -> str:
+    """A speedup or ratio: `1.87x ± 0.21`, or with `as_range` its 95% interval as `1.87x [1.66, 2.08]`; `1.87x`
+    without an interval, `-` when undefined."""
     if value is None or not math.isfinite(value):
         return "-"
     if ci95 is not None and math.isfinite(ci95) and ci95 > 0:
-        return f"{value:.2f}x ± {ci95:.2f}"
+        return f"{value:.2f}x [{value - ci95:.2f}, {value + ci95:.2f}]" if as_range else f"{value:.2f}x ± {ci95:.2f}"
     return f"{value:.2f}x"
 
 
-def format_ci(value: float, ci95: float) -> str:
+def shown_decimals(value: float, count: bool = False) -> int:
+    """Decimals a figure is printed with: 3 significant digits, at most 3 decimals (`105`, `61.9`, `0.190`);
+    a count (COUNTS) with none when its value is a whole number, else one (a mean over seeds: `0.2`)."""
+    if count:
+        return 0 if math.isfinite(value) and value == round(value) else 1
+    magnitude = math.floor(math.log10(abs(value))) if value else 0
+    return min(3, max(0, 2 - magnitude))
+
+
+def as_shown(value: float, count: bool = False) -> float:
+    """The value as printed (`shown_decimals`): leaderboard ties are values equal as shown."""
+    if value is None or not math.isfinite(value):
+        return math.nan
+    return float(f"{value:.{shown_decimals(value, count)}f}")
+
+
+def format_ci(value: float, ci95: float, count: bool = False) -> str:
     """`mean ± ci95` with the mean to 3 significant digits (at most 3 decimals) and the interval to the same
     decimals: `105 ± 73`, `61.9 ± 42.5`, `0.190 ± 0.007`; the value alone when the interval is undefined
-    (one seed) or 0; `-` when the value is undefined."""
+    (one seed) or 0; `-` when the value is undefined. A count prints as a whole number when it is one."""
     if value is None or not math.isfinite(value):
         return "-"
-    magnitude = math.floor(math.log10(abs(value))) if value else 0
-    digits = min(3, max(0, 2 - magnitude))
+    digits = shown_decimals(value, count)
     if ci95 is not None and math.isfinite(ci95) and ci95 > 0:
+        digits = max(digits, 1) if count else digits  # a count's interval is rarely whole: 0.2 ± 0.6
         return f"{value:.{digits}f} ± {ci95:.{digits}f}"
     return f"{value:.{digits}f}"
+
+
+def format_summary(value: float, std: float, ci95: float, count: bool = False) -> str:
+    """A figure over seeds as the leaderboard shows it: `mean ± std [low, high]`, the bracket being the 95%
+    confidence interval of the mean (Student t, `mean_ci`), all to the mean's shown decimals: `17.2 ± 0.5
+    [16.6, 17.8]`. The value alone when the seeds agree (std 0) or there is one seed; `-` when undefined."""
+    if value is None or not math.isfinite(value):
+        return "-"
+    digits = shown_decimals(value, count)
+    if count and std and math.isfinite(std) and std > 0:
+        digits = max(digits, 1)
+    text = f"{value:.{digits}f}"
+    if std is not None and math.isfinite(std) and std > 0:
+        text += f" ± {std:.{digits}f}"
+        if ci95 is not None and math.isfinite(ci95):
+            text += f" [{value - ci95:.{digits}f}, {value + ci95:.{digits}f}]"
+    return text
 
 
 def format_spread(value: float, std: float) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -107,7 +108,27 @@ def test_console_script_entry_point_exit_codes(tmp_path: Path) -> None:
 def test_run_writes_results_and_prints_summary(run_cli, tmp_path: Path) -> None:
     result = run_cli("run", "--backend", "vllm", "--workload", "swe-smoke", "--results-dir", str(tmp_path))
     assert result.exit_code == 0, result.stderr
-    assert "mean JCT" in result.stdout and "sessions completed" in result.stdout and "8/8" in result.stdout
+    out = result.stdout
+    # `vllm bench serve`'s result block, its per-call figures in its layout, then the sessions' figures
+    block = out[out.index("============ Serving Benchmark Result ============"):]
+    headings = ["---------------Time to First Token----------------",
+                "-----Time per Output Token (excl. 1st token)------",
+                "---------------Inter-token Latency----------------",
+                "----------------End-to-end Latency----------------",
+                "------------------Agent Sessions------------------"]
+    assert [line for line in block.splitlines() if line.startswith("-")] == headings
+    summary = json.loads(next(p for p in tmp_path.iterdir() if p.is_dir() and not p.name.startswith("."))
+                         .joinpath("summary.json").read_text())
+    for label, key in (("Successful requests:", "completed_calls"), ("Benchmark duration (s):", "duration_s"),
+                       ("Request throughput (req/s):", "request_throughput"), ("Mean TTFT (ms):", "mean_ttft_ms"),
+                       ("P99 TPOT (ms):", "p99_tpot_ms"), ("Median ITL (ms):", "median_itl_ms"),
+                       ("Mean E2EL (ms):", "mean_e2el_ms"), ("Mean JCT (s):", "mean_jct_s"),
+                       ("Bound on mean JCT (s):", "bound_mean_jct_s")):
+        value = summary[key]
+        text = f"{value:.2f}" if isinstance(value, float) else str(value)
+        assert f"{label:<40} {text}" in block, label
+    assert "Failed requests:                         0" in block
+    assert re.search(r"sessions completed .* 8/8", out)  # what .ci/run greps the demo's output for
     (run_dir,) = [p for p in tmp_path.iterdir() if p.is_dir() and not p.name.startswith(".")]
     for name in ("run.json", "events.jsonl", "calls.parquet", "sessions.parquet", "timeline.parquet", "summary.json"):
         assert (run_dir / name).is_file(), name

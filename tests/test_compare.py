@@ -133,3 +133,20 @@ def test_compare_defaults_to_five_seeds_with_a_ci(run_cli, tmp_path: Path) -> No
     shown = run_cli("compare", "-b", "vllm,mars", "-w", "swe-smoke", "--sessions", "2", "--seeds", "3",
                     "--results-dir", str(tmp_path))
     assert shown.exit_code == 0 and "needs at least two seeds" in shown.stdout and " ± " not in shown.stdout
+
+
+def test_compare_off_a_terminal_prints_progress_and_the_same_cells_as_its_markdown(
+        run_cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import re
+
+    monkeypatch.setenv("MARS_BENCH_PROGRESS_INTERVAL", "0.01")
+    out = run_cli("compare", "-b", "vllm,continuum-dy", "-w", "swe-smoke", "--sessions", "2", "--seeds", "1,2",
+                  "--results-dir", str(tmp_path), "--out", str(tmp_path / "cmp"))
+    assert out.exit_code == 0, out.stderr
+    progress = re.findall(r"\[compare\] (\d+)/4 runs, \d+ s elapsed, (?:ETA \d+ s|ETA unknown|done)", out.stdout)
+    assert progress[0] == "0" and progress[-1] == "4", out.stdout
+    md = (tmp_path / "cmp" / "comparison.md").read_text()
+    for line in md.splitlines()[2:4]:  # every cell of each Markdown row appears, whole, in the terminal row
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        shown = next(row for row in out.stdout.splitlines() if row.startswith(f"│ {cells[0]} "))
+        assert [c.strip() for c in shown.strip("│").split("│")] == cells

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -184,3 +185,39 @@ def test_compare_reports_a_failed_run_after_the_others(tmp_path: Path, monkeypat
     monkeypatch.setattr(harness.executors, "run_experiment", broken)
     assert main(["compare", "-b", "vllm,mars", "-w", "swe-smoke", "--results-dir", str(tmp_path)]) == 1
     assert "10 of 10 runs failed" in capsys.readouterr().err  # 2 backends x the default 5 seeds
+
+
+PROGRESS_LINE = r"\[sweep\] (\d+)/(\d+) runs, \d+ s elapsed, (ETA (\d+ s|unknown)|done)"
+
+
+def test_a_sweep_off_a_terminal_prints_plain_progress_lines(tmp_path: Path, run_cli,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """No terminal (CI, nohup): plain lines in the output, at the start, every interval and at the end."""
+    monkeypatch.setenv("MARS_BENCH_PROGRESS_INTERVAL", "0.01")
+    out = run_cli("sweep", "-b", "vllm,mars", "-w", "swe-smoke", "--sessions", "2", "--seeds", "1,2,3",
+                  "--out", str(tmp_path / "s"))
+    assert out.exit_code == 0, out.stderr
+    lines = [m.groups() for m in re.finditer(PROGRESS_LINE, out.stdout)]
+    assert len(lines) >= 2, out.stdout
+    assert lines[0][:2] == ("0", "6") and lines[-1][:3] == ("6", "6", "done")
+    assert out.stderr == ""  # stderr keeps to errors and warnings
+    assert out.stdout.index("[sweep] 6/6 runs") < out.stdout.index("sweep: 6 completed runs")  # then the table
+
+
+def test_progress_lines_come_every_interval_with_an_eta() -> None:
+    from harness.console import ProgressReport
+
+    lines: list[str] = []
+    with ProgressReport("sweep", "runs", interval_s=0.02, terminal=False, echo=lines.append) as progress:
+        progress.update("runs", 0, 40)
+        progress.update("runs", 10, 40)
+        time.sleep(0.2)
+    assert lines[0] == "[sweep] 0/40 runs, 0 s elapsed, ETA unknown"
+    assert len(lines) >= 4  # the start, several ticks, the end
+    # 10 runs done, 30 to go: an ETA in seconds, never unknown or done
+    assert all(re.fullmatch(r"\[sweep\] 10/40 runs, \d s elapsed, ETA \d+ s", line) for line in lines[1:]), lines
+    quiet: list[str] = []
+    with ProgressReport("sweep", "runs", enabled=False, interval_s=0.01, terminal=False, echo=quiet.append) as p:
+        p.update("runs", 1, 2)
+        time.sleep(0.05)
+    assert quiet == []  # --json: no progress at all

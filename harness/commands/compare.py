@@ -8,7 +8,6 @@ from pathlib import Path
 
 import click
 import pandas as pd
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from harness.backends import get_backend
 from harness.commands.options import (DEFAULT_SEEDS, json_option, parse_list, parse_seeds, results_dir_option,
@@ -17,7 +16,7 @@ from harness.commands.run import hardware_options
 from harness.config import make_config
 from harness.engines.registry import ENGINES
 from harness.compare import COMPARED, ci_footer, comparison, markdown, run_grid, runs_frame, table_cells
-from harness.console import console, print_json, table
+from harness.console import ProgressReport, console, print_json, print_table, table
 from harness.errors import BadInput
 
 
@@ -63,10 +62,10 @@ def compare(backend_list: str, engine: str, workload: str, sessions: int | None,
     for name in names:
         get_backend(name, engine)  # fail on a bad name before any run starts
     started = time.perf_counter()
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=True, disable=as_json) as bars:
-        task = bars.add_task("runs", total=len(configs))
-        rows = run_grid(configs, results_dir, jobs=jobs, progress=lambda done, _: bars.update(task, completed=done))
+    with ProgressReport("compare", "runs", enabled=not as_json) as progress:
+        progress.update("runs", 0, len(configs))
+        rows = run_grid(configs, results_dir, jobs=jobs,
+                        progress=lambda done, total: progress.update("runs", done, total))
     elapsed = time.perf_counter() - started
     runs = runs_frame(rows)
     result = comparison(runs, reference)
@@ -83,8 +82,7 @@ def compare(backend_list: str, engine: str, workload: str, sessions: int | None,
     columns = ["backend", "seeds", *[label for _, label in COMPARED], f"speedup vs {reference}"]
     body = [table_cells(r, reference) for _, r in result.iterrows()]
     shown = table(f"{workload}: {len(seed_list)} seed(s), reference {reference}", columns, body)
-    # mean ± CI cells are wide: piped output gets the table's natural width rather than cells wrapped in two
-    console.print(shown, width=None if console.is_terminal else max(console.width, console.measure(shown).maximum))
+    print_table(shown)  # mean ± CI cells are wide: piped output gets the table's natural width
     console.print(ci_footer(result))
     console.print(f"{len(configs)} runs in {elapsed:.1f} s; written to {out_dir}/ (comparison.csv, comparison.md, runs.csv)")
 

@@ -10,7 +10,7 @@ import click
 
 from harness.commands.extras import require_extra
 from harness.commands.options import json_option, parse_list
-from harness.console import console, print_json, table
+from harness.console import ProgressReport, console, print_json, print_table, table
 from harness.report.doc import Table
 from harness.report.regressions import fail_if_any, summary_line
 
@@ -28,19 +28,23 @@ _DIR = click.Path(file_okay=False, path_type=Path)
 @click.option("--fail-on-regression", is_flag=True, help="Exit 1 when --compare-to finds a regression.")
 @click.option("--sessions", "session_ids", metavar="ID,...",
               help="Sessions for the per-session timeline (default: the longest of the MARS run).")
+@click.option("--reference", metavar="BACKEND",
+              help="Backend the leaderboards' speedup is against (default: vllm, where it ran).")
 @json_option
 def report(results_dirs: tuple[Path, ...], out_dir: Path, compare_to: Path | None, fail_on_regression: bool,
-           session_ids: str | None, as_json: bool) -> None:
+           session_ids: str | None, reference: str | None, as_json: bool) -> None:
     """Rank the runs under RESULTS_DIR... and write a Markdown report and a static HTML leaderboard with plots.
 
     Runs are found at any depth and grouped by workload, settings and load point (rps); each backend is ranked
-    by goodput (then mean JCT) with the mean ± std over seeds.
+    by goodput (then mean JCT; equal as shown: one rank) with the mean ± std over seeds, the 95% confidence
+    interval, vLLM's per-call latencies and the speedup against --reference.
 
     \b
     Examples:
       mars-bench sweep --backends vllm,mars --workload swe-smoke --seeds 1,2 --out results/before
       mars-bench report results/ --out report/
       mars-bench report results/ --out report/ --sessions swe-smoke-1-00000,swe-smoke-1-00001
+      mars-bench report results/ --out report/ --reference mars
       mars-bench sweep --backends vllm,mars --workload swe-smoke --seeds 1,2 --out results/after
       mars-bench report results/after --out report/ --compare-to results/before --fail-on-regression
     """
@@ -50,7 +54,8 @@ def report(results_dirs: tuple[Path, ...], out_dir: Path, compare_to: Path | Non
     require_extra("report", ("matplotlib", "seaborn"), "mars-bench report (its plots)")
     from harness.report.build import build_report  # noqa: PLC0415 - seaborn and matplotlib: the `report` extra
 
-    result = build_report(list(results_dirs), out_dir, compare_to, sessions)
+    with ProgressReport("report", enabled=not as_json) as progress:
+        result = build_report(list(results_dirs), out_dir, compare_to, sessions, reference, progress.update)
     if as_json:
         print_json(_finite(_as_json(result)))
     else:
@@ -62,7 +67,7 @@ def report(results_dirs: tuple[Path, ...], out_dir: Path, compare_to: Path | Non
 
 
 def _show(t: Table) -> None:
-    console.print(table(t.title, t.columns, t.rows, numeric_from=t.numeric_from))
+    print_table(table(t.title, t.columns, t.rows, numeric_from=t.numeric_from))
 
 
 def _print(result: Report) -> None:
@@ -98,6 +103,7 @@ def _as_json(result: Report) -> dict:
         "runs": result.results.frame().to_dict(orient="records"),
         "leaderboards": [{"workload": b.point[0], "settings": b.point[1], "rps": b.point[2],
                           "ranked_by": "goodput" if b.by_goodput else "mean_jct_s", "not_like_for_like": b.mismatch,
+                          "reference": b.reference,
                           "ranking": b.ranking.to_dict(orient="records")} for b in result.leaderboards],
         "regressions": None if regressions is None else {
             kind: [{"workload": c.point[0], "settings": c.point[1], "rps": c.point[2], "backend": c.backend,

@@ -2,22 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import click
 from click.core import ParameterSource
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from harness.backends import BACKENDS
 from harness.engines.registry import ENGINES
 from harness.commands.options import json_option, results_dir_option, workload_options
 from harness.config import make_config
-from harness.console import console, print_json, table
+from harness.console import ProgressReport, console, print_json, table
 from harness.engines.sim.cost_model import describe
 from harness.experiment import run_experiment
-from harness.metrics import summary_table_rows
+from harness.results import load_run
 from harness.engines.sim.testbed import build_profile
 
 F = Callable[..., Any]
@@ -93,24 +93,90 @@ def run(backend: str, engine: str, vllm_mode: str, workload: str, sessions: int 
         base_url=base_url, api_key_env=api_key_env, served_model=served_model, tokenizer=tokenizer,
         tools=tools, allow_commands=allow_commands, cpu_stress=cpu_stress, gpu_share=gpu_share, chat_rps=chat_rps, goodput=goodput, alpha=alpha,
     )
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=True, disable=as_json) as bars:
-        tasks: dict[str, Any] = {}
-
-        def progress(phase: str, done: int, total: int) -> None:
-            if phase not in tasks:
-                tasks[phase] = bars.add_task(phase, total=total)
-            bars.update(tasks[phase], completed=done)
-
-        result = run_experiment(config, results_dir, progress=progress)
+    with ProgressReport("run", "sessions", enabled=not as_json) as progress:
+        result = run_experiment(config, results_dir, progress=progress.update)
     summary = result.summary.model_dump(mode="json")
     if as_json:
         print_json({"run_dir": str(result.dir), "config": config.model_dump(mode="json"), **summary})
         return
-    console.print(table(f"{config.backend} on {config.engine}: {workload}", ["metric", "value"],
-                        summary_table_rows(summary)))
+    calls = load_run(result.dir).calls()
+    click.echo(f"{config.backend} on {config.engine}: {workload}")
+    click.echo("\n".join(result_lines(summary, failed_calls=int(calls["finish_s"].isna().sum()))))
     ran = "simulated" if config.engine == "sim" else f"ran on {config.engine}:"
     console.print(f"results: {result.dir}  ({ran} {result.stats['sim_s']:.0f} s in {result.stats['wall_s']:.1f} s)")
+
+
+# `vllm bench serve`'s result block (vllm/benchmarks/serve.py): a 50-wide title, `{:<40} {:<10}` rows
+_WIDTH = 50
+_LATENCIES = (("ttft", "TTFT", "Time to First Token"), ("tpot", "TPOT", "Time per Output Token (excl. 1st token)"),
+              ("itl", "ITL", "Inter-token Latency"), ("e2el", "E2EL", "End-to-end Latency"))
+
+
+def _row(label: str, value: Any, unit: str = "") -> str:
+    """One `{:<40} {:<10}` row; a float to 2 decimals, an undefined figure as `-`."""
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        text = "-"
+    elif isinstance(value, float):
+        text = f"{value:.2f}"
+    else:
+        text = str(value)
+    return "{:<40} {:<10}".format(label, text + unit).rstrip()
+
+
+def _heading(title: str, fill: str = "-") -> str:
+    return "{s:{c}^{n}}".format(s=title, c=fill, n=_WIDTH)
+
+
+def result_lines(summary: Mapping[str, Any], failed_calls: int = 0) -> list[str]:
+    """A run's summary as `vllm bench serve` prints its result: the per-call figures in its block layout and
+    labels (a call is vLLM's request), then the agent sessions' figures in the same layout."""
+    s = summary
+    lines = [
+        _heading(" Serving Benchmark Result ", "="),
+        _row("Successful requests:", s.get("completed_calls")),
+        _row("Failed requests:", failed_calls),
+        _row("Benchmark duration (s):", s.get("duration_s")),
+        _row("Total input tokens:", s.get("total_input_tokens")),
+        _row("Total generated tokens:", s.get("total_output_tokens")),
+        _row("Request throughput (req/s):", s.get("request_throughput")),
+    ]
+    if s.get("goodput_slo"):
+        lines.append(_row("Request goodput (req/s):", s.get("request_goodput")))
+    lines += [
+        _row("Output token throughput (tok/s):", s.get("output_throughput")),
+        _row("Total token throughput (tok/s):", s.get("total_token_throughput")),
+    ]
+    for key, name, header in _LATENCIES:
+        lines += [_heading(header), _row(f"Mean {name} (ms):", s.get(f"mean_{key}_ms")),
+                  _row(f"Median {name} (ms):", s.get(f"median_{key}_ms")),
+                  _row(f"P99 {name} (ms):", s.get(f"p99_{key}_ms"))]
+    alpha = s.get("goodput_alpha")
+    hit = s.get("prefix_cache_hit_rate")
+    good = s.get("goodput_fraction")
+    reasons = "; ".join(s.get("invalid_reasons") or [])
+    lines += [
+        _heading("Agent Sessions"),
+        # `.ci/run` greps the demo's output for "sessions completed .* 8/8"
+        _row("Agent sessions completed / arrived:", f"{s.get('completed_sessions', 0)}/{s.get('num_sessions', 0)}"),
+        _row("Mean JCT (s):", s.get("mean_jct_s")),
+        _row("Median JCT (s):", s.get("median_jct_s")),
+        _row("P95 JCT (s):", s.get("p95_jct_s")),
+        _row("P99 JCT (s):", s.get("p99_jct_s")),
+        _row("Bound on mean JCT (s):", s.get("bound_mean_jct_s")),
+        _row("Mean JCT, x of bound:", s.get("x_of_bound"), "x" if s.get("x_of_bound") is not None else ""),
+        _row("Mean slowdown (x isolated JCT):", s.get("mean_slowdown")),
+        _row("Session throughput (sessions/s):", s.get("session_throughput")),
+        _row(f"Goodput (sessions/s, slowdown <= {alpha:g}):" if alpha is not None else "Goodput (sessions/s):",
+             s.get("goodput")),
+        _row("Good sessions (%):", None if good is None else good * 100),
+        _row("Prefix cache hit rate (%):", None if hit is None else hit * 100),
+        _row("Preemptions:", s.get("preemptions")),
+        _row("Mean tool wait (s):", s.get("mean_tool_wait_s")),
+        _row("Mean admission wait (s):", s.get("mean_admission_wait_s")),
+        _row("Valid run:", "yes" if s.get("valid") else f"no{': ' + reasons if reasons else ''}"),
+        "=" * _WIDTH,
+    ]
+    return lines
 
 
 @click.command()

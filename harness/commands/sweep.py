@@ -10,8 +10,6 @@ from typing import Any
 
 import click
 import pandas as pd
-from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                           TimeRemainingColumn)
 
 from harness.backends import get_backend
 from harness.commands.options import json_option, parse_list, parse_seeds, results_dir_option, seeds_option
@@ -20,7 +18,7 @@ from harness.config import make_config
 from harness.engines.registry import ENGINES
 from harness.compare import format_spread
 from harness.config import RunConfig
-from harness.console import console, print_json, table
+from harness.console import ProgressReport, console, print_json, table
 from harness.errors import BadInput, RunsFailed
 from harness.executors import Finished, execute
 from harness.sweep import (GridPoint, finished_run, grid_points, is_completed, json_digest, runs_table,
@@ -108,15 +106,17 @@ def sweep(backend_list: str, engine: str, workload: str, rps_list: str | None, s
     failures: list[tuple[GridPoint, str]] = []
     started = time.perf_counter()
     interrupted = False
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  TextColumn("eta"), TimeRemainingColumn(), console=console, transient=True, disable=as_json) as bars:
-        task = bars.add_task(f"sweep ({len(done_before)} done before)", total=len(todo))
+    with ProgressReport("sweep", "runs", enabled=not as_json) as progress:
+        progress.update("runs", 0, len(todo), f"sweep ({len(done_before)} done before)")
+        ran = 0
 
         def on_done(point: GridPoint, result: Finished | None, error: str | None) -> None:
+            nonlocal ran
+            ran += 1
             if error is not None:
                 failures.append((point, error))
                 console.print(f"[red]failed[/red] {point.run_id}: {error}")
-            bars.update(task, advance=1, description=f"last: {point.run_id}")
+            progress.update("runs", ran, len(todo), f"last: {point.run_id}")
 
         try:
             execute(todo, sweep_dir, on_done, jobs=jobs, executor=executor, address=address)  # type: ignore[arg-type]

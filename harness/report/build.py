@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from harness.compare import format_spread
+from harness.compare import format_ci
 from harness.errors import BadInput
 from harness.report import plots, timelines
 from harness.report.doc import Block, Code, Document, Figure, Section, Table, Text
@@ -20,7 +20,9 @@ from harness.report.regressions import Regressions, compare_sets
 from harness.report.render import html_page, markdown
 from harness.report.style import palette
 
+Progress = Callable[[str, int, int], None]  # (phase, steps done, steps in the phase)
 GANTT_SESSIONS = 4  # sessions in the per-session timeline when none are chosen
+FIGURES_PER_SETUP = 6  # drawn by _setup_section (one may be left out), counted for the progress
 
 
 @dataclass(frozen=True)
@@ -45,11 +47,20 @@ class Report:
 
 
 def build_report(roots: Sequence[Path], out_dir: Path, compare_to: Path | None = None,
-                 sessions: Sequence[str] | None = None) -> Report:
-    """Read the runs under `roots` (and `compare_to`), write the report into `out_dir`."""
+                 sessions: Sequence[str] | None = None, reference: str | None = None,
+                 progress: Progress | None = None) -> Report:
+    """Read the runs under `roots` (and `compare_to`), write the report into `out_dir`. `reference`: the backend
+    speedups are against (default vllm, where it ran). `progress(phase, done, total)` hears of each step."""
+    step = progress or (lambda phase, done, total: None)
+    step("reading runs", 0, 1)
     results = load_results(roots)
     baseline = load_results([compare_to]) if compare_to is not None else None
-    boards = [leaderboard(point, runs) for point, runs in results.points()]
+    step("reading runs", 1, 1)
+    if reference is not None and reference not in {r.backend for r in results.runs}:
+        ran = ", ".join(sorted({r.backend for r in results.runs}))
+        raise BadInput(f"--reference {reference}: no run of that backend under {', '.join(map(str, roots))} "
+                       f"(backends: {ran})")
+    boards = [leaderboard(point, runs, reference) for point, runs in results.points()]
     colours = palette(r.backend for r in results.runs)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -60,7 +71,15 @@ def build_report(roots: Sequence[Path], out_dir: Path, compare_to: Path | None =
     if sessions and not any(_known_sessions(s.runs) & set(sessions) for s in setups):
         raise BadInput(f"--sessions: none of {', '.join(sessions)} is in the runs shown (ids look like "
                        f"{_example_ids(results)})")
-    sections = [_setup_section(s, boards, sessions) for s in setups]
+    total, drawn = FIGURES_PER_SETUP * len(setups), 0
+
+    def drew() -> None:
+        nonlocal drawn
+        drawn += 1
+        step("figures", drawn, total)
+
+    step("figures", 0, total)
+    sections = [_setup_section(s, boards, sessions, drew) for s in setups]
     regressions = compare_sets(results, baseline) if baseline is not None else None
     if regressions is not None:
         sections.append(_regressions_section(regressions))
@@ -69,8 +88,10 @@ def build_report(roots: Sequence[Path], out_dir: Path, compare_to: Path | None =
     document = Document("mars-bench leaderboard", f"Generated {stamp} by `mars-bench report`.",
                         _intro(results, regressions, boards), sections)
     report = Report(out_dir, results, boards, regressions, document)
+    step("writing", 0, 1)
     report.markdown_path.write_text(markdown(document))
     report.html_path.write_text(html_page(document))
+    step("writing", 1, 1)
     return report
 
 
@@ -101,17 +122,22 @@ def _intro(results: ResultSet, regressions: Regressions | None, boards: Sequence
     return blocks
 
 
-def _setup_section(setup: plots.Setup, boards: Sequence[Leaderboard], sessions: Sequence[str] | None) -> Section:
+def _setup_section(setup: plots.Setup, boards: Sequence[Leaderboard], sessions: Sequence[str] | None,
+                   drew: Callable[[], None] = lambda: None) -> Section:
     mine = [b for b in boards if b.point[:2] == (setup.workload, setup.settings)]
     blocks: list[Block] = [b.table() for b in mine]
     frame = session_frame(setup.runs)
     alpha = next((r.figure("goodput_alpha") for r in setup.runs if r.summary), 3.0)
     reps = representatives(setup.runs)
-    figures = [
-        plots.jct_cdf(setup, frame), plots.jct_vs_load(setup), plots.frontier(setup),
-        plots.slowdown(setup, frame, alpha), timelines.engine_state(setup, reps),
-        _session_figure(setup, reps, mine[-1].order if mine else [], sessions),
+    draw: list[Callable[[], Figure | None]] = [
+        lambda: plots.jct_cdf(setup, frame), lambda: plots.jct_vs_load(setup), lambda: plots.frontier(setup),
+        lambda: plots.slowdown(setup, frame, alpha), lambda: timelines.engine_state(setup, reps),
+        lambda: _session_figure(setup, reps, mine[-1].order if mine else [], sessions),
     ]
+    figures = []
+    for make in draw:
+        figures.append(make())
+        drew()
     blocks += [f for f in figures if f is not None]
     return Section(setup.title, blocks)
 
@@ -148,17 +174,20 @@ def _regressions_section(result: Regressions) -> Section:
 
 
 def _runs_section(results: ResultSet) -> Section:
-    columns = ("run", "directory", "status", "ranked", "valid", "workload", "settings", "backend", "seed", "rps",
-               "sessions", "mean JCT s", "goodput/s")
+    # what tells runs apart comes first and the long ids last, so a table wider than the page, scrolled or
+    # not, never hides a backend's name
+    columns = ("backend", "workload", "settings", "status", "ranked", "valid", "seed", "rps", "sessions",
+               "mean JCT s", "goodput/s", "run", "directory")
     rows = tuple(
-        (r.run_id, _relative(r, results.roots), r.record.status, r.excluded or "yes",
-         _yes_no((r.summary or {}).get("valid")), r.workload, r.settings or "-", r.backend, str(r.seed),
-         "-" if math.isnan(r.rps) else f"{r.rps:g}", str(r.record.config.get("num_sessions", "-")),
-         format_spread(r.figure("mean_jct_s"), 0), format_spread(r.figure("goodput"), 0))
+        (r.backend, r.workload, r.settings or "-", r.record.status, r.excluded or "yes",
+         _yes_no((r.summary or {}).get("valid")), str(r.seed), "-" if math.isnan(r.rps) else f"{r.rps:g}",
+         str(r.record.config.get("num_sessions", "-")), format_ci(r.figure("mean_jct_s"), 0),
+         format_ci(r.figure("goodput"), 0), r.run_id, _relative(r, results.roots))
         for r in results.runs
     )
     note = "Every run found; runs not completed, or superseded by a newer run of the same point, are not ranked."
-    return Section("Runs", [Table(f"{len(rows)} runs", columns, rows, numeric_from=8, note=note)])
+    return Section("Runs", [Table(f"{len(rows)} runs", columns, rows, numeric_from=6, note=note,
+                                          numeric_to=11)])
 
 
 def _yes_no(value: object) -> str:

@@ -22,6 +22,11 @@ class Table:
     rows: tuple[tuple[str, ...], ...]
     numeric_from: int = 1  # columns from this index on hold numbers (right-aligned)
     note: str = ""
+    numeric_to: int | None = None  # ... up to this index (exclusive); None: to the last column
+
+    def numeric(self, column: int) -> bool:
+        """Whether the column holds numbers (right-aligned)."""
+        return self.numeric_from <= column < (len(self.columns) if self.numeric_to is None else self.numeric_to)
 
 
 @dataclass(frozen=True)

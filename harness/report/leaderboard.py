@@ -1,4 +1,9 @@
-"""The ranking of backends at one load point: harness.compare's mean ± std over seeds, best first."""
+"""The ranking of backends at one load point: harness.compare's statistics over seeds, best first.
+
+Ties share a rank: two backends tie when their ranking figures (goodput, then mean JCT) are equal *as shown*
+(harness.compare.as_shown: 3 significant digits, at most 3 decimals); the next rank skips (1, 1, 3). Equal as
+shown, not a significance test: a test across seeds makes ties intransitive (A ~ B, B ~ C, A > C), a rank
+could not be shared. The 95% confidence interval beside each mean says how far apart the seeds allow."""
 
 from __future__ import annotations
 
@@ -8,13 +13,17 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from harness.compare import COMPARED, comparison, format_spread
+from harness.compare import COMPARED, COUNTS, LATENCIES, as_shown, comparison, format_ratio, format_summary
 from harness.report.doc import Table
 from harness.report.load import PointKey, Run, point_title, run_frame
 
 _KEYS = ("goodput", "mean_jct_s")  # what a ranking is by, in order
-SHOWN = [item for key in _KEYS for item in COMPARED if item[0] == key] + [i for i in COMPARED if i[0] not in _KEYS]
-RANK_DIGITS = 3  # goodputs equal to this many significant digits rank by mean JCT
+_HEAD = [item for key in (*_KEYS, "x_of_bound") for item in COMPARED if item[0] == key]
+# Columns after rank, backend, seeds (and the speedup, after mean JCT): the ranking figures and x of bound first,
+# then the other compared figures, vLLM's latencies, and the counts.
+SHOWN = [*_HEAD, *(i for i in COMPARED if i not in _HEAD), *LATENCIES,
+         ("completed_sessions", "sessions done"), ("completed_calls", "calls")]
+DEFAULT_REFERENCE = "vllm"  # the speedup's reference when none is chosen and it ran
 NOT_LIKE_FOR_LIKE = "(not like for like)"  # marks a leaderboard whose backends ran other seeds or workloads
 
 
@@ -24,6 +33,7 @@ class Leaderboard:
     ranking: pd.DataFrame  # harness.compare.comparison rows, best first, with a `rank` column
     by_goodput: bool  # False: goodput is undefined for every backend (no isolated JCT), ranked by mean JCT
     mismatch: str = ""  # why the backends here are not compared like for like (see `mismatch`); "" when they are
+    reference: str | None = None  # the backend speedups are against; None: no speedup column
 
     @property
     def title(self) -> str:
@@ -35,38 +45,61 @@ class Leaderboard:
         return list(self.ranking["backend"])
 
     def table(self) -> Table:
-        columns = ("rank", "backend", "seeds", *(label for _, label in SHOWN))
-        rows = tuple(
-            (str(int(r["rank"])), str(r["backend"]), str(int(r["seeds"])),
-             *(format_spread(r[key], r[f"{key}_std"]) for key, _ in SHOWN))
-            for _, r in self.ranking.iterrows()
-        )
+        speed = f"speedup_vs_{self.reference}"
+        labels = [label for _, label in SHOWN]
+        at = len(_KEYS)  # the speedup column follows the ranking figures
+        if self.reference:
+            labels.insert(at, f"speedup vs {self.reference}")
+        rows = []
+        for _, r in self.ranking.iterrows():
+            cells = [format_summary(r[key], r[f"{key}_std"], r[f"{key}_ci95"], count=key in COUNTS)
+                     for key, _ in SHOWN]
+            if self.reference:
+                cells.insert(at, format_ratio(r[speed], r[f"{speed}_ci95"], as_range=True))
+            rows.append((str(int(r["rank"])), str(r["backend"]), str(int(r["seeds"])), *cells))
         if self.by_goodput:
-            note = (f"Ranked by goodput/s (highest first; equal to {RANK_DIGITS} significant digits: by mean JCT). "
-                    "Values are mean ± std over seeds.")
+            note = ("Ranked by goodput/s (highest first), then by mean JCT (lowest first); backends equal in both "
+                    "as shown share a rank.")
         else:
-            note = "Ranked by mean JCT (lowest first): goodput is undefined here. Values are mean ± std over seeds."
+            note = ("Ranked by mean JCT (lowest first; goodput is undefined here); backends equal as shown share "
+                    "a rank.")
+        note += (" Values are mean ± std over seeds [95% confidence interval of the mean, Student t]; "
+                 "x of bound is mean JCT over the physical bound (1 = nothing left to gain); latencies per call.")
+        if self.reference:
+            note += (f" Speedup: {self.reference}'s mean JCT over the backend's, paired per seed, "
+                     "[95% confidence interval].")
         if self.mismatch:
-            return Table(f"{self.title} {NOT_LIKE_FOR_LIKE}", columns, rows, numeric_from=2,
-                         note=f"Not like for like: the backends ran {self.mismatch}. {note}")
-        return Table(self.title, columns, rows, numeric_from=2, note=note)
+            return Table(f"{self.title} {NOT_LIKE_FOR_LIKE}", ("rank", "backend", "seeds", *labels), tuple(rows),
+                         numeric_from=2, note=f"Not like for like: the backends ran {self.mismatch}. {note}")
+        return Table(self.title, ("rank", "backend", "seeds", *labels), tuple(rows), numeric_from=2, note=note)
 
 
-def _significant(value: float) -> float:
-    if not math.isfinite(value) or value == 0:
-        return value
-    return round(value, RANK_DIGITS - 1 - math.floor(math.log10(abs(value))))
+def ranks(keys: Sequence[tuple[float, ...]]) -> list[int]:
+    """Competition ranks of rows already in order: a row equal to the one before (NaN equal to NaN) shares its
+    rank, and the next different row's rank is its position (1, 1, 3)."""
+    out: list[int] = []
+    for i, key in enumerate(keys):
+        same = i > 0 and all(a == b or (math.isnan(a) and math.isnan(b)) for a, b in zip(key, keys[i - 1]))
+        out.append(out[-1] if same else i + 1)
+    return out
 
 
-def leaderboard(point: PointKey, runs: Sequence[Run]) -> Leaderboard:
-    """Backends at `point` ranked by goodput, highest first (ties and undefined goodput: mean JCT, lowest first)."""
-    table = comparison(run_frame(runs), reference=None)
+def leaderboard(point: PointKey, runs: Sequence[Run], reference: str | None = None) -> Leaderboard:
+    """Backends at `point` ranked by goodput, highest first, then by mean JCT, lowest first (goodput undefined
+    for every backend: by mean JCT); ties share a rank. The speedup column is against `reference` (default:
+    vllm), none when it did not run here."""
+    reference = reference or DEFAULT_REFERENCE
+    figures = [key for key, _ in SHOWN]
+    frame = run_frame(runs, figures)
+    if reference not in set(frame["backend"]):
+        reference = None
+    table = comparison(frame, reference, figures)
     by_goodput = bool(table["goodput"].notna().any())
-    ranked = (table.assign(_goodput=table["goodput"].map(_significant))
-              .sort_values(["_goodput", "mean_jct_s"], ascending=[False, True], na_position="last", kind="stable")
-              .drop(columns="_goodput").reset_index(drop=True))
-    ranked.insert(0, "rank", range(1, len(ranked) + 1))
-    return Leaderboard(point, ranked, by_goodput, mismatch(runs))
+    shown = table.assign(_goodput=table["goodput"].map(as_shown), _jct=table["mean_jct_s"].map(as_shown))
+    ranked = (shown.sort_values(["_goodput", "_jct"], ascending=[False, True], na_position="last", kind="stable")
+              .reset_index(drop=True))
+    ranked.insert(0, "rank", ranks(list(zip(ranked["_goodput"], ranked["_jct"]))))
+    return Leaderboard(point, ranked.drop(columns=["_goodput", "_jct"]), by_goodput, mismatch(runs), reference)
 
 
 def mismatch(runs: Sequence[Run]) -> str:

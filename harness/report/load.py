@@ -89,12 +89,14 @@ class ResultSet:
         yield from sorted(by_setup.items())
 
 
-def run_frame(runs: Iterable[Run]) -> pd.DataFrame:
-    """One row per run: identity, status and the compared summary figures (NaN where undefined)."""
+def run_frame(runs: Iterable[Run], figures: Sequence[str] | None = None) -> pd.DataFrame:
+    """One row per run: identity, status and summary figures, NaN where undefined (`figures`: summary keys,
+    default the compared ones)."""
+    keys = list(figures) if figures is not None else [key for key, _ in COMPARED]
     columns = ["run_id", "dir", "status", "excluded", "valid", "workload", "settings", "rps", "backend", "seed",
-               *(key for key, _ in COMPARED)]
+               *keys]
     rows = [[r.run_id, str(r.record.dir), r.record.status, r.excluded, (r.summary or {}).get("valid"), r.workload,
-             r.settings, r.rps, r.backend, r.seed, *(r.figure(key) for key, _ in COMPARED)] for r in runs]
+             r.settings, r.rps, r.backend, r.seed, *(r.figure(key) for key in keys)] for r in runs]
     return pd.DataFrame(rows, columns=columns)
 
 

@@ -19,7 +19,7 @@ from matplotlib import MatplotlibDeprecationWarning
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure as MplFigure
 from matplotlib.lines import Line2D
-from matplotlib.ticker import FuncFormatter
+from matplotlib.ticker import FuncFormatter, LogFormatter
 
 from harness.report.doc import Figure
 from harness.report.load import Run, at_load, load_label, run_frame
@@ -85,6 +85,8 @@ def auto_log(ax: Axes, values: pd.Series, axis: str = "x") -> None:
         (ax.set_xscale if axis == "x" else ax.set_yscale)("log")
         plain = FuncFormatter(lambda v, _: f"{v:g}")  # 1, 10, 100 rather than 10^0, 10^1, 10^2
         (ax.xaxis if axis == "x" else ax.yaxis).set_major_formatter(plain)
+        # minor labels as plain numbers, and only where they fit (less than a decade shown), not "3x10^1 4x10^1"
+        (ax.xaxis if axis == "x" else ax.yaxis).set_minor_formatter(LogFormatter(minor_thresholds=(1, 0.4)))
 
 
 def jct_cdf(setup: Setup, sessions: pd.DataFrame) -> Figure:

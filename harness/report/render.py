@@ -34,7 +34,7 @@ def _md_table(table: Table) -> str:
     def row(cells: tuple[str, ...]) -> str:
         return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
 
-    align = ["---" if i < table.numeric_from else "---:" for i in range(len(table.columns))]
+    align = ["---:" if table.numeric(i) else "---" for i in range(len(table.columns))]
     lines = [f"**{table.title}**", "", row(table.columns), "| " + " | ".join(align) + " |", *map(row, table.rows)]
     if table.note:
         lines += ["", f"*{table.note}*"]
@@ -106,7 +106,7 @@ def _html_text(block: Text) -> str:
 
 def _html_table(table: Table) -> str:
     def cell(tag: str, i: int, text: str) -> str:
-        cls = ' class="num"' if i >= table.numeric_from else ""
+        cls = ' class="num"' if table.numeric(i) else ""
         return f"<{tag}{cls}>{html.escape(text)}</{tag}>"
 
     head = "".join(cell("th", i, c) for i, c in enumerate(table.columns))
