@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,12 @@ def hardware_options(func: F) -> F:
     return func
 
 
+def _finite(value: float) -> float:
+    if math.isnan(value):  # FloatRange lets NaN through (no comparison with NaN fails)
+        raise click.BadParameter(f"{value} is not a number of seconds")
+    return value
+
+
 @click.command()
 @click.option("--backend", "-b", default="vllm", show_default=True, help="Serving policy (see `mars-bench backends`).")
 @click.option("--engine", type=click.Choice(list(ENGINES)), default="sim", show_default=True, help="Engine to run on.")
@@ -50,6 +57,9 @@ def hardware_options(func: F) -> F:
               "the served model's name, default the first it lists).")
 @click.option("--api-key-env", metavar="VAR", help="--engine http: environment variable holding the API key.")
 @click.option("--tokenizer", metavar="DIR", help="--engine http: the served model's tokenizer, for text-only servers.")
+@click.option("--request-timeout", type=click.FloatRange(min=0, min_open=True, max=1e9), default=600.0,
+              show_default=True, metavar="S", callback=lambda ctx, param, value: _finite(value),
+              help="--engine http/sglang, --vllm-mode server: a call not ended within S seconds is a failed call.")
 @click.option("--tools", "tools", type=click.Choice(["timed", "real"]), default="timed", show_default=True,
               help="timed: tool calls take their modelled time; real (--engine vllm): pinned processes do the CPU work.")
 @click.option("--allow-commands", is_flag=True, help="--tools real: run the workload's recorded tool commands.")
@@ -67,7 +77,7 @@ def hardware_options(func: F) -> F:
 @json_option
 def run(backend: str, engine: str, vllm_mode: str, workload: str, sessions: int | None, rps: float | None, arrival: str | None,
         cv: float | None, seed: int, sets: tuple[str, ...], gpu: str, model: str, tp: int, profile: str | None,
-        tool_cores: int, tool_mode: str, base_url: str | None, api_key_env: str | None, tokenizer: str | None, tools: str, allow_commands: bool, cpu_stress: int, gpu_share: float, kv_offload_gib: float, chat_rps: float, goodput: tuple[str, ...], alpha: float,
+        tool_cores: int, tool_mode: str, base_url: str | None, api_key_env: str | None, tokenizer: str | None, request_timeout: float, tools: str, allow_commands: bool, cpu_stress: int, gpu_share: float, kv_offload_gib: float, chat_rps: float, goodput: tuple[str, ...], alpha: float,
         results_dir: Path, as_json: bool) -> None:
     """Run one backend on one workload; write results/<run_id>/ and print the summary.
 
@@ -91,7 +101,7 @@ def run(backend: str, engine: str, vllm_mode: str, workload: str, sessions: int 
         sets, backend=backend, engine=engine, vllm_mode=vllm_mode, workload=workload, sessions=sessions, rps=rps, arrival=arrival, cv=cv,
         seed=seed, gpu=gpu, model=model, tp=tp, profile=profile, tool_cores=tool_cores, tool_mode=tool_mode,
         base_url=base_url, api_key_env=api_key_env, served_model=served_model, tokenizer=tokenizer,
-        tools=tools, allow_commands=allow_commands, cpu_stress=cpu_stress, gpu_share=gpu_share, chat_rps=chat_rps, goodput=goodput, alpha=alpha,
+        request_timeout=request_timeout, tools=tools, allow_commands=allow_commands, cpu_stress=cpu_stress, gpu_share=gpu_share, chat_rps=chat_rps, goodput=goodput, alpha=alpha,
     )
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=True, disable=as_json) as bars:

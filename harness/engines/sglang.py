@@ -74,4 +74,5 @@ def build(ctx: BuildContext) -> HttpEngine:
                       max_running_requests=e.max_num_seqs, tp=config.tp, load_format=load_format(model),
                       seed=config.seed)
     limits = ServerLimits(max_model_len, e.max_num_seqs, e.num_gpu_blocks, e.block_size, config.seed)
-    return launched_engine(SglangServer(args, ctx.run_dir / "server.log"), limits, vocab_size(model))
+    return launched_engine(SglangServer(args, ctx.run_dir / "server.log"), limits, vocab_size(model),
+                           config.request_timeout)
