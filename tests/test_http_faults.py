@@ -33,7 +33,8 @@ METRICS_PAGE = ('vllm:cache_config_info{block_size="16",num_gpu_blocks="1000"} 1
 class FaultyServer(ThreadingHTTPServer):
     """An OpenAI-compatible completions server in threads of this process, with a /metrics page. It streams
     `good_calls` completions well, then does `then` to every further one: "hang" (never answers), "hang-mid-
-    stream" (sends the headers and one token, then nothing), or "no-tokens" (a stream with only its usage)."""
+    stream" (sends the headers and one token, then nothing), "no-tokens" (a stream with only its usage) or
+    "error" (answers 400)."""
 
     daemon_threads = True
 
@@ -94,6 +95,9 @@ class _Handler(BaseHTTPRequestHandler):
             server.streamed += 1
             good = server.streamed <= server.good_calls
         usage = {"choices": [], "usage": {"prompt_tokens": len(body["prompt"]), "completion_tokens": 0}}
+        if not good and server.then == "error":
+            self._send(400, json.dumps({"error": {"message": "bad request"}}).encode())
+            return
         if not good and server.then == "hang":
             self._hang()
             return
@@ -238,6 +242,22 @@ def test_request_timeout_fails_a_hung_call_at_the_timeout_and_the_run_goes_on(fa
         assert 1.5 <= call["t"] - call["arrival_s"] < 3.0, call
     assert [e["session_id"] for e in events if e["kind"] == "session_failed"] == [c["session_id"] for c in failed]
     assert not [t for t in threading.enumerate() if t.name == "mars-bench-http"]  # the client's loop has ended
+
+
+def test_a_failed_run_writes_its_tables_and_a_summary_of_what_it_measured(faulty: Any, tmp_path: Path,
+                                                                          run_cli: Any) -> None:
+    server = faulty(good_calls=6, then="error")
+    result = run_cli("run", "--engine", "http", "--base-url", server.url, "-b", "vllm", "-w", "tiny",
+                     "--results-dir", str(tmp_path))
+    assert result.exit_code == 1 and "answered 400" in result.stderr  # a server answering errors ends the run
+    run = find_run(tmp_path, "latest")
+    assert run.status == "failed" and "answered 400" in run.meta["error"]
+    summary = run.summary()
+    assert summary is not None and summary["completed_calls"] >= 6 and summary["num_sessions"] == 16
+    done = summary["completed_sessions"]
+    assert summary["valid"] is False and summary["invalid_reasons"] == [f"failed after {done} of 16 sessions"]
+    assert len(pd.read_parquet(run.dir / "calls.parquet")) == summary["completed_calls"]
+    assert len(pd.read_parquet(run.dir / "sessions.parquet")) == 16
 
 
 @pytest.mark.parametrize("value", ["0", "-1", "nan", "abc"])
