@@ -118,7 +118,7 @@ def run_experiment(config: RunConfig, results_dir: Path, progress: Progress | No
         try:
             outcome = run.run(isolated, bound)
         except BaseException as exc:  # failed or interrupted: its tables and summary say how far it got
-            _keep_partial(writer, run.outcome(isolated, bound), config, slo, exc)
+            _keep_partial(writer, lambda: run.outcome(isolated, bound), config, slo, exc)
             raise
         summary = summarize(outcome.calls, outcome.sessions, alpha=config.alpha, goodput_slo=slo, end_s=outcome.end_s)
         payload = {**summary.model_dump(mode="json"), "engine_stats": outcome.stats}
@@ -126,12 +126,13 @@ def run_experiment(config: RunConfig, results_dir: Path, progress: Progress | No
     return RunResult(writer.dir, summary, outcome.stats)
 
 
-def _keep_partial(writer: RunWriter, outcome: Outcome, config: RunConfig, slo: dict[str, float] | None,
-                  exc: BaseException) -> None:
+def _keep_partial(writer: RunWriter, measured: Callable[[], Outcome], config: RunConfig,
+                  slo: dict[str, float] | None, exc: BaseException) -> None:
     """Write what a run that stopped early measured, marked with how it stopped (summary: invalid, with the
     reason). Never hides why it stopped: should this fail, events.jsonl still holds what was measured."""
     status, error = ending(exc)
     try:
+        outcome = measured()
         summary = summarize(outcome.calls, outcome.sessions, alpha=config.alpha, goodput_slo=slo,
                             end_s=outcome.end_s, stopped=status)
         payload = {**summary.model_dump(mode="json"), "engine_stats": outcome.stats}

@@ -13,7 +13,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ import pytest
 from harness.cli import main
 from harness.errors import stop_requested
 from harness.results import find_run
+from tests.fake_openai import OpenAIHandler
 from tests.processes import processes_with, wait_for_calls
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,6 +38,7 @@ class FaultyServer(ThreadingHTTPServer):
     "error" (answers 400)."""
 
     daemon_threads = True
+    metrics_page = METRICS_PAGE
 
     def __init__(self, good_calls: int, then: str) -> None:
         self.good_calls, self.then = good_calls, then
@@ -57,26 +59,8 @@ class FaultyServer(ThreadingHTTPServer):
         self.server_close()
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(OpenAIHandler):
     server: FaultyServer
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-    def _send(self, status: int, body: bytes, kind: str = "application/json") -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", kind)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def do_GET(self) -> None:  # noqa: N802
-        if self.path == "/v1/models":
-            self._send(200, json.dumps({"object": "list", "data": [{"id": "fake-model"}]}).encode())
-        elif self.path == "/metrics":
-            self._send(200, METRICS_PAGE.encode(), "text/plain")
-        else:
-            self._send(404, b"{}")
 
     def _hang(self) -> None:
         server = self.server
