@@ -211,11 +211,10 @@ class Server(Protocol):
 
 @dataclass(frozen=True)
 class ServerLimits:
-    """What the client knows of the server's limits: the longest call it accepts, the most calls it runs at
-    once (the client's stream threads), and its KV geometry when /metrics does not publish it."""
+    """What the client knows of the server's limits: the longest call it accepts and its KV geometry when
+    /metrics does not publish it. (The client itself has no cap on calls in flight: the server queues them.)"""
 
     max_model_len: int
-    max_num_seqs: int = 256
     num_gpu_blocks: int | None = None
     block_size: int | None = None
     seed: int = 0
@@ -492,7 +491,7 @@ def build(ctx: BuildContext) -> HttpEngine:
     config = ctx.config
     assert config.base_url is not None  # checked with the server before the run (check_server)
     e = config.engine_args
-    limits = ServerLimits(longest_call(ctx.sessions) + 1, e.max_num_seqs, e.num_gpu_blocks, e.block_size, config.seed)
+    limits = ServerLimits(longest_call(ctx.sessions) + 1, e.num_gpu_blocks, e.block_size, config.seed)
     target = HttpTarget(config.base_url, api_key=api_key_from_env(config.api_key_env), model=config.served_model,
                         tokenizer=config.tokenizer, request_timeout_s=config.request_timeout)
     return HttpEngine(target, limits)

@@ -92,7 +92,7 @@ def launch(setup: VllmSetup, config_json: dict[str, Any], run_dir: Path,
     call_log = run_dir / "server_calls.jsonl"
     plugin = {"config": config_json, "step_log": setup.step_log, "call_log": str(call_log)}
     server = VllmServer(engine_args(setup, plugin), run_dir / "server.log", call_log=call_log)
-    limits = ServerLimits(setup.max_model_len, setup.max_num_seqs, setup.num_gpu_blocks, setup.block_size, setup.seed)
+    limits = ServerLimits(setup.max_model_len, setup.num_gpu_blocks, setup.block_size, setup.seed)
     return launched_engine(server, limits, vocab_size(setup.model), request_timeout_s)
 
 
