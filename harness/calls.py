@@ -114,6 +114,7 @@ class CallRecord:
     cached_tokens: int = 0  # prefix-cache hit when first scheduled
     recomputed_tokens: int = 0
     num_preemptions: int = 0
+    error: str | None = None  # why the call failed (no token, timed out); None for a call that ended well
 
     def sample_token(self, t: float) -> None:
         """One output token produced at time `t` (TTFT, inter-token latency)."""
@@ -139,4 +140,5 @@ class CallRecord:
             "recomputed_tokens": self.recomputed_tokens,
             "preemptions": self.num_preemptions,
             "itl_s": list(self.itl_s),
+            "error": self.error,
         }

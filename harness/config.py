@@ -59,6 +59,9 @@ class RunConfig(BaseModel):
                                                                "(default: the first the server lists)")
     tokenizer: str | None = Field(default=None, description="--engine http: tokenizer directory, for servers "
                                                             "that take text prompts only")
+    request_timeout: float | None = Field(
+        default=600.0, gt=0, allow_inf_nan=False,
+        description="server-backed engines: a call not ended within this many seconds is a failed call")
     workload: str = "swe-smoke"
     sessions: int | None = Field(default=None, ge=1)
     rps: float | None = Field(default=None, gt=0)

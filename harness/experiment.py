@@ -20,8 +20,8 @@ from harness.errors import BadInput
 from harness.policy.tools import ToolOrder
 from harness.metrics import RunSummary, parse_goodput, summarize
 from harness.real_tools import RealToolPool
-from harness.results import RunWriter, make_run_id
-from harness.runner import AgentRun, TimedTools, ToolRunner
+from harness.results import RunWriter, ending, make_run_id
+from harness.runner import AgentRun, Outcome, TimedTools, ToolRunner
 from harness.tools import ToolPool
 from workloads.source import WorkloadRequest, resolve
 from workloads.synthetic import background_chat
@@ -115,8 +115,28 @@ def run_experiment(config: RunConfig, results_dir: Path, progress: Progress | No
             engine.close()
             raise
         run = AgentRun(engine, sessions, admission, tools, sink, background, config.timeline_interval_s)
-        outcome = run.run(isolated, bound)
+        try:
+            outcome = run.run(isolated, bound)
+        except BaseException as exc:  # failed or interrupted: its tables and summary say how far it got
+            _keep_partial(writer, lambda: run.outcome(isolated, bound), config, slo, exc)
+            raise
         summary = summarize(outcome.calls, outcome.sessions, alpha=config.alpha, goodput_slo=slo, end_s=outcome.end_s)
         payload = {**summary.model_dump(mode="json"), "engine_stats": outcome.stats}
         writer.finish(outcome.calls, outcome.sessions, payload, timeline=outcome.timeline)
     return RunResult(writer.dir, summary, outcome.stats)
+
+
+def _keep_partial(writer: RunWriter, measured: Callable[[], Outcome], config: RunConfig,
+                  slo: dict[str, float] | None, exc: BaseException) -> None:
+    """Write what a run that stopped early measured, marked with how it stopped (summary: invalid, with the
+    reason). Never hides why it stopped: should this fail, events.jsonl still holds what was measured."""
+    status, error = ending(exc)
+    try:
+        outcome = measured()
+        summary = summarize(outcome.calls, outcome.sessions, alpha=config.alpha, goodput_slo=slo,
+                            end_s=outcome.end_s, stopped=status)
+        payload = {**summary.model_dump(mode="json"), "engine_stats": outcome.stats}
+        writer.finish(outcome.calls, outcome.sessions, payload, timeline=outcome.timeline, status=status,
+                      error=error)
+    except Exception:  # noqa: BLE001, S110 - the original error is what the user must see
+        pass

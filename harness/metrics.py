@@ -70,18 +70,21 @@ def _as_slo(goodput_slo: SloSpec | str | Sequence[str] | None) -> SloSpec | None
 
 # ---------------------------------------------------------------------------------- per-row derivations
 def per_call_metrics(calls: pd.DataFrame) -> pd.DataFrame:
-    """The calls table plus ttft_s, e2el_s, tpot_s, queue_s (seconds) and completed.
+    """The calls table plus ttft_s, e2el_s, tpot_s, queue_s (seconds), completed and failed.
 
     tpot follows vLLM: decode time over the tokens after the first, undefined (NaN) for a one-token output.
+    A failed call (its `error` set: no token, timed out) is not completed; tables written before the column
+    existed have none.
     """
     out = calls.copy()
+    out["failed"] = out["error"].notna() if "error" in out.columns else False
     arrival = out["arrival_s"].astype(float)
     out["ttft_s"] = out["first_token_s"].astype(float) - arrival
     out["e2el_s"] = out["finish_s"].astype(float) - arrival
     decode_tokens = out["output_tokens"].astype(float) - 1
     out["tpot_s"] = ((out["e2el_s"] - out["ttft_s"]) / decode_tokens).where(decode_tokens > 0)
     out["queue_s"] = out["first_scheduled_s"].astype(float) - arrival
-    out["completed"] = out["finish_s"].notna()
+    out["completed"] = out["finish_s"].notna() & ~out["failed"]
     return out
 
 
@@ -203,6 +206,7 @@ class RunSummary(BaseModel):
     goodput_fraction: float | None = None
     # vLLM bench serve compatible, over completed calls
     completed_calls: int = 0
+    failed_calls: int = 0  # `vllm bench serve`'s failed requests: no token, or not ended within the timeout
     total_input_tokens: int = 0
     total_output_tokens: int = 0
     request_throughput: float | None = None
@@ -280,22 +284,28 @@ def summarize(
     goodput_slo: SloSpec | str | Sequence[str] | None = None,
     end_s: float | None = None,
     percentiles: Sequence[float] = DEFAULT_PERCENTILES,
+    stopped: str | None = None,
+    planned_sessions: int | None = None,
 ) -> RunSummary:
     """Every per-run figure of one run from its two raw tables.
 
     alpha: a session is good when its slowdown is at most alpha. goodput_slo: vLLM `--goodput` limits for
     request_goodput. end_s: when the run was stopped; with sessions still running the span runs to it.
+    stopped: how a run that did not run to its end stopped ("interrupted", "failed"): it is invalid, saying
+    how far it got. planned_sessions: the run's number of sessions, when the table lacks some (a table
+    rebuilt from the event log has only the sessions that ended).
     """
     alpha = _check_alpha(alpha)
     ps = _check_percentiles(percentiles)
     slo = _as_slo(goodput_slo)
     c, s = per_call_metrics(calls), per_session_metrics(sessions)
+    total = max(len(s), planned_sessions or 0)
     duration = _duration(c, s, end_s)
     fields = {
         "duration_s": duration,
-        **_session_fields(s, duration, alpha, ps),
+        **_session_fields(s, total, duration, alpha, ps),
         **_call_fields(c, duration, slo, ps),
-        **_validity(s),
+        **_validity(s, total, int(c["failed"].sum()), stopped),
     }
     return RunSummary(**fields)
 
@@ -318,21 +328,22 @@ def _duration(c: pd.DataFrame, s: pd.DataFrame, end_s: float | None) -> float | 
     return max(float(last) - float(start), 0.0)
 
 
-def _session_fields(s: pd.DataFrame, duration: float | None, alpha: float, ps: tuple[float, ...]) -> dict[str, Any]:
+def _session_fields(s: pd.DataFrame, total: int, duration: float | None, alpha: float,
+                    ps: tuple[float, ...]) -> dict[str, Any]:
     done = s[s["completed"]]
     good = int((done["slowdown"] <= alpha).sum())  # NaN slowdown (isolated JCT unknown) is never good
     known = s.empty or s["isolated_jct_s"].notna().any()  # no isolated reference at all: goodput unknown
     admitted = s["admission_wait_s"].dropna()
     return {
-        "num_sessions": len(s),
+        "num_sessions": total,
         "completed_sessions": len(done),
-        "incomplete_sessions": len(s) - len(done),
+        "incomplete_sessions": total - len(done),
         **_stats(done["jct_s"], "jct_s", ps),
         **_stats(done["slowdown"], "slowdown", ps),
         "session_throughput": _ratio(len(done), duration),
         "goodput": _ratio(good, duration) if known else None,
         "goodput_alpha": float(alpha),
-        "goodput_fraction": _ratio(good, len(s)) if known else None,
+        "goodput_fraction": _ratio(good, total) if known else None,
         "mean_tool_wait_s": _mean(done["tool_wait_s"]),
         "mean_tool_s": _mean(done["tool_s"]),
         "mean_llm_s": _mean(done["llm_s"]),
@@ -364,6 +375,7 @@ def _call_fields(c: pd.DataFrame, duration: float | None, slo: SloSpec | None, p
     input_tokens, output_tokens = int(done["prompt_tokens"].sum()), int(done["output_tokens"].sum())
     fields: dict[str, Any] = {
         "completed_calls": len(done),
+        "failed_calls": int(c["failed"].sum()),
         "total_input_tokens": input_tokens,
         "total_output_tokens": output_tokens,
         "request_throughput": _ratio(len(done), duration),
@@ -390,16 +402,21 @@ def _meets_slo(done: pd.DataFrame, slo: SloSpec) -> pd.Series:
     return ok
 
 
-def _validity(s: pd.DataFrame) -> dict[str, Any]:
-    """MLPerf-style: a run whose sessions did not all complete does not give comparable figures."""
-    total, done = len(s), int(s["completed"].sum())
+def _validity(s: pd.DataFrame, total: int, failed_calls: int, stopped: str | None) -> dict[str, Any]:
+    """MLPerf-style: a run that stopped early, whose sessions did not all complete, or with failed calls does
+    not give comparable figures."""
+    done = int(s["completed"].sum())
     reasons: list[str] = []
-    if total == 0:
+    if stopped:
+        reasons.append(f"{stopped} after {done} of {total} sessions")
+    elif total == 0:
         reasons.append("no sessions")
     elif done == 0:
         reasons.append("no session completed")
     elif done < total:
         reasons.append(f"{total - done} of {total} sessions did not complete")
+    if failed_calls:
+        reasons.append(f"{failed_calls} call{'s' if failed_calls > 1 else ''} failed")
     return {"valid": not reasons, "invalid_reasons": reasons}
 
 
@@ -447,7 +464,8 @@ def summary_table_rows(summary: RunSummary | Mapping[str, Any]) -> list[tuple[st
     Missing or None values print as "-"; request goodput is shown only when an SLO was given.
     """
     data = summary.model_dump() if isinstance(summary, RunSummary) else dict(summary)
-    rows = [("sessions completed", f"{fmt(data.get('completed_sessions'))}/{fmt(data.get('num_sessions'))}")]
+    rows = [("sessions completed", f"{fmt(data.get('completed_sessions'))}/{fmt(data.get('num_sessions'))}"),
+            ("calls completed", fmt(data.get("completed_calls"))), ("calls failed", fmt(data.get("failed_calls")))]
     for label, key, show in _ROWS:
         value = data.get(key)
         if key == "request_goodput" and not data.get("goodput_slo"):
@@ -463,4 +481,4 @@ def _validity_text(data: Mapping[str, Any]) -> str:
     if data.get("valid"):
         return "yes"
     reasons = data.get("invalid_reasons") or []
-    return "no: " + "; ".join(reasons) if reasons else "no"
+    return f"no ({'; '.join(reasons)})" if reasons else "no"

@@ -145,7 +145,8 @@ def make_run_id(backend: str, workload: str, seed: int, root: Path) -> str:
 
 class RunWriter:
     """Writes one run's directory. Use as a context manager: an exception marks the run failed
-    (Ctrl-C: interrupted) in run.json; the events already streamed stay on disk."""
+    (Ctrl-C: interrupted) in run.json; the events already streamed stay on disk, and the tables and summary
+    of what was measured when the caller `finish`es with that status first."""
 
     def __init__(self, root: Path, run_id: str, config: dict[str, Any], seed: int) -> None:
         self.dir = Path(root) / run_id
@@ -211,12 +212,16 @@ class RunWriter:
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
-        if exc_type is None:
-            self._close("completed", None)
-        elif issubclass(exc_type, KeyboardInterrupt):
-            self._close("interrupted", "interrupted by the user")
-        else:
-            self._close("failed", f"{exc_type.__name__}: {exc}")
+        self._close(*ending(exc))
+
+
+def ending(exc: BaseException | None) -> tuple[RunStatus, str | None]:
+    """A run's final status and error from the exception that ended it (None: it ran to its end)."""
+    if exc is None:
+        return "completed", None
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted", "interrupted by the user"
+    return "failed", f"{type(exc).__name__}: {exc}"
 
 
 # ------------------------------------------------------------------------------------------- reader

@@ -129,6 +129,8 @@ class AgentRun:
         self.call_rows: list[dict[str, Any]] = []
         self.timeline: list[dict[str, Any]] = []
         self._next_sample = 0.0
+        self._wall: float | None = None
+        self.stats: dict[str, Any] = {}  # the engine's and tools' figures, once the run ran to its end
         engine.bind(self._sample)
 
     # ----------------------------------------------------------------------------- signals
@@ -210,6 +212,11 @@ class AgentRun:
                 self.sink.call(env.now, row)
             else:
                 self.background_calls += 1
+            if record.error is not None:  # a failed call (no token, timed out) ends its session, not the run
+                loop.fail(f"call {spec.turn} failed: {record.error}")
+                if measured:
+                    self.sink.event("session_failed", env.now, session_id=spec.session_id, reason=loop.failed)
+                break
             tool = loop.call_finished(record.arrival_s, env.now, record.num_prompt_tokens, record.num_output_tokens)
             if tool is None:
                 break
@@ -228,21 +235,32 @@ class AgentRun:
     # ----------------------------------------------------------------------------- run
     def run(self, isolated: dict[str, float] | None = None,
             bound: tuple[dict[str, float], dict[str, float]] | None = None) -> Outcome:
-        """Run to the end (`isolated`, `bound`: each session's reference JCTs, see harness.bound); the tools and the engine are closed afterwards, also on an error or Ctrl-C."""
+        """Run to the end (`isolated`, `bound`: each session's reference JCTs, see harness.bound); the tools and
+        the engine are closed afterwards, also on an error or Ctrl-C (then `outcome` has what was measured)."""
         try:
             self.engine.start()
-            wall = time.perf_counter()
+            self._wall = time.perf_counter()
             self.env.process(self._arrivals())
             if self.background:
                 self.env.process(self._background_arrivals())
             if self.admission.interval_s:
                 self.env.process(self._ticks(self.admission.interval_s))
             self.env.run()
-            stats = {"sim_s": self.env.now, "wall_s": time.perf_counter() - wall, **self.engine.stats(),
-                     **self.tools.stats(), "background_calls": self.background_calls}
+            self.stats = {**self._clock(), **self.engine.stats(), **self.tools.stats(),
+                          "background_calls": self.background_calls}
         finally:
             self.tools.close()
             self.engine.close()
+        return self.outcome(isolated, bound)
+
+    def _clock(self) -> dict[str, float]:
+        wall = time.perf_counter() - self._wall if self._wall is not None else 0.0
+        return {"sim_s": self.env.now, "wall_s": wall}
+
+    def outcome(self, isolated: dict[str, float] | None = None,
+                bound: tuple[dict[str, float], dict[str, float]] | None = None) -> Outcome:
+        """The tables of what the run measured so far: every session (one still running or never admitted is
+        not completed) and every call that ended. After a run that stopped early, its partial result."""
         isolated, (floor, pool) = isolated or {}, bound or ({}, {})
         session_rows = [self.loops[s.id].row(isolated.get(s.id, math.nan), floor.get(s.id, math.nan),
                                              pool.get(s.id, math.nan))
@@ -250,6 +268,7 @@ class AgentRun:
                         else _never_admitted(s) for s in self.sessions]
         calls = conform(pd.DataFrame(self.call_rows, columns=list(CALL_COLUMNS)), CALL_COLUMNS) \
             if self.call_rows else empty_frame(CALL_COLUMNS)
+        stats = self.stats or {**self._clock(), "background_calls": self.background_calls}
         return Outcome(calls, conform(pd.DataFrame(session_rows), SESSION_COLUMNS), timeline_frame(self.timeline),
                        self.env.now, stats)
 

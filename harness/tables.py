@@ -15,13 +15,14 @@ CALL_COLUMNS: dict[str, str] = {
     "arrival_s": "float64",  # the call was handed to the engine
     "first_scheduled_s": "float64",  # first step that computed any of its tokens
     "first_token_s": "float64",  # first output token produced
-    "finish_s": "float64",  # last output token produced
+    "finish_s": "float64",  # last output token produced; NaN for a failed call
     "prompt_tokens": "int64",  # full prompt (whole session context so far)
     "output_tokens": "int64",  # output tokens produced
     "cached_tokens": "int64",  # prompt tokens served from the prefix cache at first schedule
     "recomputed_tokens": "int64",  # tokens computed again after preemption
     "preemptions": "int64",  # times this call was preempted
     "itl_s": "object",  # list[float]: gaps between consecutive output tokens
+    "error": "string",  # why the call failed (a failed call counts in `failed_calls`); null when it ended well
 }
 
 # One row per session (one agent task).

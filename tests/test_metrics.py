@@ -28,7 +28,7 @@ NAN = float("nan")
 CALL_DEFAULTS: dict[str, Any] = {
     "session_id": "s0", "turn": 0, "arrival_s": 0.0, "first_scheduled_s": 0.0, "first_token_s": 0.5,
     "finish_s": 1.0, "prompt_tokens": 100, "output_tokens": 2, "cached_tokens": 0, "recomputed_tokens": 0,
-    "preemptions": 0, "itl_s": [0.5],
+    "preemptions": 0, "itl_s": [0.5], "error": None,
 }
 SESSION_DEFAULTS: dict[str, Any] = {
     "session_id": "s0", "arrival_s": 0.0, "admitted_s": 0.0, "finish_s": 1.0, "completed": True, "num_turns": 1,
@@ -259,6 +259,25 @@ def test_no_completed_sessions() -> None:
     assert stopped.session_throughput == 0.0 and stopped.goodput == 0.0 and stopped.request_throughput == 0.0
 
 
+def test_a_failed_call_counts_as_failed_not_completed_and_makes_the_run_invalid() -> None:
+    calls = calls_table({}, {"session_id": "s1", "first_token_s": NAN, "finish_s": NAN, "output_tokens": 0,
+                             "itl_s": [], "error": "the server's stream ended without a token"})
+    s = summarize(calls, sessions_table({}, running(session_id="s1")))
+    assert (s.completed_calls, s.failed_calls) == (1, 1)
+    assert s.mean_ttft_ms == 500.0  # over the call that streamed only
+    assert s.valid is False and s.invalid_reasons == ["1 of 2 sessions did not complete", "1 call failed"]
+    assert dict(summary_table_rows(s))["calls failed"] == "1"
+
+
+def test_a_run_that_stopped_early_says_how_far_it_got() -> None:
+    sessions = sessions_table({}, running(session_id="s1"))
+    s = summarize(calls_table({}), sessions, stopped="interrupted", planned_sessions=3000)
+    assert (s.num_sessions, s.completed_sessions, s.incomplete_sessions) == (3000, 1, 2999)
+    assert s.valid is False and s.invalid_reasons == ["interrupted after 1 of 3000 sessions"]
+    assert dict(summary_table_rows(s))["valid"] == "no (interrupted after 1 of 3000 sessions)"
+    assert summarize(calls_table({}), sessions, stopped="failed").invalid_reasons == ["failed after 1 of 2 sessions"]
+
+
 def test_empty_tables() -> None:
     s = summarize(calls_table(), sessions_table(), end_s=5.0)
     assert s.num_sessions == 0 and s.duration_s is None and s.goodput_fraction is None
@@ -372,7 +391,7 @@ def test_summary_table_rows(run: RunSummary) -> None:
     assert rows["goodput (slowdown <= 3)"].endswith("sessions/s")
     assert rows["prefix cache hit rate"] == "20.0%"
     assert rows["preemptions"] == "2"
-    assert rows["valid"] == "no: 1 of 3 sessions did not complete"
+    assert rows["valid"] == "no (1 of 3 sessions did not complete)"
     assert "request goodput" not in rows  # no SLO given
     assert all(isinstance(label, str) and isinstance(value, str) for label, value in summary_table_rows(run))
     for label in ("p50 JCT", "p95 JCT", "p99 JCT", "mean slowdown", "throughput", "token throughput", "mean TTFT",
@@ -386,7 +405,7 @@ def test_summary_table_rows_from_json_with_missing_values() -> None:
     assert rows["sessions completed"] == "0/1"
     assert rows["mean JCT"] == "-" and rows["mean TTFT"] == "-" and rows["throughput"] == "-"
     assert rows["request goodput"] == "-"
-    assert rows["valid"] == "no: no session completed"
+    assert rows["valid"] == "no (no session completed)"
     assert dict(summary_table_rows({}))["duration"] == "-"
 
 

@@ -20,7 +20,7 @@ def call_row(sid: str, turn: int, t0: float) -> dict:
     return {
         "session_id": sid, "turn": turn, "arrival_s": t0, "first_scheduled_s": t0 + 0.1, "first_token_s": t0 + 0.2,
         "finish_s": t0 + 1.0, "prompt_tokens": 100, "output_tokens": 9, "cached_tokens": 50,
-        "recomputed_tokens": 0, "preemptions": 0, "itl_s": [0.1] * 8,
+        "recomputed_tokens": 0, "preemptions": 0, "itl_s": [0.1] * 8, "error": None,
     }
 
 

@@ -13,10 +13,15 @@ from harness.results import RunRecord, find_run, list_runs
 
 
 def run_summary(run: RunRecord) -> dict:
-    """The run's summary.json, or one computed from its tables / event log when the run did not finish."""
+    """The run's summary.json, or one computed from its tables / event log when the run did not write one (it
+    was killed, or is still running): over every session it was to run, invalid when it stopped early."""
     summary = run.summary()
     if summary is None:
-        summary = summarize(run.calls(), run.sessions()).model_dump(mode="json")
+        status, cfg = run.status, run.config
+        stopped = status if status in ("interrupted", "failed") else None
+        planned = cfg.get("num_sessions")
+        summary = summarize(run.calls(), run.sessions(), stopped=stopped,
+                            planned_sessions=planned if isinstance(planned, int) else None).model_dump(mode="json")
     return summary
 
 

@@ -3,26 +3,30 @@ for the run (a `ServerProcess` from harness.engines.launch: vLLM's server with t
 
 Calls are streaming `/v1/completions` requests: the prompt as token ids where the server takes them (vLLM,
 SGLang), else as text made from the same ids with `--tokenizer` (the server's own count of prompt tokens is
-recorded); `max_tokens` = the turn's output length with `ignore_eos`. Each call streams on its own thread;
-the threads hand what they see to the simpy environment through a queue drained every `POLL_S`. A call is
-retried with exponential backoff while nothing of it has streamed yet (connection refused or reset, 429,
-5xx), and fails after `call_timeout_s` without a token. KV usage comes from the server's Prometheus
-`/metrics` when it has one (vLLM's and SGLang's names both understood); without it the KV signal is marked
-missing and MARS admission runs on its CPU signals alone. The server must answer before any session starts
-(one clear line and exit 2 otherwise); a server that stops answering mid-run ends the run as failed with
-what it measured kept.
+recorded); `max_tokens` = the turn's output length with `ignore_eos`. Every call is an asyncio task on one
+`httpx.AsyncClient`, on an event loop of its own thread (`_Loop`): the tasks hand what they see to the simpy
+environment through a queue drained every `POLL_S`, and closing the engine cancels them all, so a Ctrl-C
+ends the run at once whatever the server does. A call is retried with exponential backoff while nothing of
+it has streamed yet (connection refused or reset, 429, 5xx). A call that has not ended within
+`--request-timeout` seconds, or whose stream ends without a token, is a *failed* call (its session fails,
+the run goes on and is invalid, as `vllm bench serve` counts failed requests); a server that answers errors
+or goes away ends the run as failed. KV usage comes from the server's Prometheus `/metrics` when it has one
+(vLLM's and SGLang's names both understood); without it the KV signal is marked missing and MARS admission
+runs on its CPU signals alone. The server must answer before any session starts (one clear line and exit 2
+otherwise); what was measured is always kept.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import queue
 import re
-import time
-from concurrent.futures import ThreadPoolExecutor
+import threading
+from collections.abc import Coroutine
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import httpx
 
@@ -44,6 +48,9 @@ METRICS = {
 }
 RETRY_STATUS = {429, 500, 502, 503, 504}
 MIN_VOCAB = 2048
+DEFAULT_REQUEST_TIMEOUT_S = 600.0
+CLOSE_S = 2.0  # closing the engine waits this long at most for its cancelled calls and its loop's thread
+T = TypeVar("T")
 
 
 def parse_metrics(text: str) -> dict[str, float]:
@@ -83,7 +90,7 @@ class HttpTarget:
     tokenizer: str | None = None
     vocab_size: int | None = None  # for the synthetic prompt ids; default: the tokenizer's, else 2,048
     retries: int = 4
-    call_timeout_s: float | None = 600.0  # no token for this long fails the call (None: wait as long as it takes)
+    request_timeout_s: float | None = DEFAULT_REQUEST_TIMEOUT_S  # a call not ended by then fails (None: no limit)
 
 
 def api_key_from_env(name: str | None) -> str | None:
@@ -109,6 +116,11 @@ def served_models(client: httpx.Client, base_url: str) -> list[str]:
         response = client.get("/v1/models", timeout=10.0)
     except httpx.HTTPError as exc:
         raise BadInput(f"--base-url {base_url}: no server answers there ({type(exc).__name__}: {exc})") from None
+    return model_list(response, base_url)
+
+
+def model_list(response: httpx.Response, base_url: str) -> list[str]:
+    """The model ids of a /v1/models answer; one clear line when it is not an OpenAI model list."""
     if response.status_code in (401, 403):
         raise BadInput(f"--base-url {base_url}: the server refused the API key ({response.status_code}); "
                        "give it with --api-key-env VAR")
@@ -122,11 +134,66 @@ def served_models(client: httpx.Client, base_url: str) -> list[str]:
 
 
 def _client(base_url: str, api_key: str | None, timeout_s: float | None) -> httpx.Client:
-    """A client with no cap on connections: every call in flight streams at once (httpx's default of 100
-    would queue the rest on our side, counted as the server's latency)."""
+    """The synchronous client of the checks before a run (check_server)."""
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    return httpx.Client(base_url=base_url.rstrip("/"), headers=headers, timeout=httpx.Timeout(timeout_s, connect=10.0),
-                        limits=httpx.Limits(max_connections=None, max_keepalive_connections=None))
+    return httpx.Client(base_url=base_url.rstrip("/"), headers=headers, timeout=httpx.Timeout(timeout_s, connect=10.0))
+
+
+def _async_client(base_url: str, api_key: str | None) -> httpx.AsyncClient:
+    """The run's client, with no cap on connections: every call in flight streams at once (httpx's default of
+    100 would queue the rest on our side, counted as the server's latency). No read timeout: a call's limit
+    is the whole call's (`request_timeout_s`, around each task)."""
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    return httpx.AsyncClient(base_url=base_url.rstrip("/"), headers=headers, timeout=httpx.Timeout(None, connect=10.0),
+                             limits=httpx.Limits(max_connections=None, max_keepalive_connections=None))
+
+
+class _Loop:
+    """An asyncio event loop on a thread of its own, for the engine's calls; the simpy clock stays on the
+    caller's thread. `close` cancels every task and ends the thread within CLOSE_S (daemon, so not even a
+    stuck loop can keep the process alive)."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="mars-bench-http", daemon=True)
+        self.thread.start()
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        """Run `coro` as a task of the loop."""
+        asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    def wait(self, coro: Coroutine[Any, Any, T], timeout_s: float) -> T:
+        """Run `coro` on the loop and wait for its result (a Ctrl-C still interrupts the wait)."""
+        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        try:
+            return future.result(timeout_s)
+        except BaseException:
+            future.cancel()
+            raise
+
+    def close(self, client: httpx.AsyncClient | None) -> None:
+        """Cancel every task, close `client`, stop the loop and end its thread; safe to call twice."""
+        if self.loop.is_closed():
+            return
+
+        async def shutdown() -> None:
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            if tasks:
+                await asyncio.wait(tasks, timeout=CLOSE_S / 2)
+            if client is not None:
+                await asyncio.wait_for(client.aclose(), CLOSE_S / 2)
+
+        if self.thread.is_alive():
+            try:
+                self.wait(shutdown(), CLOSE_S)
+            except Exception:  # noqa: BLE001, S110 - a connection that will not close dies with the loop
+                pass
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(CLOSE_S)
+        if not self.thread.is_alive():
+            self.loop.close()
 
 
 class Server(Protocol):
@@ -144,11 +211,10 @@ class Server(Protocol):
 
 @dataclass(frozen=True)
 class ServerLimits:
-    """What the client knows of the server's limits: the longest call it accepts, the most calls it runs at
-    once (the client's stream threads), and its KV geometry when /metrics does not publish it."""
+    """What the client knows of the server's limits: the longest call it accepts and its KV geometry when
+    /metrics does not publish it. (The client itself has no cap on calls in flight: the server queues them.)"""
 
     max_model_len: int
-    max_num_seqs: int = 256
     num_gpu_blocks: int | None = None
     block_size: int | None = None
     seed: int = 0
@@ -162,8 +228,8 @@ class HttpEngine(RealEngine):
 
     def __init__(self, target: HttpTarget, limits: ServerLimits, server: Server | None = None) -> None:
         super().__init__(limits.max_model_len, limits.seed)
-        self._pool: ThreadPoolExecutor | None = None
-        self.http: httpx.Client | None = None
+        self._loop: _Loop | None = None
+        self.http: httpx.AsyncClient | None = None
         self._tok: Any = None
         self.server = server
         self.limits = limits
@@ -172,23 +238,36 @@ class HttpEngine(RealEngine):
         self._metrics: dict[str, float] = {}
         self.metrics_available = True
         self.retried = 0
-        try:  # from here on a failure closes what was opened (the server, the client)
+        self.failed = 0
+        try:  # from here on a failure closes what was opened (the server, the loop, the client)
             if server is not None:
                 server.start()
-            self.http = _client(target.base_url, target.api_key, target.call_timeout_s)
+            self._loop = _Loop()
+            self.http = self._loop.wait(self._open(), 10.0)
             self.model = target.model or self._served_model()
             self.prompt_format, vocab = self._prompt_format()
             self.tokens = SessionTokens(vocab, limits.seed)
         except BaseException:
             self.close()
             raise
-        self._pool = ThreadPoolExecutor(max_workers=max(8, limits.max_num_seqs))
         self.env.process(self._drain())
+
+    async def _open(self) -> httpx.AsyncClient:
+        return _async_client(self.target.base_url, self.target.api_key)  # made on the loop that will use it
+
+    def _get(self, path: str, timeout_s: float) -> httpx.Response:
+        """A GET of the server from the caller's thread, on the loop."""
+        assert self._loop is not None and self.http is not None
+        return self._loop.wait(self.http.get(path, timeout=timeout_s), timeout_s + 1.0)
 
     # ------------------------------------------------------------------------------ start-up
     def _served_model(self) -> str:
-        assert self.http is not None
-        models = served_models(self.http, self.target.base_url)
+        try:
+            response = self._get("/v1/models", 10.0)
+        except httpx.HTTPError as exc:
+            raise BadInput(f"--base-url {self.target.base_url}: no server answers there "
+                           f"({type(exc).__name__}: {exc})") from None
+        models = model_list(response, self.target.base_url)
         if not models:
             raise BadInput(f"--base-url {self.target.base_url}: the server lists no model; name one with --model")
         return models[0]
@@ -203,8 +282,8 @@ class HttpEngine(RealEngine):
             return "ids", vocab
         if wanted == "auto":
             probe = {"model": self.model, "prompt": [100, 101, 102, 103], "max_tokens": 1, "temperature": 0.0}
-            assert self.http is not None
-            response = self.http.post("/v1/completions", json=probe, timeout=60.0)
+            assert self._loop is not None and self.http is not None
+            response = self._loop.wait(self.http.post("/v1/completions", json=probe, timeout=60.0), 61.0)
             if response.status_code == 200:
                 return "ids", vocab
         if tokenizer is None:
@@ -237,25 +316,44 @@ class HttpEngine(RealEngine):
         return str(self._tok.decode(ids))
 
     def _send(self, spec: CallSpec, prompt: list[int], meta: CallMeta) -> None:
-        assert self._pool is not None
-        self._pool.submit(self._stream, spec.call_id, self._body(spec, prompt, meta))
+        assert self._loop is not None
+        self._loop.spawn(self._call(spec.call_id, self._body(spec, prompt, meta)))
 
-    def _stream(self, call_id: str, body: dict[str, Any]) -> None:
-        """On a worker thread: stream one completion (retrying while nothing has streamed), posting
-        (call, kind, payload, t0, t1) to the inbox."""
+    def _post(self, call_id: str, kind: str, payload: Any, start: float, end: float) -> None:
+        """Hand (call, kind, payload, start, end) to the simpy side: kind "tokens" (new ids), "done" (cached
+        tokens), "failed" (the call failed, the run goes on), "error" (the run ends)."""
+        self._inbox.put((call_id, kind, payload, start, end))
+
+    async def _call(self, call_id: str, body: dict[str, Any]) -> None:
+        """On the loop: one call within its time limit; whatever happens, the inbox hears how it ended."""
+        limit = self.target.request_timeout_s
+        try:
+            async with asyncio.timeout(limit):
+                await self._stream(call_id, body)
+        except TimeoutError:
+            self._post(call_id, "failed", f"no end within {limit:g} s (--request-timeout)", 0.0, self._now())
+        except EngineFailed as exc:
+            self._post(call_id, "error", str(exc), 0.0, self._now())
+        except Exception as exc:  # noqa: BLE001 - every other failure of a call ends the run, with its reason
+            self._post(call_id, "error", f"{type(exc).__name__}: {exc}", 0.0, self._now())
+
+    async def _stream(self, call_id: str, body: dict[str, Any]) -> None:
+        """Stream one completion, retrying while nothing has streamed, posting what it sees to the inbox."""
         assert self.http is not None
         delay = 0.2
         for attempt in range(self.target.retries + 1):
-            streamed = done = False
+            streamed = False
             try:
                 last = self._now()
-                with self.http.stream("POST", "/v1/completions", json=body) as response:
+                usage_at: float | None = None
+                cached = 0
+                async with self.http.stream("POST", "/v1/completions", json=body) as response:
                     if response.status_code != 200:
-                        response.read()
+                        await response.aread()
                         if response.status_code in RETRY_STATUS and attempt < self.target.retries:
                             raise _Retry(f"{response.status_code}")
                         raise EngineFailed(f"the server answered {response.status_code}: {response.text[:300]}")
-                    for line in response.iter_lines():
+                    async for line in response.aiter_lines():
                         if not line.startswith("data: ") or line == "data: [DONE]":
                             continue
                         chunk = json.loads(line[6:])
@@ -266,35 +364,28 @@ class HttpEngine(RealEngine):
                             n = _new_tokens(choice)
                             if n:
                                 streamed = True
-                                self._inbox.put((call_id, "tokens", n, last, now))
+                                self._post(call_id, "tokens", n, last, now)
                                 last = now
                         usage = chunk.get("usage")
                         if usage:
-                            cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
-                            self._inbox.put((call_id, "done", int(cached), last, now))
-                            done = True
-                if not done:  # a server that ignores include_usage: the stream's end ends the call
-                    self._inbox.put((call_id, "done", 0, last, self._now()))
-                return
-            except httpx.TimeoutException as exc:  # sending it again would only queue a duplicate
-                self._inbox.put((call_id, "error", f"the server failed a call ({type(exc).__name__}: no answer "
-                                 f"within {self.target.call_timeout_s} s)", 0.0, self._now()))
+                            cached = int((usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0)
+                            usage_at = now
+                if not streamed:  # as `vllm bench serve`: a call without a first token is a failed call
+                    self._post(call_id, "failed", "the server's stream ended without a token", 0.0, self._now())
+                    return
+                # the usage chunk ends the call; a server that ignores include_usage: the stream's end
+                self._post(call_id, "done", cached, last, self._now() if usage_at is None else usage_at)
                 return
             except (_Retry, httpx.TransportError) as exc:
                 if streamed or attempt >= self.target.retries:
                     reason = f"{type(exc).__name__}: {exc}" if not isinstance(exc, _Retry) else f"answered {exc}"
-                    self._inbox.put((call_id, "error", f"the server failed a call ({reason})", 0.0, self._now()))
-                    return
+                    raise EngineFailed(f"the server failed a call ({reason})") from None
                 self.retried += 1
-                time.sleep(delay)
+                await asyncio.sleep(delay)
                 delay *= 2
-            except Exception as exc:  # noqa: BLE001 - every failure of a call ends the run, with its reason
-                reason = str(exc) if isinstance(exc, EngineFailed) else f"{type(exc).__name__}: {exc}"
-                self._inbox.put((call_id, "error", reason, 0.0, self._now()))
-                return
 
     def _drain(self) -> Any:
-        """Deliver what the streaming threads saw, in order, on the environment's clock."""
+        """Deliver what the calls saw, in order, on the environment's clock."""
         env = self.env
         while True:
             if not self.calls:  # nothing in flight: sleep until the next call (the run ends when none comes)
@@ -314,6 +405,9 @@ class HttpEngine(RealEngine):
                     self._tokens_arrived(call, payload, start, end)
                 elif kind == "done":
                     self._finish(call, payload, self._call_figures(call_id), end)
+                elif kind == "failed":
+                    self.failed += 1
+                    self._fail(call, payload)
                 else:
                     raise EngineFailed(f"{self._failure(payload)}; the calls measured so far are kept")
 
@@ -327,8 +421,7 @@ class HttpEngine(RealEngine):
 
     # ------------------------------------------------------------------------------ signals, stats
     def _scrape(self) -> dict[str, float]:
-        assert self.http is not None
-        response = self.http.get("/metrics", timeout=1.0)
+        response = self._get("/metrics", 1.0)
         if response.status_code == 404:
             self.metrics_available = False
         response.raise_for_status()
@@ -340,7 +433,7 @@ class HttpEngine(RealEngine):
             return None  # no /metrics: the KV signal is missing, admission falls back (reference)
         try:
             m = self._scrape()
-        except httpx.HTTPError:
+        except (httpx.HTTPError, TimeoutError):
             return None  # a missing reading: the signal stream keeps the last one for a while
         total = int(m.get("num_gpu_blocks") or self.limits.num_gpu_blocks or 0)
         if "kv_usage" not in m or not total:
@@ -360,21 +453,22 @@ class HttpEngine(RealEngine):
     def stats(self) -> dict[str, Any]:
         try:
             m = self._scrape() if self.metrics_available else {}
-        except httpx.HTTPError:
+        except (httpx.HTTPError, TimeoutError):
             m = self._metrics
         stats = {"engine": self.name if self.server is None else self.server.engine_name,
                  "base_url": self.target.base_url, "model": self.model,
-                 "prompt_format": self.prompt_format, "calls_retried": self.retried,
+                 "prompt_format": self.prompt_format, "calls_retried": self.retried, "calls_failed": self.failed,
+                 "request_timeout_s": self.target.request_timeout_s,
                  "metrics": "yes" if self.metrics_available else "missing", "cached_tokens": self.cached_tokens,
                  "server_preemptions": m.get("preemptions"), "server_prefix_cache_hits": m.get("prefix_cache_hits"),
                  "server_prefix_cache_queries": m.get("prefix_cache_queries")}
         return stats if self.server is None else self.server.stats(stats)
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
-        if self.http is not None:
-            self.http.close()
+        """Cancel the calls in flight, close the client, end the loop's thread, stop a launched server."""
+        loop, self._loop = self._loop, None
+        if loop is not None:
+            loop.close(self.http)
         if self.server is not None:
             self.server.stop()
 
@@ -397,7 +491,7 @@ def build(ctx: BuildContext) -> HttpEngine:
     config = ctx.config
     assert config.base_url is not None  # checked with the server before the run (check_server)
     e = config.engine_args
-    limits = ServerLimits(longest_call(ctx.sessions) + 1, e.max_num_seqs, e.num_gpu_blocks, e.block_size, config.seed)
+    limits = ServerLimits(longest_call(ctx.sessions) + 1, e.num_gpu_blocks, e.block_size, config.seed)
     target = HttpTarget(config.base_url, api_key=api_key_from_env(config.api_key_env), model=config.served_model,
-                        tokenizer=config.tokenizer)
+                        tokenizer=config.tokenizer, request_timeout_s=config.request_timeout)
     return HttpEngine(target, limits)

@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 
 from harness.calls import CallMeta
-from harness.engines.http import HttpEngine, HttpTarget, ServerLimits
+from harness.engines.http import DEFAULT_REQUEST_TIMEOUT_S, HttpEngine, HttpTarget, ServerLimits
 from harness.errors import EngineFailed
 
 
@@ -126,11 +126,13 @@ class ServerProcess:
 
 
 
-def launched_engine(server: ServerProcess, limits: ServerLimits, vocab_size: int) -> HttpEngine:
-    """The HTTP engine of a run against `server`, which it starts first and always stops: token-id prompts,
-    no retries and no call timeout (the server is ours: a failure is the server's, and its log says why)."""
-    target = HttpTarget(server.url, model=server.model, prompt_format="ids", call_timeout_s=None, retries=0,
-                        vocab_size=vocab_size)
+def launched_engine(server: ServerProcess, limits: ServerLimits, vocab_size: int,
+                    request_timeout_s: float | None = DEFAULT_REQUEST_TIMEOUT_S) -> HttpEngine:
+    """The HTTP engine of a run against `server`, which it starts first and always stops: token-id prompts
+    and no retries (the server is ours: a failure is the server's, and its log says why); a call not ended
+    within `request_timeout_s` fails, as on an attached server."""
+    target = HttpTarget(server.url, model=server.model, prompt_format="ids", request_timeout_s=request_timeout_s,
+                        retries=0, vocab_size=vocab_size)
     return HttpEngine(target, limits, server)
 
 

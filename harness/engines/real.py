@@ -1,7 +1,7 @@
 """What every real engine shares (in-process vLLM, an attached or launched OpenAI-compatible server): a
 real-time clock, append-only session prompts as token ids, the session metadata each call carries, the
 calls in flight and the per-token timing of their outputs. A subclass sends calls (`_send`) and delivers
-what the engine produced (`_tokens_arrived`, `_finish`).
+what the engine produced (`_tokens_arrived`, `_finish`, or `_fail`).
 """
 
 from __future__ import annotations
@@ -182,4 +182,13 @@ class RealEngine:
             self.tokens.end(record.session_id)
         else:
             self.tokens.add_output(record.session_id, call.output_ids)
+        call.event.succeed(record)
+
+    def _fail(self, call: _Call, reason: str) -> None:
+        """The call failed (`reason`): it ends without a finish time, and its session with it."""
+        assert self.tokens is not None
+        record = call.record
+        del self.calls[record.request_id]
+        record.error = reason
+        self.tokens.end(record.session_id)
         call.event.succeed(record)

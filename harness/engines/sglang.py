@@ -73,5 +73,6 @@ def build(ctx: BuildContext) -> HttpEngine:
                       mem_fraction_static=e.gpu_memory_utilization, chunked_prefill_size=e.max_num_batched_tokens,
                       max_running_requests=e.max_num_seqs, tp=config.tp, load_format=load_format(model),
                       seed=config.seed)
-    limits = ServerLimits(max_model_len, e.max_num_seqs, e.num_gpu_blocks, e.block_size, config.seed)
-    return launched_engine(SglangServer(args, ctx.run_dir / "server.log"), limits, vocab_size(model))
+    limits = ServerLimits(max_model_len, e.num_gpu_blocks, e.block_size, config.seed)
+    return launched_engine(SglangServer(args, ctx.run_dir / "server.log"), limits, vocab_size(model),
+                           config.request_timeout)

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.calls import CallMeta
-from harness.engines.http import HttpEngine, ServerLimits, parse_metrics
+from harness.engines.http import DEFAULT_REQUEST_TIMEOUT_S, HttpEngine, ServerLimits, parse_metrics
 from harness.engines.launch import ServerProcess, launched_engine, vocab_size
 from harness.engines.vllm.engine import VllmSetup, engine_args, prepare_environment, vllm_version
 
@@ -85,14 +85,15 @@ class VllmServer(ServerProcess):
                 "server_log": str(self.log_path), **{k: client[k] for k in ("calls_retried", "metrics")}}
 
 
-def launch(setup: VllmSetup, config_json: dict[str, Any], run_dir: Path) -> HttpEngine:
+def launch(setup: VllmSetup, config_json: dict[str, Any], run_dir: Path,
+           request_timeout_s: float | None = DEFAULT_REQUEST_TIMEOUT_S) -> HttpEngine:
     """`--vllm-mode server`: vLLM's server with the plugin, launched for the run, as its engine."""
     prepare_environment(setup.cache_dir)  # the server inherits vLLM's environment for these machines
     call_log = run_dir / "server_calls.jsonl"
     plugin = {"config": config_json, "step_log": setup.step_log, "call_log": str(call_log)}
     server = VllmServer(engine_args(setup, plugin), run_dir / "server.log", call_log=call_log)
-    limits = ServerLimits(setup.max_model_len, setup.max_num_seqs, setup.num_gpu_blocks, setup.block_size, setup.seed)
-    return launched_engine(server, limits, vocab_size(setup.model))
+    limits = ServerLimits(setup.max_model_len, setup.num_gpu_blocks, setup.block_size, setup.seed)
+    return launched_engine(server, limits, vocab_size(setup.model), request_timeout_s)
 
 
 __all__ = ["VllmServer", "launch", "parse_metrics", "server_command"]
