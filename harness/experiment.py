@@ -66,7 +66,7 @@ def make_tools(config: RunConfig, env: Any, order: ToolOrder | None = None) -> T
     if config.tools == "real":
         try:
             return RealToolPool(env, config.tool_cores, config.tool_mode, config.cpu_stress, config.allow_commands,
-                                order=order)
+                                order=order, limits=config.tool_limits)
         except ValueError as exc:
             raise BadInput(f"--tools real: {exc}") from None
     return TimedTools(env, ToolPool(config.tool_cores, config.tool_mode, stress_cores=config.cpu_stress, order=order))
