@@ -19,6 +19,7 @@ from harness.engines.sim.testbed import build_setup
 from harness.errors import BadInput
 from harness.policy.tools import ToolOrder
 from harness.metrics import RunSummary, parse_goodput, summarize
+from harness.hostload import HostLoad
 from harness.real_tools import RealToolPool
 from harness.results import RunWriter, make_run_id
 from harness.runner import AgentRun, TimedTools, ToolRunner
@@ -115,7 +116,13 @@ def run_experiment(config: RunConfig, results_dir: Path, progress: Progress | No
             engine.close()
             raise
         run = AgentRun(engine, sessions, admission, tools, sink, background, config.timeline_interval_s)
-        outcome = run.run(isolated, bound)
+        host = None if engine_entry.simulated else HostLoad().start()  # a real engine's timings can be noise
+        try:
+            outcome = run.run(isolated, bound)
+        finally:
+            if host is not None:
+                load = host.stop()
+                writer.meta.update(host_load=load, noisy=bool(load.get("noisy")))
         summary = summarize(outcome.calls, outcome.sessions, alpha=config.alpha, goodput_slo=slo, end_s=outcome.end_s)
         payload = {**summary.model_dump(mode="json"), "engine_stats": outcome.stats}
         writer.finish(outcome.calls, outcome.sessions, payload, timeline=outcome.timeline)

@@ -28,13 +28,17 @@ _DIR = click.Path(file_okay=False, path_type=Path)
 @click.option("--fail-on-regression", is_flag=True, help="Exit 1 when --compare-to finds a regression.")
 @click.option("--sessions", "session_ids", metavar="ID,...",
               help="Sessions for the per-session timeline (default: the longest of the MARS run).")
+@click.option("--include-noisy", is_flag=True,
+              help="Rank runs whose host was oversubscribed (run.json `noisy`) too; by default they are listed "
+                   "as excluded.")
 @json_option
 def report(results_dirs: tuple[Path, ...], out_dir: Path, compare_to: Path | None, fail_on_regression: bool,
-           session_ids: str | None, as_json: bool) -> None:
+           session_ids: str | None, include_noisy: bool, as_json: bool) -> None:
     """Rank the runs under RESULTS_DIR... and write a Markdown report and a static HTML leaderboard with plots.
 
     Runs are found at any depth and grouped by workload, settings and load point (rps); each backend is ranked
-    by goodput (then mean JCT) with the mean ± std over seeds.
+    by goodput (then mean JCT) with the mean ± std over seeds. Real-engine runs whose host was oversubscribed
+    (`noisy`, see `results show`) are listed but not ranked unless --include-noisy.
 
     \b
     Examples:
@@ -50,7 +54,7 @@ def report(results_dirs: tuple[Path, ...], out_dir: Path, compare_to: Path | Non
     require_extra("report", ("matplotlib", "seaborn"), "mars-bench report (its plots)")
     from harness.report.build import build_report  # noqa: PLC0415 - seaborn and matplotlib: the `report` extra
 
-    result = build_report(list(results_dirs), out_dir, compare_to, sessions)
+    result = build_report(list(results_dirs), out_dir, compare_to, sessions, include_noisy)
     if as_json:
         print_json(_finite(_as_json(result)))
     else:

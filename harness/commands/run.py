@@ -18,6 +18,7 @@ from harness.console import console, print_json, table
 from harness.engines.sim.cost_model import describe
 from harness.experiment import run_experiment
 from harness.metrics import summary_table_rows
+from harness.results import load_run
 from harness.engines.sim.testbed import build_profile
 
 F = Callable[..., Any]
@@ -118,6 +119,10 @@ def run(backend: str, engine: str, vllm_mode: str, workload: str, sessions: int 
 
         result = run_experiment(config, results_dir, progress=progress)
     summary = result.summary.model_dump(mode="json")
+    record = load_run(result.dir)
+    if record.noisy:
+        click.echo(f"mars-bench: warning: the host was oversubscribed during this run ({record.host_load()}): "
+                   f"it is marked noisy and `report` does not rank it", err=True)
     if as_json:
         print_json({"run_dir": str(result.dir), "config": config.model_dump(mode="json"), **summary})
         return

@@ -45,10 +45,11 @@ class Report:
 
 
 def build_report(roots: Sequence[Path], out_dir: Path, compare_to: Path | None = None,
-                 sessions: Sequence[str] | None = None) -> Report:
-    """Read the runs under `roots` (and `compare_to`), write the report into `out_dir`."""
-    results = load_results(roots)
-    baseline = load_results([compare_to]) if compare_to is not None else None
+                 sessions: Sequence[str] | None = None, include_noisy: bool = False) -> Report:
+    """Read the runs under `roots` (and `compare_to`), write the report into `out_dir`; runs on a noisy host
+    are listed but not ranked unless `include_noisy`."""
+    results = load_results(roots, include_noisy)
+    baseline = load_results([compare_to], include_noisy) if compare_to is not None else None
     boards = [leaderboard(point, runs) for point, runs in results.points()]
     colours = palette(r.backend for r in results.runs)
     try:
