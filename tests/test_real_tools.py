@@ -149,3 +149,18 @@ def test_allow_commands_warns_in_one_line_naming_the_workload(run_cli, tmp_path:
                   "--tool-limit-factor", "3", "--results-dir", str(tmp_path))
     warnings = [line for line in res.stderr.splitlines() if "warning" in line]
     assert len(warnings) == 1 and "swe-smoke" in warnings[0] and "3 x its CPU seconds" in warnings[0]
+
+
+def test_the_readme_command_workload_runs_as_documented() -> None:
+    """tests/fixtures/commands.jsonl under the README example's limits: the busy loop is killed at 3 x 0.2 +
+    5 s, the allocation fails, the setsid child is gone, the others succeed."""
+    from workloads.model import load_sessions
+
+    fixture = Path(__file__).parent / "fixtures" / "commands.jsonl"
+    tools = [t.tool for s in load_sessions(fixture) for t in s.turns if t.tool is not None]
+    marker = "sleep 600"
+    done, pool = run_limited([(t.cpu_seconds, t.command) for t in tools], ToolLimits(factor=3, floor_s=5, memory_gib=1))
+    assert [c.failed for c in done] == [None, "killed at its wall-time limit", None, "exit status 1"]
+    assert 5.5 <= done[1].finished_s - done[1].started_s <= 6.5
+    assert pool.failed == 2 and pool.killed == 1
+    assert not processes_with(marker.encode())
