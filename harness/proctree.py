@@ -34,9 +34,10 @@ def _prctl(option: int, value: int) -> bool:
         return False
 
 
-def become_subreaper() -> bool:
-    """Orphaned descendants of this process are reparented to it (not to init); False where unsupported."""
-    return _prctl(PR_SET_CHILD_SUBREAPER, 1)
+def become_subreaper(on: bool = True) -> bool:
+    """Orphaned descendants of this process are reparented to it (not to init), or no longer with `on`
+    False; False where unsupported."""
+    return _prctl(PR_SET_CHILD_SUBREAPER, int(on))
 
 
 def die_with_parent(sig: int = signal.SIGKILL) -> bool:

@@ -152,7 +152,7 @@ class RealToolPool:
             work = call.cpu_seconds * call.cores / call.workers
             if call.command is not None and self.allow_commands:
                 limit = self.limits.seconds(call.cpu_seconds)
-                call.mark = f"{self._mark}-{self._seq_of(call)}"
+                call.mark = f"{self._mark}-{call.request.seq}"
                 call.workdir = tempfile.mkdtemp(prefix="mars-bench-tool-")
                 call.deadline = time.monotonic() + limit
                 call.procs = [self._spawn(["/bin/sh", "-c", call.command], cpu_limit=limit, cwd=call.workdir,
@@ -162,10 +162,6 @@ class RealToolPool:
                                           cpu_limit=self.limits.seconds(work)) for _ in range(call.workers)]
             self._busy += call.workers
             self._running.append(call)
-
-    @staticmethod
-    def _seq_of(call: _Call) -> int:
-        return call.request.seq
 
     def _spawn(self, argv: list[str], cpu_limit: float | None = None, cwd: str | None = None,
                env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
@@ -195,11 +191,7 @@ class RealToolPool:
         """Kill whatever the call left running: its process groups, its descendants, its marked processes;
         remove its workspace."""
         for proc in call.procs:
-            if proc.poll() is None:
-                try:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+            _kill_group(proc)
         if call.mark:
             left = set(call.seen) | proctree.marked(call.mark)
             for proc in call.procs:
@@ -253,16 +245,24 @@ class RealToolPool:
         for call in self._running:
             self._end(call)
         for proc in self._stressors:
-            if proc.poll() is None:
-                try:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+            _kill_group(proc)
             proc.wait()
         if self.allow_commands:  # anything still marked by one of this pool's calls
             proctree.kill_all(proctree.marked(self._mark))
+        if self._subreaper:  # orphans of the engine's own processes go back to init
+            proctree.become_subreaper(False)
+            self._subreaper = False
         self._running.clear()
         self._stressors = []
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL the process group a pool process leads (its own session), if it still runs."""
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 def _failure(call: _Call) -> str:

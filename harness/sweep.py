@@ -184,7 +184,10 @@ def sweep_lock(sweep_dir: Path) -> Iterator[Path]:
     """Hold `sweep_dir` for this sweep; yields the file its pool workers hold shared (harness.executors).
     Refused with one line while another sweep, or a worker of an earlier one (whose sweep was killed),
     still lives: flock locks go with the processes holding them, so nothing stale is left to clean up."""
-    fd = os.open(sweep_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fd = os.open(sweep_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise BadInput(f"{sweep_dir}: cannot write in it ({e.strerror or e})") from None
     try:
         owner = os.read(fd, 64).decode(errors="replace").strip() or "?"
         _try_lock(fd, sweep_dir, owner)
@@ -213,6 +216,8 @@ def _try_lock(fd: int, sweep_dir: Path, owner: str) -> None:
             if time.monotonic() < deadline:
                 time.sleep(0.05)
                 continue
+        except OSError:  # storage without locks (some network file systems): nothing to hold, go on
+            return
         raise BadInput(f"{sweep_dir} is in use by sweep process {owner}"
                        f"{' (gone, but its worker processes still run)' if gone else ''}: "
                        f"one sweep per directory at a time") from None
