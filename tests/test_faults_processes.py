@@ -221,3 +221,28 @@ def test_an_unfit_calibration_is_one_line_exit_1_and_writes_no_profile(
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "idle_wake_s = 0.271" in err and "Traceback" not in err
     assert not out.exists()
+
+
+# ----------------------------------------------------------------------------------------- failed tool calls
+def test_a_failed_tool_call_is_logged_and_its_session_goes_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The runner's side of a killed command (harness.real_tools reports it as ToolCompletion.failed): a
+    `tool_failed` event with the reason, and the session takes its next turn to the end."""
+    import dataclasses
+
+    import harness.experiment
+    from harness.runner import TimedTools
+
+    class FailingTools(TimedTools):
+        def run(self, *args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+            inner, outer = super().run(*args, **kwargs), self.env.event()
+            inner.callbacks.append(lambda ev: outer.succeed(
+                dataclasses.replace(ev.value, failed="killed at its wall-time limit")))
+            return outer
+
+    monkeypatch.setattr(harness.experiment, "TimedTools", FailingTools)  # the run's tool pool (make_tools)
+    assert main(["run", "-b", "vllm", "-w", "swe-smoke", "--sessions", "2", "--results-dir", str(tmp_path)]) == 0
+    run_dir = next(tmp_path.glob("*/events.jsonl")).parent
+    events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
+    failed = [e for e in events if e["kind"] == "tool_failed"]
+    assert failed and all(e["reason"] == "killed at its wall-time limit" and e["session_id"] for e in failed)
+    assert json.loads((run_dir / "summary.json").read_text())["completed_sessions"] == 2
