@@ -83,8 +83,12 @@ def json_digest(data: Any, digits: int) -> str:
 
 
 def config_hash(config: RunConfig) -> str:
-    """Ten hex digits of the config's canonical JSON: equal configs, equal runs."""
-    return json_digest(config.model_dump(mode="json"), 10)
+    """Ten hex digits of the config's canonical JSON: equal configs, equal runs. The real tools' limits are
+    left out unless tools are real (they change nothing else), so ids made before they existed still hold."""
+    data = config.model_dump(mode="json")
+    if data.get("tools") != "real":
+        data.pop("tool_limits", None)
+    return json_digest(data, 10)
 
 
 def _slug(value: Any) -> str:

@@ -184,3 +184,11 @@ def test_compare_reports_a_failed_run_after_the_others(tmp_path: Path, monkeypat
     monkeypatch.setattr(harness.executors, "run_experiment", broken)
     assert main(["compare", "-b", "vllm,mars", "-w", "swe-smoke", "--results-dir", str(tmp_path)]) == 1
     assert "10 of 10 runs failed" in capsys.readouterr().err  # 2 backends x the default 5 seeds
+
+
+def test_tool_limits_are_part_of_a_run_id_only_when_tools_are_real() -> None:
+    timed = [make_config((), workload="swe-smoke", tool_limits={"factor": f}) for f in (2, 5)]
+    real = [make_config((), workload="swe-smoke", tools="real", tool_limits={"factor": f}) for f in (2, 5)]
+    assert config_hash(timed[0]) == config_hash(timed[1])
+    assert config_hash(real[0]) != config_hash(real[1])
+    assert "tool_limits" in timed[0].model_dump()  # still recorded in run.json
