@@ -246,3 +246,17 @@ def test_a_failed_tool_call_is_logged_and_its_session_goes_on(tmp_path: Path, mo
     failed = [e for e in events if e["kind"] == "tool_failed"]
     assert failed and all(e["reason"] == "killed at its wall-time limit" and e["session_id"] for e in failed)
     assert json.loads((run_dir / "summary.json").read_text())["completed_sessions"] == 2
+
+
+def test_results_show_counts_the_failed_tool_calls_of_a_real_tools_run(tmp_path: Path,
+                                                                        capsys: pytest.CaptureFixture) -> None:
+    assert main(["run", "-b", "vllm", "-w", "swe-smoke", "--sessions", "2", "--results-dir", str(tmp_path)]) == 0
+    assert main(["results", "show", "latest", "--results-dir", str(tmp_path)]) == 0
+    assert "tool calls failed" not in capsys.readouterr().out  # modelled tools cannot fail
+    path = next(tmp_path.glob("*/summary.json"))
+    summary = json.loads(path.read_text())
+    summary["engine_stats"].update(tool_calls_run=14, tool_calls_failed=2, tool_calls_killed=1)  # as RealToolPool
+    path.write_text(json.dumps(summary))
+    assert main(["results", "show", "latest", "--results-dir", str(tmp_path)]) == 0
+    shown = [line for line in capsys.readouterr().out.splitlines() if "tool calls failed" in line]
+    assert len(shown) == 1 and "2 of 14 (1 killed at a limit)" in shown[0]

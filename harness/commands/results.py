@@ -20,6 +20,12 @@ def run_summary(run: RunRecord) -> dict:
     return summary
 
 
+def tool_failures(stats: dict) -> str:
+    """'2 of 14 (1 killed at a limit)' from a real tool pool's stats."""
+    return (f"{stats.get('tool_calls_failed')} of {stats.get('tool_calls_run')} "
+            f"({stats.get('tool_calls_killed', 0)} killed at a limit)")
+
+
 @click.group()
 def results() -> None:
     """Runs written under the results directory.
@@ -91,6 +97,9 @@ def show(run: str, results_dir: Path, as_json: bool) -> None:
               ("engine", cfg.get("engine")), ("workload", cfg.get("workload")), ("seed", record.meta.get("seed"))]
     if record.meta.get("error"):
         header.append(("error", record.meta["error"]))
+    tools = summary.get("engine_stats") or {}
+    if "tool_calls_failed" in tools:  # real tools (harness.real_tools)
+        header.append(("tool calls failed", tool_failures(tools)))
     host = record.host_load()
     header.append(("noisy", "not measured (simulated)" if host is None else f"{'yes' if record.noisy else 'no'} ({host})"))
     console.print(table(None, ["run", ""], header))

@@ -128,6 +128,10 @@ def run(backend: str, engine: str, vllm_mode: str, workload: str, sessions: int 
         return
     console.print(table(f"{config.backend} on {config.engine}: {workload}", ["metric", "value"],
                         summary_table_rows(summary)))
+    if "tool_calls_failed" in result.stats:
+        from harness.commands.results import tool_failures  # noqa: PLC0415
+
+        console.print(f"tool calls failed: {tool_failures(result.stats)}")
     ran = "simulated" if config.engine == "sim" else f"ran on {config.engine}:"
     console.print(f"results: {result.dir}  ({ran} {result.stats['sim_s']:.0f} s in {result.stats['wall_s']:.1f} s)")
 
