@@ -127,13 +127,20 @@ def test_our_own_load_never_makes_a_run_noisy() -> None:
     assert hostload.figures([read(), read(), read()])["noisy"] is False
 
 
-def test_the_real_sampler_reads_this_machine() -> None:
+def test_the_real_sampler_counts_our_cpu_time_as_ours() -> None:
     first = hostload.read_sample()
     end = time.process_time() + 0.3
     while time.process_time() < end:
         pass
-    load = hostload.figures([first, hostload.read_sample()])
-    assert load["cpus"] >= 1 and load["own_cpus"] > 0.1 and load["busy_cpus"] >= load["own_cpus"] - 0.2
+    child = subprocess.run([sys.executable, "-c", "import time\nend = time.process_time() + 0.3\n"
+                            "while time.process_time() < end: pass"], check=True)  # a reaped child counts too
+    last = hostload.read_sample()
+    assert first is not None and last is not None and child.returncode == 0
+    tick = os.sysconf("SC_CLK_TCK")
+    own = (last.own_ticks - first.own_ticks) / tick
+    assert 0.55 <= own <= 1.5, own  # 0.6 s of CPU: ours and our child's (plus its start-up)
+    assert last.busy_ticks - first.busy_ticks >= (last.own_ticks - first.own_ticks) - 0.1 * tick
+    assert last.cpus >= 1 and hostload.figures([first, last])["cpus"] == last.cpus
 
 
 @pytest.mark.parametrize("noisy", [True, False])
