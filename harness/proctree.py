@@ -90,6 +90,14 @@ def marked(prefix: str) -> set[int]:
     return found
 
 
+def start_time(pid: int) -> int | None:
+    """When `pid` started (clock ticks since boot): with the pid, names one process even after pid reuse."""
+    try:
+        return int((_PROC / str(pid) / "stat").read_text().rpartition(")")[2].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def alive(pid: int) -> bool:
     """Whether `pid` is a live process (a zombie is not)."""
     try:

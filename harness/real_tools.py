@@ -75,7 +75,7 @@ class _Call:
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
     # a recorded command's: its environment marker, every descendant seen so far, its deadline and workspace
     mark: str = ""
-    seen: set[int] = field(default_factory=set)
+    seen: dict[int, int | None] = field(default_factory=dict)  # pid -> its start time
     deadline: float = math.inf  # time.monotonic()
     workdir: str | None = None
     killed: str | None = None  # "wall-time limit" when the pool killed it
@@ -182,7 +182,8 @@ class RealToolPool:
         """Note the command's descendants (so one that escapes its group is still known) and kill it at its
         wall-time limit."""
         for proc in call.procs:
-            call.seen |= proctree.descendants(proc.pid)
+            for pid in proctree.descendants(proc.pid) - call.seen.keys():
+                call.seen[pid] = proctree.start_time(pid)
         if time.monotonic() >= call.deadline and any(p.poll() is None for p in call.procs):
             call.killed = "wall-time limit"
             self._end(call)
@@ -190,13 +191,14 @@ class RealToolPool:
     def _end(self, call: _Call) -> None:
         """Kill whatever the call left running: its process groups, its descendants, its marked processes;
         remove its workspace."""
+        left: set[int] = set()
+        if call.mark:  # found before the group dies: its members' children are still theirs then
+            left = {pid for proc in call.procs for pid in proctree.descendants(proc.pid)} | proctree.marked(call.mark)
+            left |= {pid for pid, started in call.seen.items() if proctree.start_time(pid) == started}  # not reused
         for proc in call.procs:
             _kill_group(proc)
         if call.mark:
-            left = set(call.seen) | proctree.marked(call.mark)
-            for proc in call.procs:
-                left |= proctree.descendants(proc.pid)
-            proctree.kill_all(left, popened=[p.pid for p in call.procs])
+            proctree.kill_all(left | proctree.marked(call.mark), popened=[p.pid for p in call.procs])
             call.seen.clear()
         for proc in call.procs:
             proc.wait()
