@@ -101,6 +101,9 @@ def show(run: str, results_dir: Path, as_json: bool) -> None:
     if "tool_calls_failed" in tools:  # real tools (harness.real_tools)
         header.append(("tool calls failed", tool_failures(tools)))
     host = record.host_load()
-    header.append(("noisy", "not measured (simulated)" if host is None else f"{'yes' if record.noisy else 'no'} ({host})"))
+    if host is not None:
+        header.append(("noisy", f"{'yes' if record.noisy else 'no'} ({host})"))
+    else:
+        header.append(("noisy", "not measured" + (" (simulated)" if cfg.get("engine") == "sim" else "")))
     console.print(table(None, ["run", ""], header))
     console.print(table("summary", ["metric", "value"], summary_table_rows(summary)))
