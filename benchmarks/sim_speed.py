@@ -15,6 +15,7 @@ from harness.backends import get_backend
 from harness.config import RunConfig
 from harness.engines.sim.run import SimRun, isolated_jcts
 from harness.engines.sim.testbed import build_setup
+from harness.hostload import HostLoad, describe
 from workloads.source import WorkloadRequest, resolve
 
 
@@ -31,6 +32,7 @@ def main() -> None:
     setup = build_setup(config)
     backend = get_backend(config.backend, config.engine)
 
+    host = HostLoad().start()  # wall-clock figures: say whether the machine was shared while they were taken
     t0 = time.perf_counter()
     isolated_jcts(sessions, setup)
     isolated_wall = time.perf_counter() - t0
@@ -52,6 +54,7 @@ def main() -> None:
         if best is None or wall < best[0]:
             best = (wall, out, events)
     wall, out, events = best  # type: ignore[misc]
+    load = host.stop()
     sim_s = out.stats["sim_s"]
     print(f"workload {args.workload}: {len(sessions)} sessions, backend {args.backend}, seed {args.seed}")
     print(f"simulated time        {sim_s:10.1f} s")
@@ -60,6 +63,8 @@ def main() -> None:
     print(f"engine steps          {out.stats['engine_steps']:10d}   ({out.stats['engine_steps'] / wall:,.0f} per wall s)")
     print(f"simpy events          {events:10d}   ({events / wall:,.0f} per wall s)")
     print(f"isolated reference    {isolated_wall:10.2f} s wall for {len(sessions)} sessions (cold cache)")
+    print(f"host                  {'NOISY, figures not comparable' if load.get('noisy') else 'quiet'} "
+          f"({describe(load)})")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,13 @@ exact batch of every step (tokens and context per request), hence its `StepShape
 coefficients (compute rate, memory rate, per-step and per-sequence overheads, attention cost) are fitted by
 least squares on relative error, the model's structure (roofline max, tokens, sequences, attention pairs,
 KV read) kept; the model's own sizes (FLOPs per token, weight and KV bytes) stay those of its config.
+
+A calibration on a loaded machine measures the other tenants, not the engine, so nothing is written when
+the measurement cannot be trusted (`check`, raising `Unfit`): when the repeats of the same batch disagree
+(the median over batches of (slowest - fastest repeat) / median repeat above REPEAT_SPREAD_BOUND), or when
+a fitted coefficient leaves its physical range (PHYSICAL_RANGE: a memory rate of 1e29 B/s is a fit that
+the measurements did not pin down, a 271 ms idle wake-up is a descheduled process). The host's load over
+the measurement (harness.hostload) is kept with the result either way.
 """
 
 from __future__ import annotations
@@ -19,18 +26,39 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from harness.config import RunConfig
 from harness.engines.sim.cost_model import Profile, StepShape, step_time
-from harness.errors import BadInput
+from harness.errors import BadInput, EngineFailed
+from harness.hostload import HostLoad, describe
 
 # Coefficients the fit sets (the rest of the profile comes from the model's config and the engine args).
 FITTED = ("flops_per_s", "hbm_bytes_per_s", "step_overhead_s", "seq_overhead_s", "flops_per_attention_pair")
 WARMUP_STEPS = 8  # the engine's first steps allocate and compile: measured, not fitted
 IDLE_PROBE_S = 0.1  # idle time before the wake-up probes (well above IDLE_WAKE_AFTER_S)
+# Repeats of one batch on a quiet machine agree within a few tens of percent; a loaded one stalls steps
+# by whole scheduler slices (1.2 ms steps taking 110-130 ms). Median over batches, so a few stalls pass.
+REPEAT_SPREAD_BOUND = 0.5
+# Where a fitted coefficient can physically be, on anything from a laptop CPU to a multi-GPU node: beyond
+# it the fit explains the samples with a number no hardware has (the coefficient was not pinned down, or
+# the steps measured something else).
+PHYSICAL_RANGE: dict[str, tuple[float, float]] = {
+    "flops_per_s": (1e8, 1e17),  # 0.1 GFLOP/s .. 100 PFLOP/s
+    "hbm_bytes_per_s": (1e8, 1e14),  # 0.1 GB/s .. 100 TB/s (an H200 reads 4.8 TB/s)
+    "step_overhead_s": (0.0, 0.02),  # per step: vLLM's scheduler and launch, ~1-5 ms
+    "seq_overhead_s": (0.0, 0.002),  # per sequence per step
+    "flops_per_attention_pair": (0.0, 1e9),
+    "idle_wake_s": (0.0, 0.05),  # waking worker threads: milliseconds
+}
+
+
+class Unfit(EngineFailed):
+    """The measured steps cannot be trusted (unrepeatable, or fitted to unphysical coefficients): one line,
+    exit 1, no profile written."""
 
 
 @dataclass(frozen=True)
@@ -287,19 +315,54 @@ class Calibration:
     profile: Profile  # what `--profile` loads: fitted coefficients and the engine's KV geometry
     errors: dict[str, dict[str, float]]
     samples: list[Sample]
+    host_load: dict[str, Any]  # harness.hostload.figures over the measurement
+
+
+def repeat_spread(samples: Sequence[Sample]) -> tuple[float, int]:
+    """The median over repeated batches (idle probes aside) of (slowest - fastest) / median of their
+    repeats, and how many batches were repeated; (0.0, 0) when none was."""
+    by_batch: dict[tuple[tuple[int, int], ...], list[float]] = {}
+    for s in samples:
+        if not s.after_idle:
+            by_batch.setdefault(s.chunks, []).append(s.seconds)
+    spreads = [(max(t) - min(t)) / float(np.median(t)) for t in by_batch.values() if len(t) > 1 and np.median(t) > 0]
+    return (float(np.median(spreads)), len(spreads)) if spreads else (0.0, 0)
+
+
+def check(profile: Profile, samples: Sequence[Sample], host_load: dict[str, Any] | None = None) -> None:
+    """Raise Unfit (one line) when the repeats disagree beyond REPEAT_SPREAD_BOUND or a fitted coefficient
+    is outside PHYSICAL_RANGE; `host_load`, when measured, is named in the message."""
+    host = f"; host: {describe(host_load)}" if host_load else ""
+    spread, batches = repeat_spread(samples)
+    if spread > REPEAT_SPREAD_BOUND:
+        raise Unfit(f"calibration refused: repeats of the same batch differ by {100 * spread:.0f}% (median over "
+                    f"{batches} batches; bound {100 * REPEAT_SPREAD_BOUND:.0f}%){host}; no profile written - "
+                    f"calibrate on a quiet machine")
+    for name, (low, high) in PHYSICAL_RANGE.items():
+        value = float(getattr(profile, name))
+        if not (low <= value <= high) or not np.isfinite(value):
+            raise Unfit(f"calibration refused: fitted {name} = {value:.3g} is outside its physical range "
+                        f"[{low:g}, {high:g}]{host}; no profile written - calibrate on a quiet machine, or with "
+                        f"more --repeats")
 
 
 def calibrate_engine(config: RunConfig, cache_dir: Path, repeats: int = 3) -> Calibration:
-    """Measure the engine of `config` (its model and engine args) and fit the cost model to it."""
+    """Measure the engine of `config` (its model and engine args) and fit the cost model to it; Unfit when
+    the measurement cannot be trusted (`check`)."""
     from harness.engines.sim.testbed import build_profile  # noqa: PLC0415
 
     unforced = config.engine_args.model_copy(update={"num_gpu_blocks": None})
     base = build_profile(config.model_copy(update={"engine_args": unforced}))
-    samples, geometry = measure(config, cache_dir, repeats=repeats)
+    host = HostLoad().start()
+    try:
+        samples, geometry = measure(config, cache_dir, repeats=repeats)
+    finally:
+        load = host.stop()
     result = fit(base, samples)
     wake = idle_wake(result.profile, samples)
     profile = calibrated_profile(base, result.profile.model_copy(update={"idle_wake_s": wake}), geometry, host_label())
-    return Calibration(profile, result.errors, samples)
+    check(profile, samples, load)
+    return Calibration(profile, result.errors, samples, load)
 
 
 def idle_wake(profile: Profile, samples: Sequence[Sample]) -> float:

@@ -39,6 +39,23 @@ class EngineSettings(BaseModel):
                                     "tree, LRU leaves); auto = the backend's (radix for sglang, else block)")
 
 
+class ToolLimits(BaseModel):
+    """Limits on one real tool call (`--tools real`): killed at its CPU-time or wall-time limit, both
+    `factor x cpu_seconds + floor_s`; its processes may map at most `memory_gib` each."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    factor: float = Field(default=4.0, ge=1, allow_inf_nan=False, description="limit = factor x declared CPU-s + floor")
+    floor_s: float = Field(default=10.0, gt=0, le=86400, allow_inf_nan=False,
+                           description="seconds every call is allowed on top of factor x its CPU seconds")
+    memory_gib: float = Field(default=2.0, gt=0, le=4096, allow_inf_nan=False,
+                              description="address-space limit of each tool process (RLIMIT_AS)")
+
+    def seconds(self, cpu_seconds: float) -> float:
+        """The CPU-time and wall-time limit of a call declaring `cpu_seconds` (per core)."""
+        return self.factor * cpu_seconds + self.floor_s
+
+
 class RunConfig(BaseModel):
     """One run. `--set key=value` reaches every field (e.g. `--set engine_args.max_num_seqs=128`).
 
@@ -80,6 +97,7 @@ class RunConfig(BaseModel):
         default="timed", description="timed: tool calls take their modelled time; real: pinned processes doing "
                                      "the CPU work (real engine only)")
     allow_commands: bool = Field(default=False, description="--tools real: run a workload's recorded commands")
+    tool_limits: ToolLimits = ToolLimits()
     cpu_stress: int = Field(default=0, ge=0, description="cores taken by background CPU stressors")
     gpu_share: float = Field(default=1.0, gt=0, le=1, description="share of the GPU left by a co-tenant")
     chat_rps: float = Field(default=0.0, ge=0, description="background chat requests/s sharing the engine")

@@ -4,6 +4,7 @@ marked interrupted, what it measured kept) before KeyboardInterrupt goes on."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
 import threading
@@ -16,6 +17,7 @@ from typing import Any, Literal, Protocol
 from harness.config import RunConfig
 from harness.errors import BadInput, stop_requested
 from harness.experiment import run_experiment
+from harness.proctree import die_with_parent
 
 Executor = Literal["local", "ray"]
 
@@ -59,23 +61,39 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def _worker_init() -> None:
-    """Pool workers ignore SIGINT between runs: the parent process decides who stops."""
+_held: list[int] = []  # a pool worker's shared lock on its sweep directory (kept open for the worker's life)
+
+
+def _worker_init(parent: int, lock: str | None = None) -> None:
+    """Pool workers ignore SIGINT between runs (the parent process decides who stops), die with their parent
+    (PR_SET_PDEATHSIG: a SIGKILLed sweep leaves no worker behind), and hold `lock` shared while they live,
+    so a later sweep on the same directory sees them (harness.sweep.sweep_lock)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     stop_requested.clear()
+    die_with_parent(signal.SIGKILL)
+    if os.getppid() != parent:  # the parent died before the line above
+        os._exit(1)
+    if lock is not None:
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+            fcntl.flock(fd, fcntl.LOCK_SH)
+        except OSError:  # storage without locks: the sweep took none either (harness.sweep.sweep_lock)
+            return
+        _held.append(fd)
 
 
 def execute(runs: Sequence[Job], results_dir: Path, on_done: OnDone, jobs: int = 1,
-            executor: Executor = "local", address: str | None = None) -> None:
+            executor: Executor = "local", address: str | None = None, worker_lock: Path | None = None) -> None:
     """Run each job (`jobs` at a time on a local pool, or on Ray); `on_done` hears of each as it ends. Ctrl-C
-    stops the runs in flight (they end as interrupted) and raises KeyboardInterrupt."""
+    stops the runs in flight (they end as interrupted) and raises KeyboardInterrupt. Local pool workers die
+    with this process and hold `worker_lock` (a file) shared while they live."""
     if executor == "ray":
         _execute_ray(runs, results_dir, on_done, address)
     elif jobs <= 1:
         for job in runs:
             on_done(job, *_outcome(lambda j=job: run_point(j.config, str(results_dir), j.run_id)))
     else:
-        _execute_pool(runs, results_dir, on_done, jobs)
+        _execute_pool(runs, results_dir, on_done, jobs, worker_lock)
 
 
 def _outcome(call: Callable[[], Finished]) -> tuple[Finished | None, str | None]:
@@ -89,8 +107,10 @@ def _outcome(call: Callable[[], Finished]) -> tuple[Finished | None, str | None]
         return None, f"{type(e).__name__}: {e}"
 
 
-def _execute_pool(runs: Sequence[Job], results_dir: Path, on_done: OnDone, jobs: int) -> None:
-    pool = ProcessPoolExecutor(max_workers=jobs, initializer=_worker_init)
+def _execute_pool(runs: Sequence[Job], results_dir: Path, on_done: OnDone, jobs: int,
+                  worker_lock: Path | None = None) -> None:
+    pool = ProcessPoolExecutor(max_workers=jobs, initializer=_worker_init,
+                               initargs=(os.getpid(), None if worker_lock is None else str(worker_lock)))
     pending: dict[Future, Job] = {}
     queue: Iterator[Job] = iter(runs)
 

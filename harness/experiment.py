@@ -19,6 +19,7 @@ from harness.engines.sim.testbed import build_setup
 from harness.errors import BadInput
 from harness.policy.tools import ToolOrder
 from harness.metrics import RunSummary, parse_goodput, summarize
+from harness.hostload import HostLoad
 from harness.real_tools import RealToolPool
 from harness.results import RunWriter, ending, make_run_id
 from harness.runner import AgentRun, Outcome, TimedTools, ToolRunner
@@ -66,7 +67,7 @@ def make_tools(config: RunConfig, env: Any, order: ToolOrder | None = None) -> T
     if config.tools == "real":
         try:
             return RealToolPool(env, config.tool_cores, config.tool_mode, config.cpu_stress, config.allow_commands,
-                                order=order)
+                                order=order, limits=config.tool_limits)
         except ValueError as exc:
             raise BadInput(f"--tools real: {exc}") from None
     return TimedTools(env, ToolPool(config.tool_cores, config.tool_mode, stress_cores=config.cpu_stress, order=order))
@@ -115,15 +116,25 @@ def run_experiment(config: RunConfig, results_dir: Path, progress: Progress | No
             engine.close()
             raise
         run = AgentRun(engine, sessions, admission, tools, sink, background, config.timeline_interval_s)
+        host = None if engine_entry.simulated else HostLoad().start()  # a real engine's timings can be noise
         try:
             outcome = run.run(isolated, bound)
         except BaseException as exc:  # failed or interrupted: its tables and summary say how far it got
+            _stop_host(writer, host)
             _keep_partial(writer, lambda: run.outcome(isolated, bound), config, slo, exc)
             raise
+        _stop_host(writer, host)
         summary = summarize(outcome.calls, outcome.sessions, alpha=config.alpha, goodput_slo=slo, end_s=outcome.end_s)
         payload = {**summary.model_dump(mode="json"), "engine_stats": outcome.stats}
         writer.finish(outcome.calls, outcome.sessions, payload, timeline=outcome.timeline)
     return RunResult(writer.dir, summary, outcome.stats)
+
+
+def _stop_host(writer: RunWriter, host: HostLoad | None) -> None:
+    """A real engine's run: record the host's load over it in run.json, and whether it was noisy."""
+    if host is not None:
+        load = host.stop()
+        writer.meta.update(host_load=load, noisy=bool(load.get("noisy")))
 
 
 def _keep_partial(writer: RunWriter, measured: Callable[[], Outcome], config: RunConfig,

@@ -105,6 +105,6 @@ def fidelity_runs(model: str, profile: Path, backends: Sequence[str], seeds: Seq
             row.update({f"{name}_real": compared[name]["real"], f"{name}_sim": compared[name]["sim"],
                         f"{name}_error": compared[name]["error"]})
         row.update({"session_jct_spearman": compared["session_jct_spearman"], "real_dir": str(dirs["vllm"]),
-                    "sim_dir": str(dirs["sim"])})
+                    "sim_dir": str(dirs["sim"]), "real_noisy": load_run(dirs["vllm"]).noisy})
         rows.append(row)
     return pd.DataFrame(rows)

@@ -275,6 +275,19 @@ class RunRecord:
     def config(self) -> dict[str, Any]:
         return dict(self.meta.get("config") or {})
 
+    @property
+    def noisy(self) -> bool:
+        """Whether the host was oversubscribed over this (real-engine) run (harness.hostload)."""
+        return self.meta.get("noisy") is True
+
+    def host_load(self) -> str | None:
+        """The host's load over the run in words, e.g. 'others 1.60 + steal 0.00 CPUs of 2, load1 max 9.1';
+        None when it was not measured (simulated runs)."""
+        from harness.hostload import describe  # noqa: PLC0415 - small, but only readers of real runs need it
+
+        load = self.meta.get("host_load")
+        return describe(load) if isinstance(load, dict) and load else None
+
     def summary(self) -> dict[str, Any] | None:
         path = self.dir / "summary.json"
         return json.loads(path.read_text()) if path.exists() else None

@@ -222,6 +222,9 @@ class AgentRun:
                 break
             done = yield self.tools.run((spec.session_id, spec.turn), tool.cpu_seconds, tool.cores, tool.command,
                                         spec.session_id, tool.name)
+            if done.failed is not None and measured:  # the agent sees the error and goes on, as agent frameworks do
+                self.sink.event("tool_failed", env.now, session_id=spec.session_id, turn=spec.turn, tool=tool.name,
+                                reason=done.failed)
             loop.tool_finished(done.wait_s, done.finished_s - done.started_s)
             engine.tool_ended(spec.session_id, tool.name, done.finished_s - done.submitted_s)
         if not measured:

@@ -5,16 +5,22 @@ stopped. Runs go to a local process pool or to a Ray cluster.
 SWEEP_DIR/
   sweep.json          the grid: axes, fixed settings, run ids (extended when a sweep is widened)
   sweep.csv           one row per run: its axis values, status and figures
+  .sweep.lock         held (flock, exclusive) by the sweep running here, its pid inside
+  .sweep.workers      held (flock, shared) by that sweep's pool workers while they live
   <run_id>/           one run directory each (harness.results), id = <backend>-<workload>-...-<config hash>
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import itertools
 import json
+import os
 import shutil
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +30,12 @@ import pandas as pd
 from harness.compare import COMPARED
 from harness.config import RunConfig
 from harness.errors import BadInput
+from harness.proctree import alive
 from harness.results import RunRecord, load_run
+
+LOCK = ".sweep.lock"
+LOCK_GRACE_S = 2.0  # how long a lock left by a dead sweep may take to be let go by its dying workers
+WORKERS_LOCK = ".sweep.workers"
 
 
 def split_values(text: str) -> list[str]:
@@ -72,8 +83,12 @@ def json_digest(data: Any, digits: int) -> str:
 
 
 def config_hash(config: RunConfig) -> str:
-    """Ten hex digits of the config's canonical JSON: equal configs, equal runs."""
-    return json_digest(config.model_dump(mode="json"), 10)
+    """Ten hex digits of the config's canonical JSON: equal configs, equal runs. The real tools' limits are
+    left out unless tools are real (they change nothing else), so ids made before they existed still hold."""
+    data = config.model_dump(mode="json")
+    if data.get("tools") != "real":
+        data.pop("tool_limits", None)
+    return json_digest(data, 10)
 
 
 def _slug(value: Any) -> str:
@@ -166,3 +181,47 @@ def write_manifest(sweep_dir: Path, points: Sequence[GridPoint], spec: dict[str,
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps({**spec, "runs": runs}, indent=2, default=str) + "\n")
     tmp.replace(path)
+
+
+@contextlib.contextmanager
+def sweep_lock(sweep_dir: Path) -> Iterator[Path]:
+    """Hold `sweep_dir` for this sweep; yields the file its pool workers hold shared (harness.executors).
+    Refused with one line while another sweep, or a worker of an earlier one (whose sweep was killed),
+    still lives: flock locks go with the processes holding them, so nothing stale is left to clean up."""
+    try:
+        fd = os.open(sweep_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise BadInput(f"{sweep_dir}: cannot write in it ({e.strerror or e})") from None
+    try:
+        owner = os.read(fd, 64).decode(errors="replace").strip() or "?"
+        _try_lock(fd, sweep_dir, owner)
+        workers = os.open(sweep_dir / WORKERS_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            _try_lock(workers, sweep_dir, owner)
+        finally:
+            os.close(workers)  # released: this sweep's workers take it shared
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield sweep_dir / WORKERS_LOCK
+    finally:
+        os.close(fd)
+
+
+def _try_lock(fd: int, sweep_dir: Path, owner: str) -> None:
+    """Lock `fd` exclusively or refuse; when the sweep that held it is gone, its workers (dying with it, see
+    harness.executors) get a moment to let go."""
+    gone = owner.isdigit() and not alive(int(owner))
+    deadline = time.monotonic() + (LOCK_GRACE_S if gone else 0.0)
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() < deadline:
+                time.sleep(0.05)
+                continue
+        except OSError:  # storage without locks (some network file systems): nothing to hold, go on
+            return
+        raise BadInput(f"{sweep_dir} is in use by sweep process {owner}"
+                       f"{' (gone, but its worker processes still run)' if gone else ''}: "
+                       f"one sweep per directory at a time") from None

@@ -62,6 +62,7 @@ class ToolCompletion:
     started_s: float
     finished_s: float
     wait_s: float
+    failed: str | None = None  # real tools: why the call failed (killed at a limit, non-zero exit)
 
 
 @dataclass(frozen=True)

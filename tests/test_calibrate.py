@@ -3,6 +3,8 @@ on the real vLLM engine (CPU build) a calibrated sim predicts a real agentic run
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 from pathlib import Path
 
@@ -78,8 +80,12 @@ def test_the_plan_stays_within_the_engine() -> None:
 def calibrated(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     out = tmp_path_factory.mktemp("calibration")
     profile, samples = out / "profile.json", out / "samples.csv"
-    assert main(["calibrate", "--model", str(tiny_model_dir), "-o", str(profile), "--samples", str(samples),
-                 "--repeats", "2", *ENGINE_SETS]) == 0
+    with contextlib.redirect_stderr(io.StringIO()) as err:
+        code = main(["calibrate", "--model", str(tiny_model_dir), "-o", str(profile), "--samples", str(samples),
+                     "--repeats", "2", *ENGINE_SETS])
+    if code == 1 and "calibration refused" in err.getvalue():  # a loaded machine: refusing is right (see
+        pytest.skip(err.getvalue().strip())  # tests/test_faults_processes.py), but there is nothing to test here
+    assert code == 0, err.getvalue()
     return profile, samples
 
 

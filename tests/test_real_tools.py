@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 import simpy.rt
 
+from harness.config import ToolLimits
 from harness.real_tools import RealToolPool, tool_cpus
+from tests.processes import processes_with
 
 CPU = sorted(os.sched_getaffinity(0))[-1:]  # one CPU: the disciplines are visible on any machine
 
@@ -83,3 +85,82 @@ def test_queue_mode_refuses_stressors_that_take_every_tool_cpu() -> None:
 def test_real_tools_need_a_real_engine(run_cli, tmp_path: Path) -> None:
     res = run_cli("run", "-b", "vllm", "-w", "swe-smoke", "--tools", "real", "--results-dir", str(tmp_path))
     assert res.exit_code == 2 and "needs a real engine" in res.stderr
+
+
+# ----------------------------------------------------------------------------- limits and cleanup of commands
+def run_limited(calls: list[tuple[float, str]], limits: ToolLimits, mode: str = "queue", until: float | None = None):
+    """Run recorded commands under `limits`; returns (completions or None if cut at `until`, pool)."""
+    env = simpy.rt.RealtimeEnvironment(strict=False)
+    pool = RealToolPool(env, 1, mode, allow_commands=True, cpus=CPU, limits=limits)  # type: ignore[arg-type]
+    events = [pool.run(i, seconds, 1, command) for i, (seconds, command) in enumerate(calls)]
+    try:
+        env.run(env.all_of(events) if until is None else until)
+    finally:
+        pool.close()
+    return ([e.value for e in events] if until is None else None), pool
+
+
+def test_a_command_that_busy_loops_past_its_limit_is_killed_there_and_counts_as_failed(tmp_path: Path) -> None:
+    marker = f"spin-{tmp_path.name}"
+    command = f"{sys.executable} -c 'while True: pass' {marker}"
+    limits = ToolLimits(factor=2, floor_s=0.6)  # declared 0.2 CPU-s: killed at 2 x 0.2 + 0.6 = 1.0 s
+    done, pool = run_limited([(0.2, command), (0.1, "true")], limits)
+    spun = done[0].finished_s - done[0].started_s
+    assert 0.95 <= spun <= 1.6, spun
+    assert done[0].failed == "killed at its wall-time limit" and done[1].failed is None  # the next call still ran
+    assert pool.failed == 1 and pool.killed == 1 and pool.stats()["tool_calls_killed"] == 1
+    assert not processes_with(marker.encode())
+
+
+def test_a_setsid_child_of_a_command_is_gone_after_the_call(tmp_path: Path) -> None:
+    pidfile = tmp_path / "child.pid"
+    # the shell starts a child in a new session (out of the call's process group) and exits at once
+    command = (f"setsid sh -c 'echo $$ > {pidfile}; exec sleep 60' & "
+               f"while [ ! -s {pidfile} ]; do sleep 0.01; done")
+    done, pool = run_limited([(0.1, command)], ToolLimits())
+    pid = int(pidfile.read_text())
+    assert done[0].failed is None and pool.failed == 0
+    assert not Path(f"/proc/{pid}").exists()  # killed and reaped, not left to init
+
+
+def test_a_command_still_running_at_the_end_of_the_run_is_killed_with_its_descendants(tmp_path: Path) -> None:
+    pidfile = tmp_path / "child.pid"
+    command = f"setsid sh -c 'echo $$ > {pidfile}; exec sleep 60' & sleep 60"
+    run_limited([(30.0, command)], ToolLimits(), until=0.5)
+    pid = int(pidfile.read_text())
+    assert not Path(f"/proc/{pid}").exists()
+
+
+def test_a_command_runs_in_a_temporary_workspace_removed_after_it(tmp_path: Path) -> None:
+    out = tmp_path / "cwd"
+    done, _ = run_limited([(0.1, f"pwd > {out}; touch scratch")], ToolLimits())
+    workspace = Path(out.read_text().strip())
+    assert done[0].failed is None and workspace.name.startswith("mars-bench-tool-") and not workspace.exists()
+
+
+def test_a_command_over_its_memory_limit_fails() -> None:
+    grab = f"{sys.executable} -c 'bytearray(600 << 20)'"
+    done, pool = run_limited([(0.1, grab), (0.1, "exit 3")], ToolLimits(memory_gib=0.5))
+    assert done[0].failed == "exit status 1" and done[1].failed == "exit status 3" and pool.failed == 2
+
+
+def test_allow_commands_warns_in_one_line_naming_the_workload(run_cli, tmp_path: Path) -> None:
+    res = run_cli("run", "-b", "vllm", "-w", "swe-smoke", "--tools", "real", "--allow-commands",
+                  "--tool-limit-factor", "3", "--results-dir", str(tmp_path))
+    warnings = [line for line in res.stderr.splitlines() if "warning" in line]
+    assert len(warnings) == 1 and "swe-smoke" in warnings[0] and "3 x its CPU seconds" in warnings[0]
+
+
+def test_the_readme_command_workload_runs_as_documented() -> None:
+    """tests/fixtures/commands.jsonl under the README example's limits: the busy loop is killed at 3 x 0.2 +
+    5 s, the allocation fails, the setsid child is gone, the others succeed."""
+    from workloads.model import load_sessions
+
+    fixture = Path(__file__).parent / "fixtures" / "commands.jsonl"
+    tools = [t.tool for s in load_sessions(fixture) for t in s.turns if t.tool is not None]
+    marker = "sleep 600"
+    done, pool = run_limited([(t.cpu_seconds, t.command) for t in tools], ToolLimits(factor=3, floor_s=5, memory_gib=1))
+    assert [c.failed for c in done] == [None, "killed at its wall-time limit", None, "exit status 1"]
+    assert 5.5 <= done[1].finished_s - done[1].started_s <= 6.5
+    assert pool.failed == 2 and pool.killed == 1
+    assert not processes_with(marker.encode())

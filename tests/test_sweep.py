@@ -221,3 +221,11 @@ def test_progress_lines_come_every_interval_with_an_eta() -> None:
         p.update("runs", 1, 2)
         time.sleep(0.05)
     assert quiet == []  # --json: no progress at all
+
+
+def test_tool_limits_are_part_of_a_run_id_only_when_tools_are_real() -> None:
+    timed = [make_config((), workload="swe-smoke", tool_limits={"factor": f}) for f in (2, 5)]
+    real = [make_config((), workload="swe-smoke", tools="real", tool_limits={"factor": f}) for f in (2, 5)]
+    assert config_hash(timed[0]) == config_hash(timed[1])
+    assert config_hash(real[0]) != config_hash(real[1])
+    assert "tool_limits" in timed[0].model_dump()  # still recorded in run.json

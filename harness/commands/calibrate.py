@@ -32,7 +32,9 @@ def calibrate(engine: str, model: str, out: Path, sets: tuple[str, ...], repeats
     Prefills of several sizes, chunked long prompts, decode batches of several sizes and context lengths,
     and decodes mixed with a prefill each run on the engine; every step's time is fitted by least squares.
     The profile carries the fitted coefficients and the engine's KV block count and block size: runs with
-    `--profile FILE` simulate this engine, and real runs with it report slowdown and goodput.
+    `--profile FILE` simulate this engine, and real runs with it report slowdown and goodput. Nothing is
+    written (exit 1) when the repeats of a batch disagree or a fitted coefficient is unphysical - the marks
+    of a loaded machine.
 
     \b
     Examples:
@@ -55,7 +57,8 @@ def calibrate(engine: str, model: str, out: Path, sets: tuple[str, ...], repeats
     geometry = {k: getattr(profile, k) for k in ("num_gpu_blocks", "block_size", "max_num_batched_tokens")}
     if as_json:
         print_json({"profile": str(out), "elapsed_s": elapsed, "steps": len(measured), "geometry": geometry,
-                    "fitted": {k: getattr(profile, k) for k in (*FITTED, "idle_wake_s")}, "errors": result.errors})
+                    "fitted": {k: getattr(profile, k) for k in (*FITTED, "idle_wake_s")}, "errors": result.errors,
+                    "host_load": result.host_load})
         return
     console.print(table("fitted coefficients", ["coefficient", "value"],
                         [(k, getattr(profile, k)) for k in (*FITTED, "idle_wake_s")]))
@@ -63,6 +66,9 @@ def calibrate(engine: str, model: str, out: Path, sets: tuple[str, ...], repeats
                         ["kind", "batches", "mean |err| %", "p90 |err| %", "max |err| %"],
                         [(k, v["steps"], v["mean_abs_pct"], v["p90_abs_pct"], v["max_abs_pct"])
                          for k, v in result.errors.items()]))
+    if result.host_load.get("noisy"):
+        click.echo(f"mars-bench: warning: other processes took {result.host_load['others_cpus']:.2f} of "
+                   f"{result.host_load['cpus']} CPUs during the calibration: its timings may be theirs", err=True)
     console.print(f"wrote {out} ({geometry['num_gpu_blocks']} KV blocks of {geometry['block_size']} tokens) "
                   f"in {elapsed:.1f} s; simulate this engine with --profile {out}")
 

@@ -30,14 +30,18 @@ _DIR = click.Path(file_okay=False, path_type=Path)
               help="Sessions for the per-session timeline (default: the longest of the MARS run).")
 @click.option("--reference", metavar="BACKEND",
               help="Backend the leaderboards' speedup is against (default: vllm, where it ran).")
+@click.option("--include-noisy", is_flag=True,
+              help="Rank runs whose host was oversubscribed (run.json `noisy`) too; by default they are listed "
+                   "as excluded.")
 @json_option
 def report(results_dirs: tuple[Path, ...], out_dir: Path, compare_to: Path | None, fail_on_regression: bool,
-           session_ids: str | None, reference: str | None, as_json: bool) -> None:
+           session_ids: str | None, reference: str | None, include_noisy: bool, as_json: bool) -> None:
     """Rank the runs under RESULTS_DIR... and write a Markdown report and a static HTML leaderboard with plots.
 
     Runs are found at any depth and grouped by workload, settings and load point (rps); each backend is ranked
     by goodput (then mean JCT; equal as shown: one rank) with the mean ± std over seeds, the 95% confidence
-    interval, vLLM's per-call latencies and the speedup against --reference.
+    interval, vLLM's per-call latencies and the speedup against --reference. Real-engine runs whose host was
+    oversubscribed (`noisy`, see `results show`) are listed but not ranked unless --include-noisy.
 
     \b
     Examples:
@@ -55,7 +59,8 @@ def report(results_dirs: tuple[Path, ...], out_dir: Path, compare_to: Path | Non
     from harness.report.build import build_report  # noqa: PLC0415 - seaborn and matplotlib: the `report` extra
 
     with ProgressReport("report", enabled=not as_json) as progress:
-        result = build_report(list(results_dirs), out_dir, compare_to, sessions, reference, progress.update)
+        result = build_report(list(results_dirs), out_dir, compare_to, sessions, reference, progress.update,
+                              include_noisy)
     if as_json:
         print_json(_finite(_as_json(result)))
     else:

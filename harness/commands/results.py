@@ -25,6 +25,12 @@ def run_summary(run: RunRecord) -> dict:
     return summary
 
 
+def tool_failures(stats: dict) -> str:
+    """'2 of 14 (1 killed at a limit)' from a real tool pool's stats."""
+    return (f"{stats.get('tool_calls_failed')} of {stats.get('tool_calls_run')} "
+            f"({stats.get('tool_calls_killed', 0)} killed at a limit)")
+
+
 @click.group()
 def results() -> None:
     """Runs written under the results directory.
@@ -58,7 +64,7 @@ def list_cmd(results_dir: Path, as_json: bool) -> None:
             "workload": cfg.get("workload"), "sessions": summary.get("num_sessions"),
             "completed": summary.get("completed_sessions"), "mean_jct_s": summary.get("mean_jct_s"),
             "p95_jct_s": summary.get("p95_jct_s"), "session_throughput": summary.get("session_throughput"),
-            "goodput": summary.get("goodput"),
+            "goodput": summary.get("goodput"), "noisy": run.noisy,
         })
     if as_json:
         print_json(rows)
@@ -68,7 +74,8 @@ def list_cmd(results_dir: Path, as_json: bool) -> None:
         return
     columns = ["run", "status", "backend", "engine", "workload", "sessions", "done", "mean JCT s", "p95 JCT s",
                "sessions/s", "goodput/s"]
-    console.print(table(f"runs in {results_dir}/", columns, [list(r.values()) for r in rows], numeric_from=5))
+    body = [[r["run_id"], r["status"] + (" (noisy)" if r["noisy"] else ""), *list(r.values())[2:-1]] for r in rows]
+    console.print(table(f"runs in {results_dir}/", columns, body, numeric_from=5))
 
 
 @results.command()
@@ -87,12 +94,21 @@ def show(run: str, results_dir: Path, as_json: bool) -> None:
     record = find_run(results_dir, run)
     summary = run_summary(record)
     if as_json:
-        print_json({"run_id": record.run_id, "status": record.status, "config": record.config, "summary": summary})
+        print_json({"run_id": record.run_id, "status": record.status, "noisy": record.noisy,
+                    "host_load": record.meta.get("host_load"), "config": record.config, "summary": summary})
         return
     cfg = record.config
     header = [("run", record.run_id), ("status", record.status), ("backend", cfg.get("backend")),
               ("engine", cfg.get("engine")), ("workload", cfg.get("workload")), ("seed", record.meta.get("seed"))]
     if record.meta.get("error"):
         header.append(("error", record.meta["error"]))
+    tools = summary.get("engine_stats") or {}
+    if "tool_calls_failed" in tools:  # real tools (harness.real_tools)
+        header.append(("tool calls failed", tool_failures(tools)))
+    host = record.host_load()
+    if host is not None:
+        header.append(("noisy", f"{'yes' if record.noisy else 'no'} ({host})"))
+    else:
+        header.append(("noisy", "not measured" + (" (simulated)" if cfg.get("engine") == "sim" else "")))
     console.print(table(None, ["run", ""], header))
     console.print(table("summary", ["metric", "value"], summary_table_rows(summary)))

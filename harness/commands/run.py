@@ -17,6 +17,7 @@ from harness.config import make_config
 from harness.console import ProgressReport, console, print_json, table
 from harness.engines.sim.cost_model import describe
 from harness.experiment import run_experiment
+from harness.results import load_run
 from harness.engines.sim.testbed import build_profile
 
 F = Callable[..., Any]
@@ -60,7 +61,15 @@ def _finite(value: float) -> float:
               help="--engine http/sglang, --vllm-mode server: a call not ended within S seconds is a failed call.")
 @click.option("--tools", "tools", type=click.Choice(["timed", "real"]), default="timed", show_default=True,
               help="timed: tool calls take their modelled time; real (--engine vllm): pinned processes do the CPU work.")
-@click.option("--allow-commands", is_flag=True, help="--tools real: run the workload's recorded tool commands.")
+@click.option("--allow-commands", is_flag=True, help="--tools real: run the workload's recorded tool commands "
+              "(each in a temporary directory, under the limits below, every process it starts killed at its end).")
+@click.option("--tool-limit-factor", type=click.FloatRange(min=1), default=4.0, show_default=True,
+              help="--tools real: a call is killed after FACTOR x its declared CPU seconds + the floor, of CPU or "
+                   "wall time (and counts as a failed tool call).")
+@click.option("--tool-limit-floor", type=click.FloatRange(min=0, max=86400, min_open=True), default=10.0,
+              show_default=True, metavar="SECONDS", help="--tools real: seconds every call gets on top of the factor.")
+@click.option("--tool-memory-gib", type=click.FloatRange(min=0, max=4096, min_open=True), default=2.0,
+              show_default=True, help="--tools real: address-space limit of each tool process.")
 @click.option("--cpu-stress", type=click.IntRange(min=0), default=0, show_default=True,
               help="Cores taken by background CPU stressors.")
 @click.option("--gpu-share", type=click.FloatRange(min=0, max=1, min_open=True), default=1.0, show_default=True,
@@ -75,7 +84,7 @@ def _finite(value: float) -> float:
 @json_option
 def run(backend: str, engine: str, vllm_mode: str, workload: str, sessions: int | None, rps: float | None, arrival: str | None,
         cv: float | None, seed: int, sets: tuple[str, ...], gpu: str, model: str, tp: int, profile: str | None,
-        tool_cores: int, tool_mode: str, base_url: str | None, api_key_env: str | None, tokenizer: str | None, request_timeout: float, tools: str, allow_commands: bool, cpu_stress: int, gpu_share: float, kv_offload_gib: float, chat_rps: float, goodput: tuple[str, ...], alpha: float,
+        tool_cores: int, tool_mode: str, base_url: str | None, api_key_env: str | None, tokenizer: str | None, request_timeout: float, tools: str, allow_commands: bool, tool_limit_factor: float, tool_limit_floor: float, tool_memory_gib: float, cpu_stress: int, gpu_share: float, kv_offload_gib: float, chat_rps: float, goodput: tuple[str, ...], alpha: float,
         results_dir: Path, as_json: bool) -> None:
     """Run one backend on one workload; write results/<run_id>/ and print the summary.
 
@@ -99,16 +108,30 @@ def run(backend: str, engine: str, vllm_mode: str, workload: str, sessions: int 
         sets, backend=backend, engine=engine, vllm_mode=vllm_mode, workload=workload, sessions=sessions, rps=rps, arrival=arrival, cv=cv,
         seed=seed, gpu=gpu, model=model, tp=tp, profile=profile, tool_cores=tool_cores, tool_mode=tool_mode,
         base_url=base_url, api_key_env=api_key_env, served_model=served_model, tokenizer=tokenizer,
-        request_timeout=request_timeout, tools=tools, allow_commands=allow_commands, cpu_stress=cpu_stress, gpu_share=gpu_share, chat_rps=chat_rps, goodput=goodput, alpha=alpha,
+        request_timeout=request_timeout, tools=tools, allow_commands=allow_commands, cpu_stress=cpu_stress,
+        tool_limits={"factor": tool_limit_factor, "floor_s": tool_limit_floor, "memory_gib": tool_memory_gib}, gpu_share=gpu_share, chat_rps=chat_rps, goodput=goodput, alpha=alpha,
     )
+    if config.allow_commands and config.tools == "real":
+        limits = config.tool_limits
+        click.echo(f"mars-bench: warning: --allow-commands runs the shell commands recorded in {config.workload} "
+                   f"on this machine (each limited to {limits.factor:g} x its CPU seconds + {limits.floor_s:g} s, "
+                   f"{limits.memory_gib:g} GiB)", err=True)
     with ProgressReport("run", "sessions", enabled=not as_json) as progress:
         result = run_experiment(config, results_dir, progress=progress.update)
     summary = result.summary.model_dump(mode="json")
+    record = load_run(result.dir)
+    if record.noisy:
+        click.echo(f"mars-bench: warning: the host was oversubscribed during this run ({record.host_load()}): "
+                   f"it is marked noisy and `report` does not rank it", err=True)
     if as_json:
         print_json({"run_dir": str(result.dir), "config": config.model_dump(mode="json"), **summary})
         return
     click.echo(f"{config.backend} on {config.engine}: {workload}")
     click.echo("\n".join(result_lines(summary, failed_calls=int(summary.get("failed_calls") or 0))))
+    if "tool_calls_failed" in result.stats:
+        from harness.commands.results import tool_failures  # noqa: PLC0415
+
+        console.print(f"tool calls failed: {tool_failures(result.stats)}")
     ran = "simulated" if config.engine == "sim" else f"ran on {config.engine}:"
     console.print(f"results: {result.dir}  ({ran} {result.stats['sim_s']:.0f} s in {result.stats['wall_s']:.1f} s)")
 

@@ -21,7 +21,7 @@ from harness.config import RunConfig
 from harness.console import ProgressReport, console, print_json, table
 from harness.errors import BadInput, RunsFailed
 from harness.executors import Finished, execute
-from harness.sweep import (GridPoint, finished_run, grid_points, is_completed, json_digest, runs_table,
+from harness.sweep import (GridPoint, finished_run, grid_points, is_completed, json_digest, runs_table, sweep_lock,
                            write_manifest)
 from workloads.arrivals import ARRIVAL_PROCESSES
 from workloads.source import WorkloadRequest, resolve
@@ -98,6 +98,13 @@ def sweep(backend_list: str, engine: str, workload: str, rps_list: str | None, s
         _print_dry_run(points, [p for p in points if is_completed(sweep_dir / p.run_id)], sweep_dir, as_json)
         return
     sweep_dir.mkdir(parents=True, exist_ok=True)
+    with sweep_lock(sweep_dir) as worker_lock:
+        _run_grid(points, spec, sweep_dir, jobs, executor, address, worker_lock, as_json)
+
+
+def _run_grid(points: list[GridPoint], spec: dict[str, Any], sweep_dir: Path, jobs: int, executor: str,
+              address: str | None, worker_lock: Path, as_json: bool) -> None:
+    """Run what the grid still lacks in `sweep_dir` (held by this sweep), then write and print the table."""
     # a finished run is kept; what an interrupted sweep left unfinished is removed before anything starts
     done_before = [p for p in points if finished_run(sweep_dir, p) is not None]
     finished = {p.run_id for p in done_before}
@@ -119,7 +126,8 @@ def sweep(backend_list: str, engine: str, workload: str, rps_list: str | None, s
             progress.update("runs", ran, len(todo), f"last: {point.run_id}")
 
         try:
-            execute(todo, sweep_dir, on_done, jobs=jobs, executor=executor, address=address)  # type: ignore[arg-type]
+            execute(todo, sweep_dir, on_done, jobs=jobs, executor=executor, address=address,  # type: ignore[arg-type]
+                    worker_lock=worker_lock)
         except KeyboardInterrupt:
             interrupted = True
     elapsed = time.perf_counter() - started

@@ -48,13 +48,14 @@ class Report:
 
 def build_report(roots: Sequence[Path], out_dir: Path, compare_to: Path | None = None,
                  sessions: Sequence[str] | None = None, reference: str | None = None,
-                 progress: Progress | None = None) -> Report:
+                 progress: Progress | None = None, include_noisy: bool = False) -> Report:
     """Read the runs under `roots` (and `compare_to`), write the report into `out_dir`. `reference`: the backend
-    speedups are against (default vllm, where it ran). `progress(phase, done, total)` hears of each step."""
+    speedups are against (default vllm, where it ran). `progress(phase, done, total)` hears of each step. Runs
+    on a noisy host are listed but not ranked unless `include_noisy`."""
     step = progress or (lambda phase, done, total: None)
     step("reading runs", 0, 1)
-    results = load_results(roots)
-    baseline = load_results([compare_to]) if compare_to is not None else None
+    results = load_results(roots, include_noisy)
+    baseline = load_results([compare_to], include_noisy) if compare_to is not None else None
     step("reading runs", 1, 1)
     if reference is not None and reference not in {r.backend for r in results.runs}:
         ran = ", ".join(sorted({r.backend for r in results.runs}))

@@ -142,8 +142,9 @@ def discover(root: Path) -> list[RunRecord]:
     return found
 
 
-def load_results(roots: Sequence[Path]) -> ResultSet:
-    """The runs under `roots`, each placed at its load point; a directory given twice counts once."""
+def load_results(roots: Sequence[Path], include_noisy: bool = False) -> ResultSet:
+    """The runs under `roots`, each placed at its load point; a directory given twice counts once. Runs on an
+    oversubscribed host (run.json `noisy`) are not ranked unless `include_noisy`."""
     records: dict[Path, RunRecord] = {}
     for root in roots:
         for record in discover(root):
@@ -154,13 +155,13 @@ def load_results(roots: Sequence[Path]) -> ResultSet:
         by_workload.setdefault(workload_name(record.config), []).append(record)
     for workload, group in by_workload.items():
         labels = settings_labels([r.config for r in group])
-        runs += [_place(record, workload, label) for record, label in zip(group, labels, strict=True)]
+        runs += [_place(record, workload, label, include_noisy) for record, label in zip(group, labels, strict=True)]
     runs = _supersede(runs)
     runs.sort(key=lambda r: (*_point_order(r.point), r.backend, r.seed, str(r.record.meta.get("started"))))
     return ResultSet(tuple(Path(r) for r in roots), runs)
 
 
-def _place(record: RunRecord, workload: str, settings: str) -> Run:
+def _place(record: RunRecord, workload: str, settings: str, include_noisy: bool = False) -> Run:
     config = record.config
     seed = config.get("seed", record.meta.get("seed", 0))
     status = record.status
@@ -168,6 +169,8 @@ def _place(record: RunRecord, workload: str, settings: str) -> Run:
     excluded = "" if status == "completed" else f"status {status}"
     if not excluded and summary is None:
         excluded = "no summary.json"
+    if not excluded and record.noisy and not include_noisy:
+        excluded = f"noisy host: {record.host_load()} (--include-noisy ranks it)"
     return Run(record, workload, settings, offered_rps(config), str(config.get("backend", "?")), int(seed),
                summary, excluded)
 
