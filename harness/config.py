@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+import math
+
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_serializer, field_validator, model_serializer,
+                      model_validator)
 
 from harness.backends import settings_sections
 from harness.engines.registry import ENGINES
@@ -39,6 +42,9 @@ class EngineSettings(BaseModel):
                                     "tree, LRU leaves); auto = the backend's (radix for sglang, else block)")
 
 
+LOAD_CONTROLS = ("burstiness", "max_concurrency", "warmup_sessions")
+
+
 class RunConfig(BaseModel):
     """One run. `--set key=value` reaches every field (e.g. `--set engine_args.max_num_seqs=128`).
 
@@ -61,9 +67,15 @@ class RunConfig(BaseModel):
                                                             "that take text prompts only")
     workload: str = "swe-smoke"
     sessions: int | None = Field(default=None, ge=1)
-    rps: float | None = Field(default=None, gt=0)
+    rps: float | None = Field(default=None, gt=0, description="session arrival rate; inf: all at t=0 (written \"inf\")")
     arrival: ArrivalProcess | None = None
-    cv: float | None = Field(default=None, gt=0)
+    cv: float | None = Field(default=None, gt=0, description="gamma arrivals: CV of the gaps (burstiness = 1/cv^2)")
+    burstiness: float | None = Field(default=None, gt=0, description="gamma arrivals: shape, as vllm bench's --burstiness")
+    max_concurrency: int | None = Field(
+        default=None, ge=1, description="client side: most sessions in flight (handed to the system, not finished); "
+                                        "a session arriving at the cap waits for one to end (vllm bench's --max-concurrency)")
+    warmup_sessions: int = Field(default=0, ge=0, description="sessions run before the measured ones and not measured "
+                                                              "(vllm bench's --num-warmups)")
     seed: int = 0
     workload_sets: tuple[str, ...] = ()
     gpu: str = "h100"
@@ -107,6 +119,23 @@ class RunConfig(BaseModel):
         if errors:
             raise ValidationError.from_exception_data(cls.__name__, errors)
         return data
+
+    @model_serializer(mode="wrap")
+    def _leave_out_unused_controls(self, handler: Any, info: Any) -> Any:
+        """The load controls are written only when used: the run.json of a run without them (and so a sweep's
+        config hash and a report's settings) is what it was before they existed."""
+        data = handler(self)
+        if info.mode != "json":
+            return data
+        for key in LOAD_CONTROLS:
+            if key in data and data[key] == type(self).model_fields[key].default:
+                del data[key]
+        return data
+
+    @field_serializer("rps", when_used="json")
+    def _rps_json(self, rps: float | None) -> float | str | None:
+        """An infinite rate is written "inf": run.json stays valid JSON (no Infinity)."""
+        return "inf" if rps is not None and math.isinf(rps) else rps
 
     @field_validator("engine")
     @classmethod

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import math
 import json
 import shutil
 from collections.abc import Callable, Sequence
@@ -101,7 +102,7 @@ def grid_points(make: Callable[[dict[str, Any], list[str]], RunConfig], backends
         workload = Path(config.workload).stem
         name = [backend, workload, *(["rps" + _slug(r)] if r is not None else []), f"s{seed}",
                 *[_slug(value) for value in picked], config_hash(config)]
-        axis_values = {"backend": backend, "rps": r, "seed": seed,
+        axis_values = {"backend": backend, "rps": "inf" if r is not None and math.isinf(r) else r, "seed": seed,
                        **{key: value for (key, _), value in zip(axes, picked, strict=True)}}
         points.append(GridPoint(config, axis_values, "-".join(name)))
     seen: dict[str, GridPoint] = {}

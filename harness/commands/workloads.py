@@ -55,8 +55,8 @@ def list_presets(as_json: bool) -> None:
 @workloads.command()
 @workload_options(default=None)
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True, help="JSONL file to write.")
-def generate_cmd(workload: str, sessions: int | None, rps: float | None, arrival: str | None, cv: float | None,
-                 seed: int, sets: tuple[str, ...], output: Path) -> None:
+def generate_cmd(workload: str, sessions: int | None, rps: float | None, arrival: str | None,
+                 burstiness: float | None, cv: float | None, seed: int, sets: tuple[str, ...], output: Path) -> None:
     """Generate a workload file from a preset (deterministic for a seed).
 
     \b
@@ -69,11 +69,11 @@ def generate_cmd(workload: str, sessions: int | None, rps: float | None, arrival
         raise click.BadParameter(f"{workload!r} is a file; generate takes a preset ({', '.join(PRESETS)})",
                                  param_hint="PRESET")
     if workload in swebench.DATA_PRESETS:
-        name, found = resolve(workload_request(workload, sessions, rps, arrival, cv, seed, sets))
+        name, found = resolve(workload_request(workload, sessions, rps, arrival, cv, seed, sets, burstiness))
         save_sessions(found, output)
         console.print(f"wrote {plural(len(found), 'session')} ({name}, seed {seed}) to {output}")
         return
-    spec = preset_spec(workload_request(workload, sessions, rps, arrival, cv, seed, sets))
+    spec = preset_spec(workload_request(workload, sessions, rps, arrival, cv, seed, sets, burstiness))
     sessions_out = list(track(generate(spec), total=spec.sessions, description="generating", console=console,
                               transient=True, disable=spec.sessions < 2000))
     save_sessions(sessions_out, output)
@@ -86,8 +86,8 @@ generate_cmd.name = "generate"
 @workloads.command()
 @workload_options(default=None)
 @json_option
-def show(workload: str, sessions: int | None, rps: float | None, arrival: str | None, cv: float | None,
-         seed: int, sets: tuple[str, ...], as_json: bool) -> None:
+def show(workload: str, sessions: int | None, rps: float | None, arrival: str | None, burstiness: float | None,
+         cv: float | None, seed: int, sets: tuple[str, ...], as_json: bool) -> None:
     """Show the distribution summary of a preset or workload file.
 
     \b
@@ -96,7 +96,7 @@ def show(workload: str, sessions: int | None, rps: float | None, arrival: str | 
       mars-bench workloads generate paper -o paper.jsonl --seed 1
       mars-bench workloads show paper.jsonl --json
     """
-    name, items = resolve(workload_request(workload, sessions, rps, arrival, cv, seed, sets))
+    name, items = resolve(workload_request(workload, sessions, rps, arrival, cv, seed, sets, burstiness))
     info = describe(items)
     if as_json:
         print_json({"workload": name, **info})
