@@ -183,6 +183,7 @@ def dump_session(session: Session) -> str:
 def save_sessions(sessions: Iterable[Session], path: str | Path) -> None:
     """Write atomically: a reader never sees a half-written workload file."""
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     with tmp.open("w", encoding="utf-8") as f:
         for s in sessions:
