@@ -69,8 +69,9 @@ class RunConfig(BaseModel):
     sessions: int | None = Field(default=None, ge=1)
     rps: float | None = Field(default=None, gt=0, description="session arrival rate; inf: all at t=0 (written \"inf\")")
     arrival: ArrivalProcess | None = None
-    cv: float | None = Field(default=None, gt=0, description="gamma arrivals: CV of the gaps (burstiness = 1/cv^2)")
-    burstiness: float | None = Field(default=None, gt=0, description="gamma arrivals: shape, as vllm bench's --burstiness")
+    cv: float | None = Field(default=None, gt=0, description="gamma arrivals: CV of the gaps (shape 1/cv^2), our schedule")
+    burstiness: float | None = Field(default=None, gt=0, description="gamma arrivals on vllm bench's schedule, its "
+                                                                     "--burstiness (inf: fixed gaps)")
     max_concurrency: int | None = Field(
         default=None, ge=1, description="client side: most sessions in flight (handed to the system, not finished); "
                                         "a session arriving at the cap waits for one to end (vllm bench's --max-concurrency)")
@@ -132,10 +133,10 @@ class RunConfig(BaseModel):
                 del data[key]
         return data
 
-    @field_serializer("rps", when_used="json")
-    def _rps_json(self, rps: float | None) -> float | str | None:
-        """An infinite rate is written "inf": run.json stays valid JSON (no Infinity)."""
-        return "inf" if rps is not None and math.isinf(rps) else rps
+    @field_serializer("rps", "burstiness", when_used="json")
+    def _inf_json(self, value: float | None) -> float | str | None:
+        """An infinite rate or burstiness is written "inf": run.json stays valid JSON (no Infinity)."""
+        return "inf" if value is not None and math.isinf(value) else value
 
     @field_validator("engine")
     @classmethod

@@ -105,9 +105,19 @@ def test_without_the_new_flags_nothing_is_written_about_them(run_cli, tmp_path: 
 @pytest.mark.parametrize("burstiness", [0.25, 1.0, 4.0])
 def test_burstiness_gaps_have_vllms_mean_and_cv(burstiness: float) -> None:
     rate = 2.0
-    gaps = np.diff(arrival_times("gamma", 200_001, rate, np.random.default_rng(7), burstiness=burstiness))
-    assert gaps.mean() == pytest.approx(1 / rate, rel=0.02)
+    times = arrival_times("gamma", 200_000, rate, np.random.default_rng(7), burstiness=burstiness)
+    gaps = np.diff(np.concatenate([[0.0], times]))  # vllm bench draws a gap before the first request too
+    assert gaps.mean() == pytest.approx(1 / rate, rel=1e-9)  # rescaled: the schedule spans exactly N/rate
     assert gaps.std() / gaps.mean() == pytest.approx(1 / math.sqrt(burstiness), rel=0.03)
+
+
+def test_burstiness_schedule_spans_n_over_rate_as_vllm_bench() -> None:
+    for n, rate in ((10, 0.5), (400, 3.0)):
+        times = arrival_times("gamma", n, rate, np.random.default_rng(n), burstiness=0.5)
+        assert times[-1] == pytest.approx(n / rate, rel=1e-12) and times[0] > 0
+        assert np.all(np.diff(times) >= 0)
+    fixed = arrival_times("gamma", 5, 2.0, np.random.default_rng(0), burstiness=math.inf)
+    assert fixed == pytest.approx([0.5, 1.0, 1.5, 2.0, 2.5])  # vllm bench: burstiness inf = constant gaps
 
 
 def test_burstiness_one_is_poisson() -> None:
@@ -117,12 +127,14 @@ def test_burstiness_one_is_poisson() -> None:
     assert np.quantile(gamma, quantiles) == pytest.approx(np.quantile(poisson, quantiles), rel=0.05)
     # an exponential's median is ln 2 times its mean; a gamma of another shape's is not
     assert np.median(gamma) / gamma.mean() == pytest.approx(math.log(2), rel=0.02)
+    assert np.median(poisson) / poisson.mean() == pytest.approx(math.log(2), rel=0.02)
 
 
-def test_cv_is_an_alias_of_burstiness() -> None:
-    same = [arrival_times("gamma", 1000, 1.0, np.random.default_rng(3), **kw) for kw in
-            ({"cv": 2.0}, {"burstiness": 0.25})]
-    assert np.array_equal(*same)
+def test_cv_is_the_same_shape_on_our_schedule() -> None:
+    by_cv = np.diff(arrival_times("gamma", 100_001, 1.0, np.random.default_rng(3), cv=2.0))
+    by_b = np.diff(arrival_times("gamma", 100_001, 1.0, np.random.default_rng(3), burstiness=0.25))
+    assert by_cv.std() / by_cv.mean() == pytest.approx(by_b.std() / by_b.mean(), rel=0.05)
+    assert arrival_times("gamma", 3, 1.0, np.random.default_rng(3), cv=2.0)[0] == 0.0
     assert burstiness_of(0.5, None) == 4.0 and burstiness_of(None, None) == 1.0
 
 
@@ -141,7 +153,7 @@ def test_burstiness_flag_reaches_the_arrivals(run_cli, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("args", "needle"), [
     (["--burstiness", "2", "--arrival", "fixed"], "--burstiness shapes gamma arrivals"),
-    (["--burstiness", "4", "--cv", "1"], "disagree"),
+    (["--burstiness", "4", "--cv", "0.5"], "not both"),
     (["--rps", "fast"], "neither a positive number nor inf"),
     (["--rps", "0"], "must be > 0"),
     (["--max-concurrency", "0"], "--max-concurrency"),

@@ -39,7 +39,7 @@ def arrival_of(req: WorkloadRequest) -> ArrivalProcess | None:
     """The arrival process asked for: `--burstiness` (or `--cv`) alone means gamma, as in vllm bench."""
     if req.burstiness is None and req.cv is None:
         return req.arrival
-    burstiness_of(req.cv, req.burstiness)  # the two agree
+    burstiness_of(req.cv, req.burstiness)  # not both
     if req.arrival not in (None, "gamma"):
         flag = "--burstiness" if req.burstiness is not None else "--cv"
         raise BadInput(f"{flag} shapes gamma arrivals; it does not apply to --arrival {req.arrival}")

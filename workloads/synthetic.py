@@ -110,9 +110,9 @@ class WorkloadSpec(_Spec):
     sessions: int = Field(ge=1)
     rps: float = Field(gt=0, description="mean session arrival rate, sessions per second")
     arrival: ArrivalProcess = "fixed"
-    cv: float = Field(default=1.0, gt=0, description="coefficient of variation of gamma gaps (alias of burstiness)")
-    burstiness: float | None = Field(default=None, gt=0, description="gamma shape as vllm bench's --burstiness; "
-                                                                     "None: 1/cv^2")
+    cv: float = Field(default=1.0, gt=0, description="coefficient of variation of gamma gaps")
+    burstiness: float | None = Field(default=None, gt=0, description="gamma arrivals on vllm bench's schedule with "
+                                                                     "this --burstiness (see workloads.arrivals)")
     timestamps: list[float] | None = Field(default=None, description="arrival times for 'trace'")
     seed: int = 0
     mix: dict[str, SessionSpec] = Field(min_length=1)

@@ -76,10 +76,10 @@ def workload_options(default: str | None = "swe-smoke", seed: bool = True) -> Ca
             click.option("--rps", type=RATE, help="Session arrival rate per second; inf: all at t=0."),
             click.option("--arrival", type=click.Choice(ARRIVAL_PROCESSES), help="Arrival process."),
             click.option("--burstiness", type=click.FloatRange(min=0, min_open=True), metavar="B",
-                         help="Gamma arrivals as vllm bench's --burstiness: shape B, gaps' CV 1/sqrt(B) "
-                              "(< 1 burstier than Poisson; implies --arrival gamma)."),
+                         help="Arrivals as vllm bench's --request-rate/--burstiness make them: gamma gaps of shape "
+                              "B (CV 1/sqrt(B); 1 = Poisson, inf = fixed), rescaled to span N/rps."),
             click.option("--cv", type=click.FloatRange(min=0, min_open=True),
-                         help="Alias of --burstiness given as the gaps' CV (burstiness = 1/cv^2)."),
+                         help="Gamma arrivals by the gaps' CV (shape 1/cv^2), first at t=0, not rescaled."),
             *([seed_option] if seed else []),
             click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override any preset parameter (repeatable)."),
         ]

@@ -45,8 +45,8 @@ SHOWN = (("mean_jct_s", "mean JCT s"), ("p95_jct_s", "p95 JCT s"), ("session_thr
 @click.option("--sessions", type=click.IntRange(min=1), help="Number of sessions (default: the preset's).")
 @click.option("--arrival", type=click.Choice(ARRIVAL_PROCESSES), help="Arrival process.")
 @click.option("--burstiness", type=click.FloatRange(min=0, min_open=True), metavar="B",
-              help="Gamma arrivals as vllm bench's --burstiness (implies --arrival gamma).")
-@click.option("--cv", type=click.FloatRange(min=0, min_open=True), help="Alias of --burstiness as the gaps' CV (1/sqrt(B)).")
+              help="Arrivals on vllm bench's --burstiness schedule (gamma shape B, rescaled to span N/rps).")
+@click.option("--cv", type=click.FloatRange(min=0, min_open=True), help="Gamma arrivals by the gaps' CV (shape 1/cv^2).")
 @load_options
 @click.option("--set", "sets", multiple=True, metavar="KEY=V1[,V2...]",
               help="A setting (repeatable); several comma-separated values make it an axis of the grid.")
