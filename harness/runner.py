@@ -24,7 +24,7 @@ from harness.policy.signals import ToolSignals
 from harness.signals import SignalStream
 from harness.tables import CALL_COLUMNS, SESSION_COLUMNS, conform, empty_frame, timeline_frame
 from harness.tools import ToolPool
-from workloads.model import Session
+from workloads.model import USER_TOOL, Session
 
 
 class ToolRunner(Protocol):
@@ -284,6 +284,13 @@ class AgentRun:
             tool = loop.call_finished(record.arrival_s, env.now, record.num_prompt_tokens, record.num_output_tokens)
             if tool is None:
                 break
+            if tool.name == USER_TOOL:  # a conversation's user thinking: time passes, no core is used
+                started = env.now
+                if tool.cpu_seconds > 0:
+                    yield env.timeout(tool.cpu_seconds)
+                loop.tool_finished(0.0, env.now - started)
+                engine.tool_ended(spec.session_id, tool.name, env.now - started)
+                continue
             done = yield self.tools.run((spec.session_id, spec.turn), tool.cpu_seconds, tool.cores, tool.command,
                                         spec.session_id, tool.name)
             loop.tool_finished(done.wait_s, done.finished_s - done.started_s)

@@ -153,3 +153,27 @@ def test_a_bad_row_is_one_line_naming_it_and_exit_2(run_cli, tmp_path: Path, fmt
     assert result.exit_code == 2
     assert needle in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "out.jsonl").exists()
+
+
+def test_aiperf_turn_delays_become_the_users_think_time(run_cli, tmp_path: Path) -> None:
+    multi, _ = _import(run_cli, tmp_path, "aiperf", "aiperf_multi_turn.jsonl", "--think-s", "1.5")
+    assert multi[0].turns[0].tool.name == "user" and multi[0].turns[0].tool.cpu_seconds == 2.0  # its delay: 2000 ms
+    assert [t.tool.cpu_seconds for t in multi[1].turns[:-1]] == [1.5, 1.5]  # no delay given: --think-s
+
+
+def test_think_time_passes_on_the_clock_and_takes_no_tool_core(run_cli, tmp_path: Path) -> None:
+    """Three conversations at once on one tool core: each waits out its own think time; none queues."""
+    sessions, _ = _import(run_cli, tmp_path, "sharegpt", "sharegpt.json", "--think-s", "4")
+    gaps = {s.id: 4.0 * (len(s.turns) - 1) for s in sessions}
+    result = run_cli("run", "-b", "vllm", "-w", str(tmp_path / "sharegpt.jsonl"), "--rps", "inf", "--tool-cores", "1",
+                     "--results-dir", str(tmp_path / "r"), "--json")
+    assert result.exit_code == 0, result.stdout
+    import pandas as pd
+
+    table = pd.read_parquet(Path(json.loads(result.stdout)["run_dir"]) / "sessions.parquet").set_index("session_id")
+    assert table["completed"].all()
+    for sid, gap in gaps.items():
+        assert table.loc[sid, "tool_s"] == pytest.approx(gap) and table.loc[sid, "tool_wait_s"] == 0
+        assert table.loc[sid, "finish_s"] - table.loc[sid, "arrival_s"] >= gap
+    # the two conversations with think time overlap: on one core they would have run one after the other
+    assert (table["finish_s"] - table["arrival_s"]).max() < sum(gaps.values())

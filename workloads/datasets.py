@@ -28,9 +28,11 @@ How a record becomes a session (assumptions):
   messages are dropped and consecutive messages of one role merged (as vLLM's converter does); a trailing
   user message without a reply is dropped. Where the format has no reply (AIPerf turns), `output_length`
   gives the output tokens, else `--output-tokens`.
-* **Between turns** a conversation's next user message follows the reply at once (zero think time): the
-  workload model's turns are separated by tool calls, so the gap is a `user` tool call of 0 CPU seconds.
-  AIPerf's per-turn `delay` is not replayed.
+* **Between turns** the user thinks: a `user` tool call (`workloads.model.USER_TOOL`) whose seconds the
+  runner waits on the clock, on no tool core. Its length is the turn's AIPerf `delay` where given (ms
+  before that turn), else `--think-s` (default 0: the next message follows the reply at once). This is
+  the user-centric pacing of AIPerf's multi-turn mode: a user's next turn waits for the reply, then
+  for the user.
 * **Token counts** come from the served model's tokenizer when given (`--tokenizer`), else the estimate
   of 4 characters per token (`workloads.tokens.CharEstimate`); traces (mooncake, burstgpt) carry counts.
 * **Shared prefix**: a conversation's system message (prefix id = format + hash of its text). For a
@@ -55,11 +57,10 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import BadInput
-from workloads.model import Session, ToolCall, Turn
+from workloads.model import USER_TOOL, Session, ToolCall, Turn
 from workloads.tokens import TokenCounter
 
 MOONCAKE_BLOCK_TOKENS = 512  # tokens per hash id in Mooncake traces
-USER_TOOL = "user"  # the zero-CPU gap between a reply and the conversation's next user message
 
 
 # ------------------------------------------------------------------------------------ records
@@ -69,6 +70,7 @@ class Exchange:
 
     user_tokens: int
     output_tokens: int
+    delay_s: float | None = None  # the user's think time before this turn, where the record gives it
 
 
 @dataclass
@@ -341,7 +343,9 @@ def read_aiperf(path: Path, counter: TokenCounter, output_tokens: int) -> list[R
             if objects[0].get("role") == _SYSTEM and len(objects) > 1:
                 system = _text(objects[0].get("text", objects[0].get("texts")), f"{where}: turns[0]", "text")
                 objects = objects[1:]
-            exchanges = [Exchange(*_aiperf_turn(t, f"{where}: turns[{k}]", counter, output_tokens))
+            exchanges = [Exchange(*_aiperf_turn(t, f"{where}: turns[{k}]", counter, output_tokens),
+                                  delay_s=None if k == 0 or t.get("delay") is None
+                                  else _number(t["delay"], f"{where}: turns[{k}]", "delay") / 1000)
                          for k, t in enumerate(objects)]
             time_s = _aiperf_time(objects[0], f"{where}: turns[0]", previous)
             rec = Record(str(data.get("session_id") or f"aiperf-{i:06d}"), where, exchanges, system_text=system,
@@ -382,17 +386,23 @@ def _system_prefix(fmt: str, text: str) -> str:
     return f"{fmt}/{hashlib.sha256(text.encode('utf-8')).hexdigest()[:12]}"
 
 
-def record_session(rec: Record, fmt: str, counter: TokenCounter) -> Session:
-    """A record as a session at arrival 0: turns separated by zero-CPU `user` gaps."""
+def record_session(rec: Record, fmt: str, counter: TokenCounter, think_s: float = 0.0) -> Session:
+    """A record as a session at arrival 0: turns separated by the user's think time (`user` gaps): the
+    record's own delay before the next turn, else `think_s`."""
     prefix_id, prefix_tokens = rec.prefix_id, rec.prefix_tokens
     if rec.system_text:
         prefix_id, prefix_tokens = _system_prefix(fmt, rec.system_text), counter.count(rec.system_text)
     last = len(rec.exchanges) - 1
     turns = tuple(Turn(new_tokens=e.user_tokens, output_tokens=max(1, e.output_tokens),
-                       tool=ToolCall(name=USER_TOOL, cpu_seconds=0.0) if k < last else None)
+                       tool=ToolCall(name=USER_TOOL, cpu_seconds=round(_think(rec.exchanges[k + 1], think_s), 6))
+                       if k < last else None)
                   for k, e in enumerate(rec.exchanges))
     return Session(id=rec.id, arrival_s=0.0, prefix_id=prefix_id if prefix_tokens else None,
                    prefix_tokens=prefix_tokens, turns=turns, kind=fmt)
+
+
+def _think(turn: Exchange, think_s: float) -> float:
+    return think_s if turn.delay_s is None else turn.delay_s
 
 
 def _unique(records: list[Record]) -> None:
@@ -405,7 +415,7 @@ def _unique(records: list[Record]) -> None:
 
 
 def import_dataset(path: str | Path, fmt: str, counter: TokenCounter, rps: float | None, default_rps: float,
-                   output_tokens: int = 256, skipped: list[str] | None = None) -> list[Session]:
+                   output_tokens: int = 256, skipped: list[str] | None = None, think_s: float = 0.0) -> list[Session]:
     """Sessions of a dataset file, in file order: a trace's timestamps (from 0) as arrivals, else (or with
     `rps`) one every 1/rps seconds."""
     if fmt not in FORMATS:
@@ -425,7 +435,7 @@ def import_dataset(path: str | Path, fmt: str, counter: TokenCounter, rps: float
     if not records:
         raise BadInput(f"{path}: no sessions to import")
     _unique(records)
-    sessions = [record_session(rec, fmt, counter) for rec in records]
+    sessions = [record_session(rec, fmt, counter, think_s) for rec in records]
     timed = [r.time_s for r in records if r.time_s is not None]
     if rps is None and len(timed) == len(records):
         start = min(timed)

@@ -18,6 +18,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from harness.errors import BadInput
 
 SCHEMA_VERSION = 1
+# A tool call of this name is a conversation's user, not a tool: the gap between a reply and the user's next
+# message. The runner waits its `cpu_seconds` on the run's clock (think time) and uses no tool core for it.
+USER_TOOL = "user"
 
 
 class _Strict(BaseModel):

@@ -220,13 +220,18 @@ def _dataset_command(fmt: str, description: str, example: str) -> None:
                        f"{swebench.DEFAULT_RPS:g}).")
     @click.option("--output-tokens", type=click.IntRange(min=1), default=256, show_default=True,
                   help="Output tokens of a turn whose record gives none (AIPerf text without output_length).")
+    @click.option("--think-s", type=click.FloatRange(min=0), default=0.0, show_default=True,
+                  help="Conversations: the user's think time between a reply and the next message, in seconds, "
+                       "where the record gives none (AIPerf turn delays are kept).")
     @output_option
-    def command(path: Path, tokenizer: Path | None, rps: float | None, output_tokens: int, output: Path) -> None:
+    def command(path: Path, tokenizer: Path | None, rps: float | None, output_tokens: int, think_s: float,
+                output: Path) -> None:
         from workloads import datasets  # noqa: PLC0415 (lazy: keep start-up fast)
 
         counter = load_tokenizer(tokenizer)
         skipped: list[str] = []
-        sessions = datasets.import_dataset(path, fmt, counter, rps, swebench.DEFAULT_RPS, output_tokens, skipped)
+        sessions = datasets.import_dataset(path, fmt, counter, rps, swebench.DEFAULT_RPS, output_tokens, skipped,
+                                           think_s)
         save_sessions(sessions, output)
         turns = sum(len(s.turns) for s in sessions)
         note = f"; left out {plural(len(skipped), 'failed request')} (0 response tokens)" if skipped else ""
