@@ -140,7 +140,7 @@ def test_an_imported_trace_runs_on_its_own_timestamps(run_cli, tmp_path: Path) -
      "b.csv:2: column 'Request tokens' must be a number, got 'ten'"),
     ("burstgpt", "b.csv", "time,tokens\n1,2\n", "not a BurstGPT CSV: missing column(s) Timestamp"),
     ("vllm-multiturn", "v.json", '[{"id": "a", "messages": [{"role": "user", "content": "q"}, {"role": "bot", "content": "a"}]}]',
-     "v.json[0].messages[1]: field 'role' must be user, assistant or system"),
+     "v.json[0].messages[1]: field 'role' must be one of user, assistant, system, got 'bot'"),
     ("aiperf", "a.jsonl", '{"text": "hi"}\n{"prompt": "hi"}\n', "a.jsonl:2: not an AIPerf record"),
     ("aiperf", "a.jsonl", '{"session_id": "s", "turns": [{"text": "hi", "output_length": 0}]}\n',
      "a.jsonl:1: turns[0]: field 'output_length' must be an integer >= 1"),

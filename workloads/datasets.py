@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import json
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -59,6 +58,7 @@ from typing import Any
 from harness.errors import BadInput
 from workloads.model import USER_TOOL, Session, ToolCall, Turn
 from workloads.tokens import TokenCounter
+from workloads.traces import read_json, read_jsonl
 
 MOONCAKE_BLOCK_TOKENS = 512  # tokens per hash id in Mooncake traces
 
@@ -124,37 +124,14 @@ def _text(value: Any, where: str, name: str) -> str:
     raise BadInput(f"{where}: field '{name}' must be a string, got {_kind_of(value)}")
 
 
-def _read_json(path: Path) -> Any:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise BadInput(f"{path}: cannot read ({getattr(e, 'strerror', None) or e})") from None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as e:
-        raise BadInput(f"{path}: invalid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
-
-
 def _jsonl(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
     """(file:line, object) for each non-blank line."""
-    try:
-        handle = path.open(encoding="utf-8")
-    except OSError as e:
-        raise BadInput(f"{path}: cannot read ({e.strerror})") from None
-    with handle:
-        for lineno, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                data = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise BadInput(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from None
-            yield where, _object(data, where, "a JSON object (one record per line)")
+    for _, where, data in read_jsonl(path, "a JSON object (one record per line)"):
+        yield where, data
 
 
 def _json_list(path: Path, what: str) -> list[Any]:
-    data = _read_json(path)
+    data = read_json(path, "dataset file")
     if not isinstance(data, list):
         raise BadInput(f"{path}: expected a JSON list of {what}, got a JSON {_kind_of(data)}")
     return data
@@ -186,46 +163,36 @@ def conversation(conv_id: str, where: str, messages: Sequence[tuple[str, str]], 
     return Record(conv_id, where, exchanges, system_text=system)
 
 
-def read_sharegpt(path: Path, counter: TokenCounter) -> list[Record]:
+def _read_conversations(path: Path, counter: TokenCounter, what: str, messages_key: str, role_key: str,
+                        text_key: str, roles: dict[str, str]) -> list[Record]:
+    """A JSON list of `{"id", messages_key: [{role_key, text_key}]}` conversations, roles mapped by `roles`."""
     out = []
-    for i, item in enumerate(_json_list(path, "ShareGPT conversations")):
+    for i, item in enumerate(_json_list(path, f"{what} conversations")):
         where = f"{path}[{i}]"
-        item = _object(item, where, "a ShareGPT conversation object")
+        item = _object(item, where, f"a {what} conversation object")
         conv_id = str(_field(item, "id", where))
-        turns = _field(item, "conversations", where)
-        if not isinstance(turns, list):
-            raise BadInput(f"{where}: field 'conversations' must be a list, got {_kind_of(turns)}")
+        items = _field(item, messages_key, where)
+        if not isinstance(items, list):
+            raise BadInput(f"{where}: field '{messages_key}' must be a list, got {_kind_of(items)}")
         messages = []
-        for k, turn in enumerate(turns):
-            loc = f"{where}.conversations[{k}]"
-            turn = _object(turn, loc, "a message object")
-            role = _SHAREGPT_ROLES.get(_field(turn, "from", loc))
+        for k, msg in enumerate(items):
+            loc = f"{where}.{messages_key}[{k}]"
+            msg = _object(msg, loc, "a message object")
+            role = roles.get(_field(msg, role_key, loc))
             if role is None:
-                raise BadInput(f"{loc}: field 'from' must be one of {', '.join(_SHAREGPT_ROLES)}, got {turn['from']!r}")
-            messages.append((role, _text(_field(turn, "value", loc), loc, "value")))
+                raise BadInput(f"{loc}: field '{role_key}' must be one of {', '.join(roles)}, got {msg[role_key]!r}")
+            messages.append((role, _text(_field(msg, text_key, loc), loc, text_key)))
         out.append(conversation(conv_id, where, messages, counter))
     return out
+
+
+def read_sharegpt(path: Path, counter: TokenCounter) -> list[Record]:
+    return _read_conversations(path, counter, "ShareGPT", "conversations", "from", "value", _SHAREGPT_ROLES)
 
 
 def read_vllm_multiturn(path: Path, counter: TokenCounter) -> list[Record]:
-    out = []
-    for i, item in enumerate(_json_list(path, "conversations")):
-        where = f"{path}[{i}]"
-        item = _object(item, where, "a conversation object")
-        conv_id = str(_field(item, "id", where))
-        msgs = _field(item, "messages", where)
-        if not isinstance(msgs, list):
-            raise BadInput(f"{where}: field 'messages' must be a list, got {_kind_of(msgs)}")
-        messages = []
-        for k, msg in enumerate(msgs):
-            loc = f"{where}.messages[{k}]"
-            msg = _object(msg, loc, "a message object")
-            role = _field(msg, "role", loc)
-            if role not in (_USER, _ASSISTANT, _SYSTEM):
-                raise BadInput(f"{loc}: field 'role' must be user, assistant or system, got {role!r}")
-            messages.append((role, _text(_field(msg, "content", loc), loc, "content")))
-        out.append(conversation(conv_id, where, messages, counter))
-    return out
+    roles = {_USER: _USER, _ASSISTANT: _ASSISTANT, _SYSTEM: _SYSTEM}
+    return _read_conversations(path, counter, "vLLM multi-turn", "messages", "role", "content", roles)
 
 
 # --------------------------------------------------------------------------------------- traces
