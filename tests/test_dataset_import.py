@@ -177,3 +177,13 @@ def test_think_time_passes_on_the_clock_and_takes_no_tool_core(run_cli, tmp_path
         assert table.loc[sid, "finish_s"] - table.loc[sid, "arrival_s"] >= gap
     # the two conversations with think time overlap: on one core they would have run one after the other
     assert (table["finish_s"] - table["arrival_s"]).max() < sum(gaps.values())
+
+
+def test_show_counts_think_time_apart_from_tool_load(run_cli, tmp_path: Path) -> None:
+    sessions, _ = _import(run_cli, tmp_path, "sharegpt", "sharegpt.json", "--think-s", "3")
+    result = run_cli("workloads", "show", str(tmp_path / "sharegpt.jsonl"), "--json")
+    assert result.exit_code == 0, result.stdout
+    info = json.loads(result.stdout)
+    assert info["tool_calls"] == 0 and info["tools"] == {}
+    assert info["distributions"]["user think seconds per gap"]["mean"] == 3.0
+    assert info["calls"] == sum(len(s.turns) for s in sessions)
