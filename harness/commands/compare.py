@@ -17,7 +17,7 @@ from harness.commands.run import hardware_options
 from harness.config import make_config
 from harness.engines.registry import ENGINES
 from harness.compare import COMPARED, ci_footer, comparison, markdown, run_grid, runs_frame, table_cells
-from harness.console import console, print_json, table
+from harness.console import console, plural, print_json, table
 from harness.errors import BadInput
 
 
@@ -88,6 +88,10 @@ def compare(backend_list: str, engine: str, workload: str, sessions: int | None,
     # mean ± CI cells are wide: piped output gets the table's natural width rather than cells wrapped in two
     console.print(shown, width=None if console.is_terminal else max(console.width, console.measure(shown).maximum))
     console.print(ci_footer(result))
+    if max_concurrency is not None or warmup_sessions:
+        controls = [f"at most {max_concurrency} sessions in flight" if max_concurrency is not None else "",
+                    f"{plural(warmup_sessions, 'warm-up session')} first, not measured" if warmup_sessions else ""]
+        console.print("load: " + "; ".join(c for c in controls if c))
     console.print(f"{len(configs)} runs in {elapsed:.1f} s; written to {out_dir}/ (comparison.csv, comparison.md, runs.csv)")
 
 

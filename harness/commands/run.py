@@ -14,7 +14,7 @@ from harness.backends import BACKENDS
 from harness.engines.registry import ENGINES
 from harness.commands.options import json_option, load_options, results_dir_option, workload_options
 from harness.config import make_config
-from harness.console import console, print_json, table
+from harness.console import console, plural, print_json, table
 from harness.engines.sim.cost_model import describe
 from harness.experiment import run_experiment
 from harness.metrics import summary_table_rows
@@ -124,7 +124,7 @@ def load_text(load: dict[str, Any]) -> str:
     """The load controls' line under a run's summary: what was warm-up, how far the concurrency cap bit."""
     parts = []
     if load.get("warmup_sessions"):
-        parts.append(f"{load['warmup_sessions']} warm-up sessions run first and not measured "
+        parts.append(f"{plural(load['warmup_sessions'], 'warm-up session')} run first and not measured "
                      f"(measured arrivals start at {load['warmup_end_s']:.1f} s)")
     if load.get("max_concurrency") is not None:
         parts.append(f"at most {load['max_concurrency']} sessions in flight (reached {load['max_sessions_in_flight']})")
