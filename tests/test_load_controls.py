@@ -175,3 +175,13 @@ def test_compare_and_sweep_take_the_load_controls(run_cli, tmp_path: Path) -> No
     assert manifest["max_concurrency"] == 2 and "inf" in manifest["rps"]
     configs = [json.loads(p.read_text())["config"] for p in (tmp_path / "sw").glob("*/run.json")]
     assert len(configs) == 2 and all(c["max_concurrency"] == 2 for c in configs)
+
+
+def test_the_load_line_says_what_shaped_the_run(run_cli, tmp_path: Path) -> None:
+    result = run_cli("run", "-b", "vllm", "-w", "swe-smoke", "--rps", "inf", "--max-concurrency", "3",
+                     "--warmup-sessions", "1", "--results-dir", str(tmp_path))
+    assert result.exit_code == 0, result.stdout
+    line = next(x for x in result.stdout.splitlines() if x.startswith("load:"))
+    assert "1 warm-up session run first and not measured" in line and "at most 3 sessions in flight (reached 3)" in line
+    plain = run_cli("run", "-b", "vllm", "-w", "swe-smoke", "--results-dir", str(tmp_path))
+    assert "load:" not in plain.stdout
