@@ -137,6 +137,8 @@ class AgentRun:
         self.max_in_flight = 0
         self.client_queue: deque[Session] = deque()  # arrived, held back by max_concurrency
         self.warmup_end_s = 0.0
+        self.warmed = self.env.event()  # fires when the warm-up has ended
+        self.warmup_calls = 0
         self.background = sorted(background, key=lambda s: (s.arrival_s, s.id))  # unmeasured GPU contention
         self.background_calls = 0
         self.admission = admission
@@ -233,13 +235,19 @@ class AgentRun:
         while len(running) < len(self.warmup) or not all(p.triggered for p in running):
             yield env.all_of(list(running))
         self.warmup_end_s = env.now
+        self.warmup_calls = self.background_calls  # background traffic waits for the warm-up: these are its calls
+        self.warmed.succeed()
         self.sink.event("warmup_done", env.now, sessions=len(self.warmup))
 
     def _background_arrivals(self) -> Any:
-        """Contention traffic: starts at arrival, bypasses admission, and is not measured."""
+        """Contention traffic: starts at arrival, bypasses admission, and is not measured; with a warm-up,
+        its clock starts with the measured sessions'."""
+        if self.warmup:
+            yield self.warmed
         for session in self.background:
-            if session.arrival_s > self.env.now:
-                yield self.env.timeout(session.arrival_s - self.env.now)
+            at = self.warmup_end_s + session.arrival_s
+            if at > self.env.now:
+                yield self.env.timeout(at - self.env.now)
             self.env.process(self._agent(AgentLoop(session, admitted_s=self.env.now), measured=False))
 
     def _ticks(self, interval: float) -> Any:
@@ -318,11 +326,12 @@ class AgentRun:
                 self.env.process(self._ticks(self.admission.interval_s))
             self.env.run()
             stats = {"sim_s": self.env.now, "wall_s": time.perf_counter() - wall, **self.engine.stats(),
-                     **self.tools.stats(), "background_calls": self.background_calls}
+                     **self.tools.stats(), "background_calls": self.background_calls - self.warmup_calls}
             if self.warmup or self.max_concurrency is not None:
                 stats["load_controls"] = {"max_concurrency": self.max_concurrency,
                                           "max_sessions_in_flight": self.max_in_flight,
-                                          "warmup_sessions": len(self.warmup), "warmup_end_s": self.warmup_end_s}
+                                          "warmup_sessions": len(self.warmup), "warmup_calls": self.warmup_calls,
+                                          "warmup_end_s": self.warmup_end_s}
         finally:
             self.tools.close()
             self.engine.close()

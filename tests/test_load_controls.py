@@ -185,3 +185,13 @@ def test_the_load_line_says_what_shaped_the_run(run_cli, tmp_path: Path) -> None
     assert "1 warm-up session run first and not measured" in line and "at most 3 sessions in flight (reached 3)" in line
     plain = run_cli("run", "-b", "vllm", "-w", "swe-smoke", "--results-dir", str(tmp_path))
     assert "load:" not in plain.stdout
+
+
+def test_background_chat_starts_with_the_measured_sessions_after_a_warmup(run_cli, tmp_path: Path) -> None:
+    warm, _ = _run(run_cli, tmp_path, "-b", "vllm", "-w", "swe-smoke", "--warmup-sessions", "2", "--chat-rps", "5")
+    plain, _ = _run(run_cli, tmp_path / "p", "-b", "vllm", "-w", "swe-smoke", "--chat-rps", "5")
+    summary = json.loads((Path(warm["run_dir"]) / "summary.json").read_text())
+    plain_summary = json.loads((Path(plain["run_dir"]) / "summary.json").read_text())
+    # the same background requests run in both: none is lost to the warm-up
+    assert summary["engine_stats"]["background_calls"] == plain_summary["engine_stats"]["background_calls"] > 0
+    assert summary["load_controls"]["warmup_calls"] > 0  # the warm-up's calls are counted apart
