@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+import math
+
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_serializer, field_validator, model_serializer,
+                      model_validator)
 
 from harness.backends import settings_sections
 from harness.engines.registry import ENGINES
@@ -56,6 +59,9 @@ class ToolLimits(BaseModel):
         return self.factor * cpu_seconds + self.floor_s
 
 
+LOAD_CONTROLS = ("burstiness", "max_concurrency", "warmup_sessions")
+
+
 class RunConfig(BaseModel):
     """One run. `--set key=value` reaches every field (e.g. `--set engine_args.max_num_seqs=128`).
 
@@ -81,9 +87,16 @@ class RunConfig(BaseModel):
         description="server-backed engines: a call not ended within this many seconds is a failed call")
     workload: str = "swe-smoke"
     sessions: int | None = Field(default=None, ge=1)
-    rps: float | None = Field(default=None, gt=0)
+    rps: float | None = Field(default=None, gt=0, description="session arrival rate; inf: all at t=0 (written \"inf\")")
     arrival: ArrivalProcess | None = None
-    cv: float | None = Field(default=None, gt=0)
+    cv: float | None = Field(default=None, gt=0, description="gamma arrivals: CV of the gaps (shape 1/cv^2), our schedule")
+    burstiness: float | None = Field(default=None, gt=0, description="gamma arrivals on vllm bench's schedule, its "
+                                                                     "--burstiness (inf: fixed gaps)")
+    max_concurrency: int | None = Field(
+        default=None, ge=1, description="client side: most sessions in flight (handed to the system, not finished); "
+                                        "a session arriving at the cap waits for one to end (vllm bench's --max-concurrency)")
+    warmup_sessions: int = Field(default=0, ge=0, description="sessions run before the measured ones and not measured "
+                                                              "(vllm bench's --num-warmups)")
     seed: int = 0
     workload_sets: tuple[str, ...] = ()
     gpu: str = "h100"
@@ -128,6 +141,23 @@ class RunConfig(BaseModel):
         if errors:
             raise ValidationError.from_exception_data(cls.__name__, errors)
         return data
+
+    @model_serializer(mode="wrap")
+    def _leave_out_unused_controls(self, handler: Any, info: Any) -> Any:
+        """The load controls are written only when used: the run.json of a run without them (and so a sweep's
+        config hash and a report's settings) is what it was before they existed."""
+        data = handler(self)
+        if info.mode != "json":
+            return data
+        for key in LOAD_CONTROLS:
+            if key in data and data[key] == type(self).model_fields[key].default:
+                del data[key]
+        return data
+
+    @field_serializer("rps", "burstiness", when_used="json")
+    def _inf_json(self, value: float | None) -> float | str | None:
+        """An infinite rate or burstiness is written "inf": run.json stays valid JSON (no Infinity)."""
+        return "inf" if value is not None and math.isinf(value) else value
 
     @field_validator("engine")
     @classmethod

@@ -24,6 +24,7 @@ from harness.real_tools import RealToolPool
 from harness.results import RunWriter, ending, make_run_id
 from harness.runner import AgentRun, Outcome, TimedTools, ToolRunner
 from harness.tools import ToolPool
+from workloads.model import Session
 from workloads.source import WorkloadRequest, resolve
 from workloads.synthetic import background_chat
 
@@ -73,6 +74,15 @@ def make_tools(config: RunConfig, env: Any, order: ToolOrder | None = None) -> T
     return TimedTools(env, ToolPool(config.tool_cores, config.tool_mode, stress_cores=config.cpu_stress, order=order))
 
 
+def warmup_sessions(sessions: list[Session], n: int) -> list[Session]:
+    """`n` warm-up sessions: copies of the workload's first sessions (cycled when it has fewer), renamed
+    `warmup-<i>-<id>` and arriving at 0. They keep their shared-prefix id, so a warm-up warms the shared
+    system prompt as a real one would, but not the measured sessions' own contexts."""
+    return [sessions[i % len(sessions)].model_copy(update={"id": f"warmup-{i}-{sessions[i % len(sessions)].id}",
+                                                           "arrival_s": 0.0})
+            for i in range(n)]
+
+
 def run_experiment(config: RunConfig, results_dir: Path, progress: Progress | None = None,
                    run_id: str | None = None) -> RunResult:
     """Run `config` and write `results_dir/<run_id>/` (a new time-stamped id unless given); bad input raises
@@ -82,8 +92,9 @@ def run_experiment(config: RunConfig, results_dir: Path, progress: Progress | No
     engine_entry = get_engine(config.engine)
     name, sessions = resolve(WorkloadRequest(
         source=config.workload, sessions=config.sessions, rps=config.rps, arrival=config.arrival, cv=config.cv,
-        seed=config.seed, sets=config.workload_sets,
+        burstiness=config.burstiness, seed=config.seed, sets=config.workload_sets,
     ))
+    warmup = warmup_sessions(sessions, config.warmup_sessions)
     engine_entry.check(config)  # bad settings or an unreachable server: one line, before anything is written
     # the isolated reference is the simulated testbed's; a real engine's needs its calibrated profile (see
     # `mars-bench calibrate`), so real runs report slowdown and goodput only with --profile
@@ -108,14 +119,15 @@ def run_experiment(config: RunConfig, results_dir: Path, progress: Progress | No
     with RunWriter(results_dir, run_id, meta_config, config.seed) as writer:
         background = background_chat(config.chat_rps, max(s.arrival_s for s in sessions), config.seed)
         sink = _CountingSink(writer, total, progress)
-        engine = engine_entry.build(BuildContext(config, policy, [*sessions, *background], writer.dir,
+        engine = engine_entry.build(BuildContext(config, policy, [*warmup, *sessions, *background], writer.dir,
                                                  results_dir / ".cache"))
         try:
             tools = make_tools(config, engine.env, backend.make_tool_order(config))
         except BaseException:
             engine.close()
             raise
-        run = AgentRun(engine, sessions, admission, tools, sink, background, config.timeline_interval_s)
+        run = AgentRun(engine, sessions, admission, tools, sink, background, config.timeline_interval_s,
+                       max_concurrency=config.max_concurrency, warmup=warmup)
         host = None if engine_entry.simulated else HostLoad().start()  # a real engine's timings can be noise
         try:
             outcome = run.run(isolated, bound)
@@ -126,6 +138,8 @@ def run_experiment(config: RunConfig, results_dir: Path, progress: Progress | No
         _stop_host(writer, host)
         summary = summarize(outcome.calls, outcome.sessions, alpha=config.alpha, goodput_slo=slo, end_s=outcome.end_s)
         payload = {**summary.model_dump(mode="json"), "engine_stats": outcome.stats}
+        if "load_controls" in outcome.stats:  # warm-up and concurrency cap, flagged beside the figures
+            payload["load_controls"] = outcome.stats["load_controls"]
         writer.finish(outcome.calls, outcome.sessions, payload, timeline=outcome.timeline)
     return RunResult(writer.dir, summary, outcome.stats)
 

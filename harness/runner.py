@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections import deque
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -23,7 +24,7 @@ from harness.policy.signals import ToolSignals
 from harness.signals import SignalStream
 from harness.tables import CALL_COLUMNS, SESSION_COLUMNS, conform, empty_frame, timeline_frame
 from harness.tools import ToolPool
-from workloads.model import Session
+from workloads.model import USER_TOOL, Session
 
 
 class ToolRunner(Protocol):
@@ -106,14 +107,38 @@ class _NullSink:
 
 
 class AgentRun:
-    """The simpy processes of arrivals, admission and agent loops around an engine, on its clock."""
+    """The simpy processes of arrivals, admission and agent loops around an engine, on its clock.
+
+    The harness is the client, and two load controls act on its side, before the system under test (its
+    admission controller included) sees a session, as `vllm bench serve` applies them:
+
+    * `max_concurrency` — at most this many sessions in flight (handed to the system and not finished); a
+      session arriving at the cap waits in the client queue and is handed over when one ends. Its JCT still
+      counts from its scheduled arrival (the client queue is part of what the user waits for); vllm bench
+      instead starts a request's e2el when the semaphore lets it go and reports the wait apart as
+      `client_queue_time`. Our per-call figures (ttft, e2el...) start when the call is handed to the engine,
+      as vllm's do; a session's `admitted_s - arrival_s` holds its client-queue and admission waits together.
+    * `warmup` — sessions run before the measured ones start (all handed over at once, under the same cap,
+      past the admission controller, with unmeasured calls), as vllm bench's `--num-warmups`. The measured
+      sessions' arrival times are shifted by the warm-up's length, so the tables' clock still starts with
+      the run.
+    """
 
     def __init__(self, engine: Engine, sessions: Sequence[Session], admission: AdmissionController,
                  tools: ToolRunner, sink: Sink | None = None, background: Sequence[Session] = (),
-                 timeline_interval_s: float = 1.0) -> None:
+                 timeline_interval_s: float = 1.0, max_concurrency: int | None = None,
+                 warmup: Sequence[Session] = ()) -> None:
         self.engine = engine
         self.env = engine.env
         self.sessions = sorted(sessions, key=lambda s: (s.arrival_s, s.id))
+        self.warmup = list(warmup)
+        self.max_concurrency = max_concurrency
+        self.in_flight = 0  # handed to the system (backlog or admitted, warm-ups too), not finished
+        self.max_in_flight = 0
+        self.client_queue: deque[Session] = deque()  # arrived, held back by max_concurrency
+        self.warmup_end_s = 0.0
+        self.warmed = self.env.event()  # fires when the warm-up has ended
+        self.warmup_calls = 0
         self.background = sorted(background, key=lambda s: (s.arrival_s, s.id))  # unmeasured GPU contention
         self.background_calls = 0
         self.admission = admission
@@ -155,22 +180,76 @@ class AgentRun:
 
     # ----------------------------------------------------------------------------- processes
     def _arrivals(self) -> Any:
+        if self.warmup:
+            yield from self._warmup()
+        start = self.warmup_end_s
         for session in self.sessions:
+            if start:
+                session = session.with_arrival(round(start + session.arrival_s, 6))
             if session.arrival_s > self.env.now:
                 yield self.env.timeout(session.arrival_s - self.env.now)
-            self.arrived += 1
-            self.backlog.append(session)
-            self.admission.on_arrival(session, self.env.now)
             self.sink.event("session_arrived", self.env.now, session_id=session.id, num_turns=len(session.turns))
-            if self.arrived == len(self.sessions):
-                self.admission.on_arrivals_done(self.env.now)
-            self._admit()
+            if self._at_cap():
+                self.client_queue.append(session)
+            else:
+                self._hand_over(session)
+
+    def _at_cap(self) -> bool:
+        return self.max_concurrency is not None and self.in_flight >= self.max_concurrency
+
+    def _hand_over(self, session: Session) -> None:
+        """The session reaches the system under test: its backlog and admission controller."""
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        self.arrived += 1
+        self.backlog.append(session)
+        self.admission.on_arrival(session, self.env.now)
+        if self.env.now > session.arrival_s:
+            self.sink.event("session_sent", self.env.now, session_id=session.id)  # after waiting in the client queue
+        if self.arrived == len(self.sessions):
+            self.admission.on_arrivals_done(self.env.now)
+        self._admit()
+
+    def _released(self) -> None:
+        """A session in flight ended: the first one the client holds back goes."""
+        self.in_flight -= 1
+        if self.client_queue and not self._at_cap():
+            self._hand_over(self.client_queue.popleft())
+
+    def _warmup(self) -> Any:
+        """Run the warm-up sessions to their end, under the concurrency cap; nothing of them is measured."""
+        env, waiting, running = self.env, deque(self.warmup), []
+
+        def one(session: Session) -> Any:
+            yield env.process(self._agent(AgentLoop(session, admitted_s=env.now), measured=False))
+            self.in_flight -= 1
+            if waiting:
+                start(waiting.popleft())
+
+        def start(session: Session) -> None:
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+            running.append(env.process(one(session)))
+
+        self.sink.event("warmup_started", env.now, sessions=len(self.warmup))
+        while waiting and not self._at_cap():
+            start(waiting.popleft())
+        while len(running) < len(self.warmup) or not all(p.triggered for p in running):
+            yield env.all_of(list(running))
+        self.warmup_end_s = env.now
+        self.warmup_calls = self.background_calls  # background traffic waits for the warm-up: these are its calls
+        self.warmed.succeed()
+        self.sink.event("warmup_done", env.now, sessions=len(self.warmup))
 
     def _background_arrivals(self) -> Any:
-        """Contention traffic: starts at arrival, bypasses admission, and is not measured."""
+        """Contention traffic: starts at arrival, bypasses admission, and is not measured; with a warm-up,
+        its clock starts with the measured sessions'."""
+        if self.warmup:
+            yield self.warmed
         for session in self.background:
-            if session.arrival_s > self.env.now:
-                yield self.env.timeout(session.arrival_s - self.env.now)
+            at = self.warmup_end_s + session.arrival_s
+            if at > self.env.now:
+                yield self.env.timeout(at - self.env.now)
             self.env.process(self._agent(AgentLoop(session, admitted_s=self.env.now), measured=False))
 
     def _ticks(self, interval: float) -> Any:
@@ -220,6 +299,13 @@ class AgentRun:
             tool = loop.call_finished(record.arrival_s, env.now, record.num_prompt_tokens, record.num_output_tokens)
             if tool is None:
                 break
+            if tool.name == USER_TOOL:  # a conversation's user thinking: time passes, no core is used
+                started = env.now
+                if tool.cpu_seconds > 0:
+                    yield env.timeout(tool.cpu_seconds)
+                loop.tool_finished(0.0, env.now - started)
+                engine.tool_ended(spec.session_id, tool.name, env.now - started)
+                continue
             done = yield self.tools.run((spec.session_id, spec.turn), tool.cpu_seconds, tool.cores, tool.command,
                                         spec.session_id, tool.name)
             if done.failed is not None and measured:  # the agent sees the error and goes on, as agent frameworks do
@@ -233,6 +319,7 @@ class AgentRun:
         self.admission.on_session_end(loop.session, env.now)
         if loop.done:
             self.sink.session(env.now, loop.row())
+        self._released()
         self._admit()
 
     # ----------------------------------------------------------------------------- run
@@ -249,8 +336,14 @@ class AgentRun:
             if self.admission.interval_s:
                 self.env.process(self._ticks(self.admission.interval_s))
             self.env.run()
-            self.stats = {**self._clock(), **self.engine.stats(), **self.tools.stats(),
-                          "background_calls": self.background_calls}
+            stats = {**self._clock(), **self.engine.stats(), **self.tools.stats(),
+                     "background_calls": self.background_calls - self.warmup_calls}
+            if self.warmup or self.max_concurrency is not None:
+                stats["load_controls"] = {"max_concurrency": self.max_concurrency,
+                                          "max_sessions_in_flight": self.max_in_flight,
+                                          "warmup_sessions": len(self.warmup), "warmup_calls": self.warmup_calls,
+                                          "warmup_end_s": self.warmup_end_s}
+            self.stats = stats
         finally:
             self.tools.close()
             self.engine.close()
@@ -268,7 +361,8 @@ class AgentRun:
         session_rows = [self.loops[s.id].row(isolated.get(s.id, math.nan), floor.get(s.id, math.nan),
                                              pool.get(s.id, math.nan))
                         if s.id in self.loops
-                        else _never_admitted(s) for s in self.sessions]
+                        else _never_admitted(s.with_arrival(round(self.warmup_end_s + s.arrival_s, 6))
+                                             if self.warmup_end_s else s) for s in self.sessions]
         calls = conform(pd.DataFrame(self.call_rows, columns=list(CALL_COLUMNS)), CALL_COLUMNS) \
             if self.call_rows else empty_frame(CALL_COLUMNS)
         stats = self.stats or {**self._clock(), "background_calls": self.background_calls}

@@ -16,6 +16,7 @@ import contextlib
 import fcntl
 import hashlib
 import itertools
+import math
 import json
 import os
 import shutil
@@ -116,7 +117,7 @@ def grid_points(make: Callable[[dict[str, Any], list[str]], RunConfig], backends
         workload = Path(config.workload).stem
         name = [backend, workload, *(["rps" + _slug(r)] if r is not None else []), f"s{seed}",
                 *[_slug(value) for value in picked], config_hash(config)]
-        axis_values = {"backend": backend, "rps": r, "seed": seed,
+        axis_values = {"backend": backend, "rps": "inf" if r is not None and math.isinf(r) else r, "seed": seed,
                        **{key: value for (key, _), value in zip(axes, picked, strict=True)}}
         points.append(GridPoint(config, axis_values, "-".join(name)))
     seen: dict[str, GridPoint] = {}

@@ -18,6 +18,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from harness.errors import BadInput
 
 SCHEMA_VERSION = 1
+# A tool call of this name is a conversation's user, not a tool: the gap between a reply and the user's next
+# message. The runner waits its `cpu_seconds` on the run's clock (think time) and uses no tool core for it.
+USER_TOOL = "user"
 
 
 class _Strict(BaseModel):
@@ -183,6 +186,7 @@ def dump_session(session: Session) -> str:
 def save_sessions(sessions: Iterable[Session], path: str | Path) -> None:
     """Write atomically: a reader never sees a half-written workload file."""
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     with tmp.open("w", encoding="utf-8") as f:
         for s in sessions:

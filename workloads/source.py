@@ -10,7 +10,7 @@ import numpy as np
 
 from harness.errors import BadInput
 from workloads.overrides import parse_assignment
-from workloads.arrivals import ArrivalProcess, arrival_times
+from workloads.arrivals import ArrivalProcess, arrival_times, burstiness_of
 from workloads.model import Session, load_sessions
 from workloads.swebench import DATA_PRESETS, DEFAULT_RPS, preset_sessions
 from workloads.synthetic import PRESETS, WorkloadSpec, customize, generate, get_preset
@@ -25,6 +25,7 @@ class WorkloadRequest:
     rps: float | None = None
     arrival: ArrivalProcess | None = None
     cv: float | None = None
+    burstiness: float | None = None
     seed: int | None = None
     sets: tuple[str, ...] = ()
 
@@ -34,14 +35,29 @@ def is_file_source(source: str) -> bool:
         Path(source).exists() or source.endswith((".jsonl", ".json")))
 
 
+def arrival_of(req: WorkloadRequest) -> ArrivalProcess | None:
+    """The arrival process asked for: `--burstiness` (or `--cv`) alone means gamma, as in vllm bench."""
+    if req.burstiness is None and req.cv is None:
+        return req.arrival
+    burstiness_of(req.cv, req.burstiness)  # not both
+    if req.arrival not in (None, "gamma"):
+        flag = "--burstiness" if req.burstiness is not None else "--cv"
+        raise BadInput(f"{flag} shapes gamma arrivals; it does not apply to --arrival {req.arrival}")
+    return "gamma"
+
+
 def _retime(sessions: list[Session], req: WorkloadRequest) -> list[Session]:
-    """A file's sessions keep their own arrival times unless a rate or process is given."""
-    if req.rps is None and req.arrival in (None, "trace"):
+    """A file's sessions keep their own arrival times (`--arrival trace`) unless a rate or process is given."""
+    arrival = arrival_of(req)
+    if req.rps is None and arrival in (None, "trace"):
         return sessions
+    if arrival == "trace":
+        raise BadInput("--arrival trace replays the workload file's own arrival times; drop --rps")
     if req.rps is None:
         raise BadInput("--arrival for a workload file needs --rps")
     rng = np.random.default_rng([req.seed or 0, 1 << 31])
-    times = arrival_times(req.arrival or "fixed", len(sessions), req.rps, rng, cv=req.cv or 1.0)
+    times = arrival_times(arrival or "fixed", len(sessions), req.rps, rng, cv=req.cv or 1.0,
+                          burstiness=req.burstiness)
     return [s.with_arrival(round(float(t), 6)) for s, t in zip(sessions, times)]
 
 
@@ -49,8 +65,8 @@ def preset_spec(req: WorkloadRequest) -> WorkloadSpec:
     """The preset named by `req.source` with the request's flags and `--set` overrides applied."""
     assignments = [
         f"{key}={value}"
-        for key, value in (("sessions", req.sessions), ("rps", req.rps), ("arrival", req.arrival),
-                           ("cv", req.cv), ("seed", req.seed))
+        for key, value in (("sessions", req.sessions), ("rps", req.rps), ("arrival", arrival_of(req)),
+                           ("cv", req.cv), ("burstiness", req.burstiness), ("seed", req.seed))
         if value is not None
     ]
     return customize(get_preset(req.source), [*assignments, *req.sets])

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from workloads.model import Session
+from workloads.model import USER_TOOL, Session
 
 
 def _stats(values: Sequence[float]) -> dict[str, float]:
@@ -27,10 +27,12 @@ def _stats(values: Sequence[float]) -> dict[str, float]:
 def describe(sessions: Sequence[Session]) -> dict[str, Any]:
     """Counts and mean/p50/p95/max of the quantities that load a serving system."""
     calls = [(s, k) for s in sessions for k in range(len(s.turns))]
-    tools = [t.tool for s in sessions for t in s.turns if t.tool is not None]
+    tools = [t.tool for s in sessions for t in s.turns if t.tool is not None and t.tool.name != USER_TOOL]
     arrivals = [s.arrival_s for s in sessions]
     span = max(arrivals) - min(arrivals) if sessions else 0.0
-    core_seconds = [sum(t.tool.cpu_seconds * t.tool.cores for t in s.turns if t.tool) for s in sessions]
+    core_seconds = [sum(t.tool.cpu_seconds * t.tool.cores for t in s.turns if t.tool and t.tool.name != USER_TOOL)
+                    for s in sessions]
+    think = [t.tool.cpu_seconds for s in sessions for t in s.turns if t.tool is not None and t.tool.name == USER_TOOL]
     rate = (len(sessions) - 1) / span if span > 0 else None
     distributions = {
         "turns per session": _stats([len(s.turns) for s in sessions]),
@@ -41,6 +43,8 @@ def describe(sessions: Sequence[Session]) -> dict[str, Any]:
         "final context tokens": _stats([s.prompt_tokens(len(s.turns) - 1) + s.turns[-1].output_tokens for s in sessions]),
         "tool seconds per call": _stats([t.cpu_seconds for t in tools]),
         "tool core-seconds per session": _stats(core_seconds),
+        # conversations: the users' think time between turns (no tool core; workloads.model.USER_TOOL)
+        **({"user think seconds per gap": _stats(think)} if think else {}),
     }
     return {
         "sessions": len(sessions),

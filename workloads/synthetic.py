@@ -111,6 +111,8 @@ class WorkloadSpec(_Spec):
     rps: float = Field(gt=0, description="mean session arrival rate, sessions per second")
     arrival: ArrivalProcess = "fixed"
     cv: float = Field(default=1.0, gt=0, description="coefficient of variation of gamma gaps")
+    burstiness: float | None = Field(default=None, gt=0, description="gamma arrivals on vllm bench's schedule with "
+                                                                     "this --burstiness (see workloads.arrivals)")
     timestamps: list[float] | None = Field(default=None, description="arrival times for 'trace'")
     seed: int = 0
     mix: dict[str, SessionSpec] = Field(min_length=1)
@@ -373,6 +375,7 @@ def generate(spec: WorkloadSpec) -> Iterator[Session]:
         np.random.default_rng([spec.seed, _ARRIVAL_STREAM]),
         cv=spec.cv,
         timestamps=spec.timestamps,
+        burstiness=spec.burstiness,
     )
     for i in range(spec.sessions):
         yield _session(spec, i, prefixes).with_arrival(round(float(times[i]), 6))

@@ -128,11 +128,11 @@ def _kind_of(value: Any) -> str:
     return {dict: "object", list: "list", str: "string"}.get(type(value), type(value).__name__)
 
 
-def read_json(path: Path) -> Any:
+def read_json(path: Path, what: str = "trajectory file") -> Any:
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
-        raise BadInput(f"{path}: cannot read trajectory file ({getattr(e, 'strerror', None) or e})") from None
+        raise BadInput(f"{path}: cannot read {what} ({getattr(e, 'strerror', None) or e})") from None
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
@@ -392,21 +392,30 @@ def _event_files(directory: Path) -> list[Path]:
                   key=lambda p: int(p.stem))
 
 
+def read_jsonl(path: Path, what: str) -> Iterator[tuple[int, str, dict[str, Any]]]:
+    """(line number, `file:line`, object) for each non-blank line of a JSONL file of `what` objects."""
+    try:
+        handle = path.open(encoding="utf-8")
+    except OSError as e:
+        raise BadInput(f"{path}: cannot read ({e.strerror})") from None
+    with handle:
+        for lineno, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise BadInput(f"{where}: invalid or truncated JSON ({e.msg} at column {e.colno})") from None
+            yield lineno, where, _object(record, where, what)
+
+
 def _openhands_file(path: Path) -> list[Recorded]:
     if path.suffix == ".jsonl":
         runs = []
-        with path.open(encoding="utf-8") as f:
-            for lineno, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                where = f"{path}:{lineno}"
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise BadInput(f"{where}: invalid or truncated JSON ({e.msg} at column {e.colno})") from None
-                record = _object(record, where, "an evaluation record with 'history'")
-                run_id = str(record.get("instance_id") or f"{path.stem}-{lineno}")
-                runs.append(parse_openhands(_openhands_history(record, where), where, run_id))
+        for lineno, where, record in read_jsonl(path, "an evaluation record with 'history'"):
+            run_id = str(record.get("instance_id") or f"{path.stem}-{lineno}")
+            runs.append(parse_openhands(_openhands_history(record, where), where, run_id))
         return runs
     data = read_json(path)
     run_id = str(data.get("instance_id") or path.stem) if isinstance(data, dict) else path.stem

@@ -11,12 +11,12 @@ import pandas as pd
 
 from harness.backends import get_backend
 from harness.commands.options import (DEFAULT_SEEDS, json_option, parse_list, parse_seeds, results_dir_option,
-                                      seeds_option, workload_options)
+                                      load_options, seeds_option, workload_options)
 from harness.commands.run import hardware_options
 from harness.config import make_config
 from harness.engines.registry import ENGINES
 from harness.compare import COMPARED, ci_footer, comparison, markdown, run_grid, runs_frame, table_cells
-from harness.console import ProgressReport, console, print_json, print_table, table
+from harness.console import ProgressReport, console, plural, print_json, print_table, table
 from harness.errors import BadInput
 
 
@@ -25,6 +25,7 @@ from harness.errors import BadInput
               help="Comma-separated backends (see `mars-bench backends`).")
 @click.option("--engine", type=click.Choice(list(ENGINES)), default="sim", show_default=True)
 @workload_options(default="swe-smoke", seed=False)
+@load_options
 @seeds_option(DEFAULT_SEEDS)
 @hardware_options
 @click.option("--tool-cores", type=click.IntRange(min=1), default=8, show_default=True)
@@ -36,7 +37,8 @@ from harness.errors import BadInput
 @results_dir_option
 @json_option
 def compare(backend_list: str, engine: str, workload: str, sessions: int | None, rps: float | None,
-            arrival: str | None, cv: float | None, sets: tuple[str, ...], seeds: str, gpu: str,
+            arrival: str | None, burstiness: float | None, cv: float | None, sets: tuple[str, ...],
+            max_concurrency: int | None, warmup_sessions: int, seeds: str, gpu: str,
             model: str, tp: int, profile: str | None, tool_cores: int, tool_mode: str, reference: str | None,
             jobs: int, out_dir: Path | None, results_dir: Path, as_json: bool) -> None:
     """Run several backends on the identical workload and seeds and compare them: each figure as the mean
@@ -55,7 +57,7 @@ def compare(backend_list: str, engine: str, workload: str, sessions: int | None,
         raise BadInput(f"--reference {reference!r} is not one of --backends ({', '.join(names)})")
     configs = [
         make_config(sets, backend=name, engine=engine, workload=workload, sessions=sessions, rps=rps, arrival=arrival,
-                    cv=cv, seed=s, gpu=gpu, model=model, tp=tp, profile=profile, tool_cores=tool_cores,
+                    cv=cv, burstiness=burstiness, max_concurrency=max_concurrency, warmup_sessions=warmup_sessions, seed=s, gpu=gpu, model=model, tp=tp, profile=profile, tool_cores=tool_cores,
                     tool_mode=tool_mode)
         for name in names for s in seed_list
     ]
@@ -84,6 +86,10 @@ def compare(backend_list: str, engine: str, workload: str, sessions: int | None,
     shown = table(f"{workload}: {len(seed_list)} seed(s), reference {reference}", columns, body)
     print_table(shown)  # mean ± CI cells are wide: piped output gets the table's natural width
     console.print(ci_footer(result))
+    if max_concurrency is not None or warmup_sessions:
+        controls = [f"at most {max_concurrency} sessions in flight" if max_concurrency is not None else "",
+                    f"{plural(warmup_sessions, 'warm-up session')} first, not measured" if warmup_sessions else ""]
+        console.print("load: " + "; ".join(c for c in controls if c))
     console.print(f"{len(configs)} runs in {elapsed:.1f} s; written to {out_dir}/ (comparison.csv, comparison.md, runs.csv)")
 
 

@@ -32,16 +32,54 @@ def seeds_option(default: str = str(DEFAULT_SEED)) -> Callable[[F], F]:
                         help="Seeds, comma-separated and/or ranges (1,2,3 or 0-4): one run per backend and seed.")
 
 
+class Rate(click.ParamType):
+    """An arrival rate: a positive number, or `inf` (every session at t=0, as vllm bench's --request-rate inf)."""
+
+    name = "RATE"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        if isinstance(value, float):
+            return value
+        try:
+            rate = float(value)
+        except ValueError:
+            self.fail(f"{value!r} is neither a positive number nor inf", param, ctx)
+        if not rate > 0:  # also refuses nan
+            self.fail(f"{value!r} must be > 0 (or inf)", param, ctx)
+        return rate
+
+
+RATE = Rate()
+
+
+def load_options(func: F) -> F:
+    """--max-concurrency/--warmup-sessions: how the harness, as the client, drives the system (vllm bench's
+    --max-concurrency and --num-warmups)."""
+    for option in reversed([
+        click.option("--max-concurrency", type=click.IntRange(min=1), metavar="N",
+                     help="Most sessions in flight at once; an arriving session waits for one to end "
+                          "(its JCT still counts from its arrival)."),
+        click.option("--warmup-sessions", type=click.IntRange(min=0), default=0, show_default=True, metavar="N",
+                     help="Sessions run before the measured ones (copies of the first N), not measured."),
+    ]):
+        func = option(func)
+    return func
+
+
 def workload_options(default: str | None = "swe-smoke", seed: bool = True) -> Callable[[F], F]:
-    """--workload/--sessions/--rps/--arrival/--cv/--seed/--set. `default` None makes the source an argument;
+    """--workload/--sessions/--rps/--arrival/--burstiness/--cv/--seed/--set. `default` None makes the source an argument;
     `seed` False leaves out --seed (for commands that take --seeds)."""
 
     def decorate(func: F) -> F:
         options = [
             click.option("--sessions", type=click.IntRange(min=1), help="Number of sessions (default: the preset's)."),
-            click.option("--rps", type=click.FloatRange(min=0, min_open=True), help="Session arrival rate per second."),
+            click.option("--rps", type=RATE, help="Session arrival rate per second; inf: all at t=0."),
             click.option("--arrival", type=click.Choice(ARRIVAL_PROCESSES), help="Arrival process."),
-            click.option("--cv", type=click.FloatRange(min=0, min_open=True), help="Burstiness of gamma arrivals (CV of gaps)."),
+            click.option("--burstiness", type=click.FloatRange(min=0, min_open=True), metavar="B",
+                         help="Arrivals as vllm bench's --request-rate/--burstiness make them: gamma gaps of shape "
+                              "B (CV 1/sqrt(B); 1 = Poisson, inf = fixed), rescaled to span N/rps."),
+            click.option("--cv", type=click.FloatRange(min=0, min_open=True),
+                         help="Gamma arrivals by the gaps' CV (shape 1/cv^2), first at t=0, not rescaled."),
             *([seed_option] if seed else []),
             click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override any preset parameter (repeatable)."),
         ]
@@ -58,8 +96,10 @@ def workload_options(default: str | None = "swe-smoke", seed: bool = True) -> Ca
 
 
 def workload_request(workload: str, sessions: int | None, rps: float | None, arrival: str | None,
-                     cv: float | None, seed: int | None, sets: tuple[str, ...]) -> WorkloadRequest:
-    return WorkloadRequest(source=workload, sessions=sessions, rps=rps, arrival=arrival, cv=cv, seed=seed, sets=tuple(sets))
+                     cv: float | None, seed: int | None, sets: tuple[str, ...],
+                     burstiness: float | None = None) -> WorkloadRequest:
+    return WorkloadRequest(source=workload, sessions=sessions, rps=rps, arrival=arrival, cv=cv, burstiness=burstiness,
+                           seed=seed, sets=tuple(sets))
 
 
 def parse_list(text: str, name: str, cast: type = str) -> list:

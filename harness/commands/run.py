@@ -12,9 +12,9 @@ from click.core import ParameterSource
 
 from harness.backends import BACKENDS
 from harness.engines.registry import ENGINES
-from harness.commands.options import json_option, results_dir_option, workload_options
+from harness.commands.options import json_option, load_options, results_dir_option, workload_options
 from harness.config import make_config
-from harness.console import ProgressReport, console, print_json, table
+from harness.console import ProgressReport, console, plural, print_json, table
 from harness.engines.sim.cost_model import describe
 from harness.experiment import run_experiment
 from harness.results import load_run
@@ -48,6 +48,7 @@ def _finite(value: float) -> float:
 @click.option("--vllm-mode", type=click.Choice(["in-process", "server"]), default="in-process", show_default=True,
               help="--engine vllm: the engine in this process, or vLLM's OpenAI server launched for the run.")
 @workload_options(default="swe-smoke")
+@load_options
 @hardware_options
 @click.option("--tool-cores", type=click.IntRange(min=1), default=8, show_default=True, help="CPU cores for tools.")
 @click.option("--tool-mode", type=click.Choice(["queue", "timeshare"]), default="queue", show_default=True,
@@ -83,7 +84,7 @@ def _finite(value: float) -> float:
 @results_dir_option
 @json_option
 def run(backend: str, engine: str, vllm_mode: str, workload: str, sessions: int | None, rps: float | None, arrival: str | None,
-        cv: float | None, seed: int, sets: tuple[str, ...], gpu: str, model: str, tp: int, profile: str | None,
+        burstiness: float | None, cv: float | None, seed: int, max_concurrency: int | None, warmup_sessions: int, sets: tuple[str, ...], gpu: str, model: str, tp: int, profile: str | None,
         tool_cores: int, tool_mode: str, base_url: str | None, api_key_env: str | None, tokenizer: str | None, request_timeout: float, tools: str, allow_commands: bool, tool_limit_factor: float, tool_limit_floor: float, tool_memory_gib: float, cpu_stress: int, gpu_share: float, kv_offload_gib: float, chat_rps: float, goodput: tuple[str, ...], alpha: float,
         results_dir: Path, as_json: bool) -> None:
     """Run one backend on one workload; write results/<run_id>/ and print the summary.
@@ -95,6 +96,8 @@ def run(backend: str, engine: str, vllm_mode: str, workload: str, sessions: int 
     Examples:
       mars-bench run --backend vllm --workload swe-smoke
       mars-bench run --backend vllm --workload paper --rps 0.2 --seed 1
+      mars-bench run -b vllm -w swe-smoke --rps inf --max-concurrency 4 --warmup-sessions 2
+      mars-bench run -b mars -w paper --sessions 100 --rps 0.2 --burstiness 0.5
       mars-bench run -b vllm -w swe --sessions 50 --gpu h200 --tool-cores 16 --tool-mode timeshare
       mars-bench run -b vllm -w swe-smoke --set engine_args.num_gpu_blocks=1000 --json
       mars-bench run --engine http --base-url http://127.0.0.1:8000 -b mars-admission -w tiny
@@ -106,7 +109,7 @@ def run(backend: str, engine: str, vllm_mode: str, workload: str, sessions: int 
         served_model, model = model, None  # on a server, --model names the served model
     config = make_config(
         sets, backend=backend, engine=engine, vllm_mode=vllm_mode, workload=workload, sessions=sessions, rps=rps, arrival=arrival, cv=cv,
-        seed=seed, gpu=gpu, model=model, tp=tp, profile=profile, tool_cores=tool_cores, tool_mode=tool_mode,
+        burstiness=burstiness, max_concurrency=max_concurrency, warmup_sessions=warmup_sessions, seed=seed, gpu=gpu, model=model, tp=tp, profile=profile, tool_cores=tool_cores, tool_mode=tool_mode,
         base_url=base_url, api_key_env=api_key_env, served_model=served_model, tokenizer=tokenizer,
         request_timeout=request_timeout, tools=tools, allow_commands=allow_commands, cpu_stress=cpu_stress,
         tool_limits={"factor": tool_limit_factor, "floor_s": tool_limit_floor, "memory_gib": tool_memory_gib}, gpu_share=gpu_share, chat_rps=chat_rps, goodput=goodput, alpha=alpha,
@@ -123,8 +126,10 @@ def run(backend: str, engine: str, vllm_mode: str, workload: str, sessions: int 
     if record.noisy:
         click.echo(f"mars-bench: warning: the host was oversubscribed during this run ({record.host_load()}): "
                    f"it is marked noisy and `report` does not rank it", err=True)
+    load = result.stats.get("load_controls")
     if as_json:
-        print_json({"run_dir": str(result.dir), "config": config.model_dump(mode="json"), **summary})
+        print_json({"run_dir": str(result.dir), "config": config.model_dump(mode="json"), **summary,
+                    **({"load_controls": load} if load else {})})
         return
     click.echo(f"{config.backend} on {config.engine}: {workload}")
     click.echo("\n".join(result_lines(summary, failed_calls=int(summary.get("failed_calls") or 0))))
@@ -132,6 +137,8 @@ def run(backend: str, engine: str, vllm_mode: str, workload: str, sessions: int 
         from harness.commands.results import tool_failures  # noqa: PLC0415
 
         console.print(f"tool calls failed: {tool_failures(result.stats)}")
+    if load:
+        console.print(load_text(load))
     ran = "simulated" if config.engine == "sim" else f"ran on {config.engine}:"
     console.print(f"results: {result.dir}  ({ran} {result.stats['sim_s']:.0f} s in {result.stats['wall_s']:.1f} s)")
 
@@ -207,6 +214,17 @@ def result_lines(summary: Mapping[str, Any], failed_calls: int = 0) -> list[str]
         "=" * _WIDTH,
     ]
     return lines
+
+
+def load_text(load: dict[str, Any]) -> str:
+    """The load controls' line under a run's summary: what was warm-up, how far the concurrency cap bit."""
+    parts = []
+    if load.get("warmup_sessions"):
+        parts.append(f"{plural(load['warmup_sessions'], 'warm-up session')} run first and not measured "
+                     f"(measured arrivals start at {load['warmup_end_s']:.1f} s)")
+    if load.get("max_concurrency") is not None:
+        parts.append(f"at most {load['max_concurrency']} sessions in flight (reached {load['max_sessions_in_flight']})")
+    return "load: " + "; ".join(parts)
 
 
 @click.command()

@@ -12,7 +12,8 @@ import click
 import pandas as pd
 
 from harness.backends import get_backend
-from harness.commands.options import json_option, parse_list, parse_seeds, results_dir_option, seeds_option
+from harness.commands.options import (json_option, load_options, parse_list, parse_seeds, results_dir_option,
+                                      seeds_option)
 from harness.commands.run import hardware_options
 from harness.config import make_config
 from harness.engines.registry import ENGINES
@@ -36,11 +37,15 @@ SHOWN = (("mean_jct_s", "mean JCT s"), ("p95_jct_s", "p95 JCT s"), ("session_thr
 @click.option("--engine", type=click.Choice(list(ENGINES)), default="sim", show_default=True)
 @click.option("--workload", "-w", default="paper", show_default=True, metavar="PRESET|FILE",
               help="Workload preset name or JSONL file.")
-@click.option("--rps", "rps_list", default=None, help="Comma-separated session arrival rates (default: the preset's).")
+@click.option("--rps", "rps_list", default=None,
+              help="Comma-separated session arrival rates, inf for a burst at t=0 (default: the preset's).")
 @seeds_option()
 @click.option("--sessions", type=click.IntRange(min=1), help="Number of sessions (default: the preset's).")
 @click.option("--arrival", type=click.Choice(ARRIVAL_PROCESSES), help="Arrival process.")
-@click.option("--cv", type=click.FloatRange(min=0, min_open=True), help="Burstiness of gamma arrivals (CV of gaps).")
+@click.option("--burstiness", type=click.FloatRange(min=0, min_open=True), metavar="B",
+              help="Arrivals on vllm bench's --burstiness schedule (gamma shape B, rescaled to span N/rps).")
+@click.option("--cv", type=click.FloatRange(min=0, min_open=True), help="Gamma arrivals by the gaps' CV (shape 1/cv^2).")
+@load_options
 @click.option("--set", "sets", multiple=True, metavar="KEY=V1[,V2...]",
               help="A setting (repeatable); several comma-separated values make it an axis of the grid.")
 @hardware_options
@@ -57,7 +62,8 @@ SHOWN = (("mean_jct_s", "mean JCT s"), ("p95_jct_s", "p95 JCT s"), ("session_thr
 @results_dir_option
 @json_option
 def sweep(backend_list: str, engine: str, workload: str, rps_list: str | None, seeds: str, sessions: int | None,
-          arrival: str | None, cv: float | None, sets: tuple[str, ...], gpu: str, model: str, tp: int,
+          arrival: str | None, burstiness: float | None, cv: float | None, max_concurrency: int | None,
+          warmup_sessions: int, sets: tuple[str, ...], gpu: str, model: str, tp: int,
           profile: str | None, tool_cores: int, tool_mode: str, jobs: int, executor: str, address: str | None,
           out_dir: Path | None, dry_run: bool, results_dir: Path, as_json: bool) -> None:
     """Run a grid of runs: every backend x load x seed x `--set` value. Resumable: a finished run is never
@@ -73,8 +79,8 @@ def sweep(backend_list: str, engine: str, workload: str, rps_list: str | None, s
     """
     names = parse_list(backend_list, "--backends")
     loads: list[float | None] = [None] if rps_list is None else parse_list(rps_list, "--rps", float)
-    if any(r is not None and not (r > 0 and math.isfinite(r)) for r in loads):
-        raise BadInput(f"--rps {rps_list}: every rate must be a positive number")
+    if any(r is not None and not r > 0 for r in loads):
+        raise BadInput(f"--rps {rps_list}: every rate must be a positive number or inf")
     seed_list = parse_seeds(seeds)
     for name in names:
         get_backend(name, engine)  # fail on a bad name before any run starts
@@ -85,14 +91,20 @@ def sweep(backend_list: str, engine: str, workload: str, rps_list: str | None, s
 
     def make(values: dict[str, Any], run_sets: list[str]) -> RunConfig:
         return make_config(tuple(run_sets), engine=engine, workload=workload, sessions=sessions, arrival=arrival,
-                           cv=cv, gpu=gpu, model=model, tp=tp, profile=profile, tool_cores=tool_cores,
+                           cv=cv, burstiness=burstiness, max_concurrency=max_concurrency,
+                           warmup_sessions=warmup_sessions, gpu=gpu, model=model, tp=tp, profile=profile, tool_cores=tool_cores,
                            tool_mode=tool_mode, **values)
 
     points = grid_points(make, names, loads, seed_list, sets)
     check_workloads(points)
-    spec = {"backends": names, "engine": engine, "workload": workload, "rps": loads, "seeds": seed_list,
+    spec = {"backends": names, "engine": engine, "workload": workload,
+            "rps": [r if r is None or math.isfinite(r) else "inf" for r in loads], "seeds": seed_list,
             "sessions": sessions, "arrival": arrival, "cv": cv, "sets": list(sets), "gpu": gpu, "model": model,
             "tp": tp, "profile": profile, "tool_cores": tool_cores, "tool_mode": tool_mode}
+    # the load controls join the spec (and so the sweep directory's name) only when given, so a sweep
+    # directory made before they existed is still found and resumed
+    spec.update({k: v for k, v in (("burstiness", burstiness), ("max_concurrency", max_concurrency),
+                                   ("warmup_sessions", warmup_sessions)) if v})
     sweep_dir = out_dir or results_dir / f"sweep-{Path(workload).stem}-{json_digest(spec, 8)}"
     if dry_run:
         _print_dry_run(points, [p for p in points if is_completed(sweep_dir / p.run_id)], sweep_dir, as_json)
@@ -155,7 +167,7 @@ def check_workloads(points: list[GridPoint]) -> None:
     """Resolve each distinct workload of the grid as its runs will (harness.experiment.run_experiment), so a
     setting the workload rejects (`--set retention=lru`: no such preset field) fails here, in one line and
     before anything is written, for a dry run as for the sweep itself."""
-    requests = {WorkloadRequest(source=c.workload, sessions=c.sessions, rps=c.rps, arrival=c.arrival, cv=c.cv,
+    requests = {WorkloadRequest(source=c.workload, sessions=c.sessions, rps=c.rps, arrival=c.arrival, cv=c.cv, burstiness=c.burstiness,
                                 seed=c.seed, sets=c.workload_sets) for c in (p.config for p in points)}
     for request in requests:
         resolve(request)

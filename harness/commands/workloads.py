@@ -1,5 +1,5 @@
 """`mars-bench workloads ...`: list presets, generate workload files, show their distributions, and import
-real agent workloads (SWE-bench instances, recorded agent trajectories)."""
+real workloads (SWE-bench instances, recorded agent trajectories, serving datasets and traces)."""
 
 from __future__ import annotations
 
@@ -55,8 +55,8 @@ def list_presets(as_json: bool) -> None:
 @workloads.command()
 @workload_options(default=None)
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True, help="JSONL file to write.")
-def generate_cmd(workload: str, sessions: int | None, rps: float | None, arrival: str | None, cv: float | None,
-                 seed: int, sets: tuple[str, ...], output: Path) -> None:
+def generate_cmd(workload: str, sessions: int | None, rps: float | None, arrival: str | None,
+                 burstiness: float | None, cv: float | None, seed: int, sets: tuple[str, ...], output: Path) -> None:
     """Generate a workload file from a preset (deterministic for a seed).
 
     \b
@@ -69,11 +69,11 @@ def generate_cmd(workload: str, sessions: int | None, rps: float | None, arrival
         raise click.BadParameter(f"{workload!r} is a file; generate takes a preset ({', '.join(PRESETS)})",
                                  param_hint="PRESET")
     if workload in swebench.DATA_PRESETS:
-        name, found = resolve(workload_request(workload, sessions, rps, arrival, cv, seed, sets))
+        name, found = resolve(workload_request(workload, sessions, rps, arrival, cv, seed, sets, burstiness))
         save_sessions(found, output)
         console.print(f"wrote {plural(len(found), 'session')} ({name}, seed {seed}) to {output}")
         return
-    spec = preset_spec(workload_request(workload, sessions, rps, arrival, cv, seed, sets))
+    spec = preset_spec(workload_request(workload, sessions, rps, arrival, cv, seed, sets, burstiness))
     sessions_out = list(track(generate(spec), total=spec.sessions, description="generating", console=console,
                               transient=True, disable=spec.sessions < 2000))
     save_sessions(sessions_out, output)
@@ -86,8 +86,8 @@ generate_cmd.name = "generate"
 @workloads.command()
 @workload_options(default=None)
 @json_option
-def show(workload: str, sessions: int | None, rps: float | None, arrival: str | None, cv: float | None,
-         seed: int, sets: tuple[str, ...], as_json: bool) -> None:
+def show(workload: str, sessions: int | None, rps: float | None, arrival: str | None, burstiness: float | None,
+         cv: float | None, seed: int, sets: tuple[str, ...], as_json: bool) -> None:
     """Show the distribution summary of a preset or workload file.
 
     \b
@@ -96,7 +96,7 @@ def show(workload: str, sessions: int | None, rps: float | None, arrival: str | 
       mars-bench workloads generate paper -o paper.jsonl --seed 1
       mars-bench workloads show paper.jsonl --json
     """
-    name, items = resolve(workload_request(workload, sessions, rps, arrival, cv, seed, sets))
+    name, items = resolve(workload_request(workload, sessions, rps, arrival, cv, seed, sets, burstiness))
     info = describe(items)
     if as_json:
         print_json({"workload": name, **info})
@@ -118,12 +118,14 @@ def show(workload: str, sessions: int | None, rps: float | None, arrival: str | 
 # ------------------------------------------------------------------------------------------ import
 @workloads.group("import")
 def import_group() -> None:
-    """Import real agent workloads: SWE-bench instances and recorded agent trajectories.
+    """Import real workloads: SWE-bench instances, recorded agent trajectories, and the serving datasets and
+    traces of vllm bench and AIPerf (mooncake, sharegpt, burstgpt, vllm-multiturn, aiperf).
 
     \b
     Examples:
       mars-bench workloads import swebench --dataset tests/fixtures/swebench/instances.parquet -o swebench.jsonl
       mars-bench workloads import trajectories tests/fixtures/trajectories/swe-agent --format swe-agent -o sa.jsonl
+      mars-bench workloads import mooncake tests/fixtures/datasets/mooncake_trace.jsonl -o mooncake.jsonl
     """
 
 
@@ -197,3 +199,56 @@ def import_trajectories(path: str, fmt: str, tokenizer: Path | None, seed: int, 
     save_sessions(sessions, output)
     console.print(f"wrote {plural(len(sessions), 'session')} ({fmt} trajectories from {path}, seed {seed}; "
                   f"tokens: {counter.name}) to {output}")
+
+
+# ----------------------------------------------------------------------- serving datasets and traces
+def _dataset_command(fmt: str, description: str, example: str) -> None:
+    """`workloads import FORMAT FILE -o OUT.jsonl` for one format of workloads.datasets (imported lazily)."""
+
+    @import_group.command(fmt, help=f"""Import a {description} as a workload file. Traces keep their own
+    timestamps (replayed by `--arrival trace`, a workload file's default); conversations arrive every
+    1/--rps seconds in file order. See workloads/datasets.py for how each format maps onto sessions.
+
+    \b
+    Example:
+      {example}
+    """)
+    @click.argument("path", metavar="FILE", type=click.Path(dir_okay=False, path_type=Path))
+    @tokenizer_option
+    @click.option("--rps", type=click.FloatRange(min=0, min_open=True),
+                  help=f"Arrival rate, fixed spacing in file order (default: a trace's timestamps, else "
+                       f"{swebench.DEFAULT_RPS:g}).")
+    @click.option("--output-tokens", type=click.IntRange(min=1), default=256, show_default=True,
+                  help="Output tokens of a turn whose record gives none (AIPerf text without output_length).")
+    @click.option("--think-s", type=click.FloatRange(min=0), default=0.0, show_default=True,
+                  help="Conversations: the user's think time between a reply and the next message, in seconds, "
+                       "where the record gives none (AIPerf turn delays are kept).")
+    @output_option
+    def command(path: Path, tokenizer: Path | None, rps: float | None, output_tokens: int, think_s: float,
+                output: Path) -> None:
+        from workloads import datasets  # noqa: PLC0415 (lazy: keep start-up fast)
+
+        counter = load_tokenizer(tokenizer)
+        skipped: list[str] = []
+        sessions = datasets.import_dataset(path, fmt, counter, rps, swebench.DEFAULT_RPS, output_tokens, skipped,
+                                           think_s)
+        save_sessions(sessions, output)
+        turns = sum(len(s.turns) for s in sessions)
+        note = f"; left out {plural(len(skipped), 'failed request')} (0 response tokens)" if skipped else ""
+        console.print(f"wrote {plural(len(sessions), 'session')} ({plural(turns, 'turn')}, {fmt} from {path}; "
+                      f"tokens: {counter.name}{note}) to {output}")
+
+
+for _fmt, _description, _example in (
+    ("mooncake", "Mooncake trace (JSONL: timestamp, input_length, output_length, hash_ids)",
+     "mars-bench workloads import mooncake tests/fixtures/datasets/mooncake_trace.jsonl -o mooncake.jsonl"),
+    ("sharegpt", "ShareGPT conversation file (JSON: id, conversations of from/value)",
+     "mars-bench workloads import sharegpt tests/fixtures/datasets/sharegpt.json -o sharegpt.jsonl"),
+    ("burstgpt", "BurstGPT trace (CSV: Timestamp, Model, Request tokens, Response tokens, ...)",
+     "mars-bench workloads import burstgpt tests/fixtures/datasets/burstgpt.csv -o burstgpt.jsonl"),
+    ("vllm-multiturn", "vLLM benchmarks/multi_turn conversation file (JSON: id, messages of role/content)",
+     "mars-bench workloads import vllm-multiturn tests/fixtures/datasets/vllm_multiturn.json -o mt.jsonl"),
+    ("aiperf", "AIPerf custom dataset (JSONL: single_turn, multi_turn or mooncake_trace records)",
+     "mars-bench workloads import aiperf tests/fixtures/datasets/aiperf_multi_turn.jsonl -o aiperf.jsonl"),
+):
+    _dataset_command(_fmt, _description, _example)
