@@ -12,28 +12,29 @@ from harness.errors import BadInput
 from workloads.overrides import apply_overrides, parse_assignment
 from harness.tools import ToolMode
 from workloads.arrivals import ArrivalProcess
-from workloads.model import format_validation_error
+from workloads.model import Int, format_validation_error
+from workloads.synthetic import MAX_SESSIONS_HARD
 
 
 class EngineSettings(BaseModel):
     """Engine limits, named as vLLM's engine arguments."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    max_num_batched_tokens: int = Field(default=8192, ge=1, description="token budget of one step")
-    max_num_seqs: int = Field(default=256, ge=1, description="most requests in one batch")
-    long_prefill_token_threshold: int = Field(default=0, ge=0, description="cap on a prefill chunk; 0 = off")
+    max_num_batched_tokens: Int = Field(default=8192, ge=1, description="token budget of one step")
+    max_num_seqs: Int = Field(default=256, ge=1, description="most requests in one batch")
+    long_prefill_token_threshold: Int = Field(default=0, ge=0, description="cap on a prefill chunk; 0 = off")
     scheduler_reserve_full_isl: bool = Field(
         default=True, description="admit a waiting request only if its whole context fits in free KV blocks "
                                   "(vLLM 0.32's default; false = only its first chunk, as older vLLM)")
     # None = the cost profile's value (16 tokens, 0.9, computed from memory).
-    block_size: int | None = Field(default=None, ge=1, description="tokens per KV block")
+    block_size: Int | None = Field(default=None, ge=1, description="tokens per KV block")
     gpu_memory_utilization: float | None = Field(default=None, gt=0, le=1)
-    num_gpu_blocks: int | None = Field(default=None, ge=1, description="override the KV block count")
+    num_gpu_blocks: Int | None = Field(default=None, ge=1, le=10**8, description="override the KV block count")
     enable_prefix_caching: bool = True
     fast_forward: bool = Field(default=True, description="sim: skip over repeated all-decode steps")
-    kv_offload_gib: float = Field(default=0.0, ge=0, description="host-memory KV tier for offloading; 0 = none")
-    host_link_gbps: float = Field(default=25.0, gt=0, description="effective host<->GPU copy bandwidth, GB/s")
+    kv_offload_gib: float = Field(default=0.0, ge=0, le=2**20, description="host-memory KV tier for offloading; 0 = none")
+    host_link_gbps: float = Field(default=25.0, ge=1e-3, le=1e6, description="effective host<->GPU copy bandwidth, GB/s")
     prefix_cache: Literal["auto", "block", "radix"] = Field(
         default="auto", description="sim prefix cache: block (vLLM: hashed blocks, LRU), radix (SGLang: radix "
                                     "tree, LRU leaves); auto = the backend's (radix for sglang, else block)")
@@ -47,7 +48,7 @@ class RunConfig(BaseModel):
     does not touch this file. Sections are validated by their own models; an unknown key is an error.
     """
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
 
     backend: str = "vllm"
     engine: str = Field(default="sim", description="an engine of the registry (harness.engines.base.ENGINES)")
@@ -60,29 +61,30 @@ class RunConfig(BaseModel):
     tokenizer: str | None = Field(default=None, description="--engine http: tokenizer directory, for servers "
                                                             "that take text prompts only")
     workload: str = "swe-smoke"
-    sessions: int | None = Field(default=None, ge=1)
+    sessions: Int | None = Field(default=None, ge=1, le=MAX_SESSIONS_HARD)
+    force: bool = Field(default=False, description="lift the size cap (workloads.source.MAX_SESSIONS)")
     rps: float | None = Field(default=None, gt=0)
     arrival: ArrivalProcess | None = None
-    cv: float | None = Field(default=None, gt=0)
-    seed: int = 0
+    cv: float | None = Field(default=None, ge=0.01, le=100)
+    seed: Int = Field(default=0, ge=0)
     workload_sets: tuple[str, ...] = ()
     gpu: str = "h100"
     model: str = Field(default="qwen3-coder-30b-a3b",
                        description="sim: a catalog name or HF config directory; vllm: a model directory or hub id")
-    tp: int = Field(default=1, ge=1)
+    tp: Int = Field(default=1, ge=1)
     profile: str | None = None
-    tool_cores: int = Field(default=8, ge=1)
+    tool_cores: Int = Field(default=8, ge=1, le=4096)
     tool_mode: ToolMode = "queue"
     tools: Literal["timed", "real"] = Field(
         default="timed", description="timed: tool calls take their modelled time; real: pinned processes doing "
                                      "the CPU work (real engine only)")
     allow_commands: bool = Field(default=False, description="--tools real: run a workload's recorded commands")
-    cpu_stress: int = Field(default=0, ge=0, description="cores taken by background CPU stressors")
+    cpu_stress: Int = Field(default=0, ge=0, description="cores taken by background CPU stressors")
     gpu_share: float = Field(default=1.0, gt=0, le=1, description="share of the GPU left by a co-tenant")
-    chat_rps: float = Field(default=0.0, ge=0, description="background chat requests/s sharing the engine")
+    chat_rps: float = Field(default=0.0, ge=0, le=1000, description="background chat requests/s sharing the engine")
     alpha: float = Field(default=3.0, gt=1, description="goodput: slowdown bound")
     goodput: tuple[str, ...] = Field(default=(), description="vLLM-style SLOs, e.g. ttft:500 tpot:50")
-    timeline_interval_s: float = Field(default=1.0, gt=0)
+    timeline_interval_s: float = Field(default=1.0, ge=1e-3)
     engine_args: EngineSettings = EngineSettings()
 
     @model_validator(mode="before")
@@ -107,6 +109,13 @@ class RunConfig(BaseModel):
         if errors:
             raise ValidationError.from_exception_data(cls.__name__, errors)
         return data
+
+    @model_validator(mode="after")
+    def _stress_leaves_tool_cores(self) -> RunConfig:
+        if self.tool_mode == "queue" and self.cpu_stress >= self.tool_cores:
+            raise ValueError(f"cpu_stress: {self.cpu_stress} stress cores leave none of the {self.tool_cores} tool "
+                             "cores for tool calls in queue mode; use fewer or --tool-mode timeshare")
+        return self
 
     @field_validator("engine")
     @classmethod

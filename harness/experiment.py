@@ -17,6 +17,7 @@ from harness.engines.registry import get_engine
 from harness.engines.sim.run import isolated_jcts
 from harness.engines.sim.testbed import build_setup
 from harness.errors import BadInput
+from harness.inputs import make_dirs
 from harness.policy.tools import ToolOrder
 from harness.metrics import RunSummary, parse_goodput, summarize
 from harness.real_tools import RealToolPool
@@ -81,9 +82,10 @@ def run_experiment(config: RunConfig, results_dir: Path, progress: Progress | No
     engine_entry = get_engine(config.engine)
     name, sessions = resolve(WorkloadRequest(
         source=config.workload, sessions=config.sessions, rps=config.rps, arrival=config.arrival, cv=config.cv,
-        seed=config.seed, sets=config.workload_sets,
+        seed=config.seed, sets=config.workload_sets, force=config.force,
     ))
     engine_entry.check(config)  # bad settings or an unreachable server: one line, before anything is written
+    make_dirs(results_dir, "--results-dir")  # before the caches below write into it
     # the isolated reference is the simulated testbed's; a real engine's needs its calibrated profile (see
     # `mars-bench calibrate`), so real runs report slowdown and goodput only with --profile
     simulated = engine_entry.simulated or config.profile is not None

@@ -19,6 +19,7 @@ from harness.engines.registry import ENGINES
 from harness.compare import COMPARED, ci_footer, comparison, markdown, run_grid, runs_frame, table_cells
 from harness.console import console, print_json, table
 from harness.errors import BadInput
+from harness.inputs import make_dirs
 
 
 @click.command()
@@ -37,7 +38,7 @@ from harness.errors import BadInput
 @results_dir_option
 @json_option
 def compare(backend_list: str, engine: str, workload: str, sessions: int | None, rps: float | None,
-            arrival: str | None, cv: float | None, sets: tuple[str, ...], seeds: str, gpu: str,
+            arrival: str | None, cv: float | None, sets: tuple[str, ...], force: bool, seeds: str, gpu: str,
             model: str, tp: int, profile: str | None, tool_cores: int, tool_mode: str, reference: str | None,
             jobs: int, out_dir: Path | None, results_dir: Path, as_json: bool) -> None:
     """Run several backends on the identical workload and seeds and compare them: each figure as the mean
@@ -57,11 +58,14 @@ def compare(backend_list: str, engine: str, workload: str, sessions: int | None,
     configs = [
         make_config(sets, backend=name, engine=engine, workload=workload, sessions=sessions, rps=rps, arrival=arrival,
                     cv=cv, seed=s, gpu=gpu, model=model, tp=tp, profile=profile, tool_cores=tool_cores,
-                    tool_mode=tool_mode)
+                    tool_mode=tool_mode, force=force)
         for name in names for s in seed_list
     ]
     for name in names:
         get_backend(name, engine)  # fail on a bad name before any run starts
+    out_dir = out_dir or results_dir / f"compare-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    make_dirs(results_dir, "--results-dir")  # both before any run: a bad path must not cost the runs
+    make_dirs(out_dir, "--out")
     started = time.perf_counter()
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=True, disable=as_json) as bars:
@@ -70,8 +74,6 @@ def compare(backend_list: str, engine: str, workload: str, sessions: int | None,
     elapsed = time.perf_counter() - started
     runs = runs_frame(rows)
     result = comparison(runs, reference)
-    out_dir = out_dir or results_dir / f"compare-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
-    out_dir.mkdir(parents=True, exist_ok=True)
     runs.to_csv(out_dir / "runs.csv", index=False)
     result.to_csv(out_dir / "comparison.csv", index=False)
     text = markdown(result, reference)

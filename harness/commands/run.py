@@ -66,7 +66,7 @@ def hardware_options(func: F) -> F:
 @results_dir_option
 @json_option
 def run(backend: str, engine: str, vllm_mode: str, workload: str, sessions: int | None, rps: float | None, arrival: str | None,
-        cv: float | None, seed: int, sets: tuple[str, ...], gpu: str, model: str, tp: int, profile: str | None,
+        cv: float | None, seed: int, sets: tuple[str, ...], force: bool, gpu: str, model: str, tp: int, profile: str | None,
         tool_cores: int, tool_mode: str, base_url: str | None, api_key_env: str | None, tokenizer: str | None, tools: str, allow_commands: bool, cpu_stress: int, gpu_share: float, kv_offload_gib: float, chat_rps: float, goodput: tuple[str, ...], alpha: float,
         results_dir: Path, as_json: bool) -> None:
     """Run one backend on one workload; write results/<run_id>/ and print the summary.
@@ -92,6 +92,7 @@ def run(backend: str, engine: str, vllm_mode: str, workload: str, sessions: int 
         seed=seed, gpu=gpu, model=model, tp=tp, profile=profile, tool_cores=tool_cores, tool_mode=tool_mode,
         base_url=base_url, api_key_env=api_key_env, served_model=served_model, tokenizer=tokenizer,
         tools=tools, allow_commands=allow_commands, cpu_stress=cpu_stress, gpu_share=gpu_share, chat_rps=chat_rps, goodput=goodput, alpha=alpha,
+        force=force,
     )
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=True, disable=as_json) as bars:

@@ -14,7 +14,7 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, 
                            TimeRemainingColumn)
 
 from harness.backends import get_backend
-from harness.commands.options import json_option, parse_list, parse_seeds, results_dir_option, seeds_option
+from harness.commands.options import SESSIONS, json_option, parse_list, parse_seeds, results_dir_option, seeds_option
 from harness.commands.run import hardware_options
 from harness.config import make_config
 from harness.engines.registry import ENGINES
@@ -26,6 +26,7 @@ from harness.executors import Finished, execute
 from harness.sweep import (GridPoint, finished_run, grid_points, is_completed, json_digest, runs_table,
                            write_manifest)
 from workloads.arrivals import ARRIVAL_PROCESSES
+from harness.inputs import make_dirs
 from workloads.source import WorkloadRequest, resolve
 
 SHOWN = (("mean_jct_s", "mean JCT s"), ("p95_jct_s", "p95 JCT s"), ("session_throughput", "sessions/s"),
@@ -40,7 +41,7 @@ SHOWN = (("mean_jct_s", "mean JCT s"), ("p95_jct_s", "p95 JCT s"), ("session_thr
               help="Workload preset name or JSONL file.")
 @click.option("--rps", "rps_list", default=None, help="Comma-separated session arrival rates (default: the preset's).")
 @seeds_option()
-@click.option("--sessions", type=click.IntRange(min=1), help="Number of sessions (default: the preset's).")
+@click.option("--sessions", type=SESSIONS, help="Number of sessions (default: the preset's).")
 @click.option("--arrival", type=click.Choice(ARRIVAL_PROCESSES), help="Arrival process.")
 @click.option("--cv", type=click.FloatRange(min=0, min_open=True), help="Burstiness of gamma arrivals (CV of gaps).")
 @click.option("--set", "sets", multiple=True, metavar="KEY=V1[,V2...]",
@@ -99,7 +100,7 @@ def sweep(backend_list: str, engine: str, workload: str, rps_list: str | None, s
     if dry_run:
         _print_dry_run(points, [p for p in points if is_completed(sweep_dir / p.run_id)], sweep_dir, as_json)
         return
-    sweep_dir.mkdir(parents=True, exist_ok=True)
+    make_dirs(sweep_dir, "sweep directory")
     # a finished run is kept; what an interrupted sweep left unfinished is removed before anything starts
     done_before = [p for p in points if finished_run(sweep_dir, p) is not None]
     finished = {p.run_id for p in done_before}
@@ -148,7 +149,7 @@ def check_workloads(points: list[GridPoint]) -> None:
     setting the workload rejects (`--set retention=lru`: no such preset field) fails here, in one line and
     before anything is written, for a dry run as for the sweep itself."""
     requests = {WorkloadRequest(source=c.workload, sessions=c.sessions, rps=c.rps, arrival=c.arrival, cv=c.cv,
-                                seed=c.seed, sets=c.workload_sets) for c in (p.config for p in points)}
+                                seed=c.seed, sets=c.workload_sets, force=c.force) for c in (p.config for p in points)}
     for request in requests:
         resolve(request)
 
