@@ -85,12 +85,12 @@ def run_experiment(config: RunConfig, results_dir: Path, progress: Progress | No
         seed=config.seed, sets=config.workload_sets, force=config.force,
     ))
     engine_entry.check(config)  # bad settings or an unreachable server: one line, before anything is written
-    make_dirs(results_dir, "--results-dir")  # before the caches below write into it
     # the isolated reference is the simulated testbed's; a real engine's needs its calibrated profile (see
     # `mars-bench calibrate`), so real runs report slowdown and goodput only with --profile
     simulated = engine_entry.simulated or config.profile is not None
     setup = build_setup(config) if simulated else None
     policy, admission = backend.make_policy(config), backend.make_admission(config)
+    make_dirs(results_dir, "--results-dir")  # after every check of the input, before the caches below write
 
     total = len(sessions)
     done = 0

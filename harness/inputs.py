@@ -37,7 +37,8 @@ def _oserror(label: str, e: OSError, kind: str = "file") -> BadInput:
     return BadInput(f"{label}: cannot read {kind} ({e.strerror or e})")
 
 
-def _decode(data: bytes, label: str) -> str:
+def decode(data: bytes, label: str) -> str:
+    """UTF-8 text, or one line naming the file (and line) and the first bad byte."""
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -65,7 +66,7 @@ def read_bytes(path: Path, label: str, limit: int = MAX_FILE_BYTES) -> bytes:
 
 def read_text(path: Path, label: str, limit: int = MAX_FILE_BYTES) -> str:
     """A UTF-8 text file read whole."""
-    return _decode(read_bytes(path, label, limit), label)
+    return decode(read_bytes(path, label, limit), label)
 
 
 def parse_json(text: str | bytes, where: str) -> Any:
@@ -125,7 +126,7 @@ def iter_lines(path: Path, label: str | None = None, kind: str = "file") -> Iter
             where = f"{label}:{lineno}"
             if len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n"):
                 raise BadInput(f"{where}: line longer than {MAX_LINE_BYTES / 2**20:.0f} MiB")
-            text = _decode(raw, where)
+            text = decode(raw, where)
             if text.strip():
                 yield lineno, text
 

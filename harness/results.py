@@ -249,7 +249,7 @@ def read_events(path: Path) -> list[dict[str, Any]]:
                     raise bad
                 where = f"{path}:{lineno}"
                 try:
-                    record = inputs.parse_json(raw, where)
+                    record = inputs.parse_json(inputs.decode(raw, where), where)
                 except BadInput as e:
                     if not raw.startswith(b'{"'):  # not an event cut short: the log is corrupt
                         raise
