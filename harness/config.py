@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -102,6 +102,8 @@ class RunConfig(BaseModel):
                 errors.append({"type": "extra_forbidden", "loc": (key,), "input": data[key]})
         for key, model in sections.items():
             value = data.get(key, {})
+            errors += [{"type": "int_type" if model.model_fields[name].annotation is int else "float_type",
+                        "loc": (key, name), "input": item} for name, item in _bools_for_numbers(model, value)]
             try:
                 data[key] = value if isinstance(value, model) else model.model_validate(value)
             except ValidationError as e:
@@ -132,6 +134,22 @@ class RunConfig(BaseModel):
     def section(self, key: str) -> Any:
         """A policy's settings section (`config.section("mars")` is `config.mars`)."""
         return getattr(self, key)
+
+
+def _bools_for_numbers(model: type[BaseModel], data: Any) -> list[tuple[str, Any]]:
+    """(field, value) of every JSON true/false given for a numeric field of a settings section: pydantic
+    would read `true` as 1, and `--set mars.window_min=true` is a mistake, not a window of 1."""
+    if not isinstance(data, dict):
+        return []
+    out = []
+    for name, value in data.items():
+        field = model.model_fields.get(name)
+        if field is None or not isinstance(value, bool):
+            continue
+        kinds = get_args(field.annotation) or (field.annotation,)
+        if bool not in kinds and any(k in (int, float) for k in kinds):
+            out.append((name, value))
+    return out
 
 
 def split_sets(sets: tuple[str, ...]) -> tuple[list[str], list[str]]:
