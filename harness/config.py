@@ -63,7 +63,7 @@ class RunConfig(BaseModel):
     workload: str = "swe-smoke"
     sessions: Int | None = Field(default=None, ge=1, le=MAX_SESSIONS_HARD)
     force: bool = Field(default=False, description="lift the size cap (workloads.source.MAX_SESSIONS)")
-    rps: float | None = Field(default=None, gt=0)
+    rps: float | None = Field(default=None, gt=0, allow_inf_nan=True)  # inf: see the --rps option
     arrival: ArrivalProcess | None = None
     cv: float | None = Field(default=None, ge=0.01, le=100)
     seed: Int = Field(default=0, ge=0)

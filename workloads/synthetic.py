@@ -122,7 +122,7 @@ class WorkloadSpec(_Spec):
     name: str
     description: str = ""
     sessions: Int = Field(ge=1, le=MAX_SESSIONS_HARD)
-    rps: float = Field(gt=0, description="mean session arrival rate, sessions per second")
+    rps: float = Field(gt=0, allow_inf_nan=True, description="mean session arrival rate, sessions per second")
     arrival: ArrivalProcess = "fixed"
     cv: float = Field(default=1.0, ge=0.01, le=100, description="coefficient of variation of gamma gaps")
     timestamps: list[float] | None = Field(default=None, description="arrival times for 'trace'")
