@@ -46,8 +46,9 @@ def decode(data: bytes, label: str) -> str:
                        f"a binary file?)") from None
 
 
-def read_bytes(path: Path, label: str, limit: int = MAX_FILE_BYTES) -> bytes:
-    """The bytes of a file of at most `limit` bytes."""
+def read_bytes(path: Path, label: str, limit: int | None = None) -> bytes:
+    """The bytes of a file of at most `limit` bytes (default MAX_FILE_BYTES)."""
+    limit = MAX_FILE_BYTES if limit is None else limit
     path = Path(path)
     too_big = BadInput(f"{label}: larger than the {limit / 2**20:.0f} MiB mars-bench reads from such a file")
     try:
@@ -64,7 +65,7 @@ def read_bytes(path: Path, label: str, limit: int = MAX_FILE_BYTES) -> bytes:
     return data
 
 
-def read_text(path: Path, label: str, limit: int = MAX_FILE_BYTES) -> str:
+def read_text(path: Path, label: str, limit: int | None = None) -> str:
     """A UTF-8 text file read whole."""
     return decode(read_bytes(path, label, limit), label)
 
@@ -183,29 +184,32 @@ def _first_line(e: BaseException) -> str:
     return text.splitlines()[0] if text else type(e).__name__
 
 
-def check_writable_dir(path: Path, label: str) -> None:
+def check_writable_dir(path: Path, label: str, shown: Path | None = None) -> None:
     """Refuse, before any work, a directory that cannot be created or written: checks the nearest existing
-    ancestor (a file there, or no write permission, is one line). Creates nothing."""
+    ancestor (a file there, or no write permission, is one line naming `label` and `shown`, default the
+    directory). Creates nothing."""
     path = Path(path)
+    shown = path if shown is None else shown
     here = path
     while not here.exists():
         if here.parent == here:
             break
         here = here.parent
     if here.exists() and not here.is_dir():
-        raise BadInput(f"{label} {path}: {here} is a file, not a directory")
+        raise BadInput(f"{label} {shown}: {here} is a file, not a directory")
     if not os.access(here, os.W_OK | os.X_OK):
         what = "is not writable" if here == path else f"cannot be created ({here} is not writable)"
-        raise BadInput(f"{label} {path}: {what}")
+        raise BadInput(f"{label} {shown}: {what}")
 
 
-def make_dirs(path: Path, label: str) -> None:
+def make_dirs(path: Path, label: str, shown: Path | None = None) -> None:
     """`mkdir -p`, one line when it fails (a file in the way, no permission, /proc)."""
-    check_writable_dir(path, label)
+    shown = Path(path) if shown is None else shown
+    check_writable_dir(path, label, shown)
     try:
         Path(path).mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise BadInput(f"{label} {path}: cannot create ({e.strerror or e})") from None
+        raise BadInput(f"{label} {shown}: cannot create {Path(path)} ({e.strerror or e})") from None
 
 
 def prepare_output_file(path: Path, label: str) -> None:
@@ -214,4 +218,4 @@ def prepare_output_file(path: Path, label: str) -> None:
     path = Path(path)
     if path.is_dir():
         raise BadInput(f"{label} {path}: is a directory, expected a file name")
-    make_dirs(path.parent, label)
+    make_dirs(path.parent, label, shown=path)

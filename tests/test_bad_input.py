@@ -92,7 +92,15 @@ def test_an_unreadable_workload_file_is_one_line(run_cli, tmp_path: Path, comman
 def test_a_line_longer_than_the_cap_is_refused_without_reading_it_whole(run_cli, tmp_path: Path) -> None:
     path = tmp_path / "w.jsonl"
     _long_line(path)
-    one_line(run_cli("workloads", "show", str(path)), "w.jsonl:1: line longer than")
+    one_line(run_cli("workloads", "show", str(path)), "w.jsonl:1: line longer than 64 MiB")
+
+
+def test_a_file_larger_than_the_cap_is_refused(run_cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import harness.inputs
+
+    monkeypatch.setattr(harness.inputs, "MAX_FILE_BYTES", 2**20)  # the cap's logic, on a small file
+    (tmp_path / "p.json").write_text(json.dumps({"flops_per_s": 1e14, "pad": "x" * 2**20}))
+    one_line(run_cli("backends", "--profile", str(tmp_path / "p.json")), "p.json: larger than the 1 MiB")
 
 
 @pytest.mark.parametrize("kind", ["binary", "invalid-utf8", "deep-object", "huge-int"])
