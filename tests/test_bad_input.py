@@ -270,6 +270,8 @@ def test_generate_makes_missing_folders_and_refuses_a_file_in_the_way(run_cli, t
     assert len(out.read_text().splitlines()) == 2
     one_line(run_cli("workloads", "generate", "tiny", "-o", str(_under_a_file(tmp_path) / "x.jsonl")), "afile is a file")
     one_line(run_cli("workloads", "generate", "tiny", "-o", str(tmp_path)), "is a directory")
+    one_line(run_cli("workloads", "generate", "tiny", "-o", "/proc/mars-bench-x.jsonl"), "cannot write")
+    assert not Path("/proc/mars-bench-x.jsonl.tmp").exists()
 
 
 # ------------------------------------------------------------------------------------- corrupt run directories
