@@ -261,6 +261,9 @@ def test_compare_checks_its_paths_before_any_run(run_cli, tmp_path: Path) -> Non
     one_line(run_cli("compare", "-b", "vllm,mars", "-w", "tiny", "--sessions", "2", "--seeds", "0",
                      "--results-dir", str(tmp_path / "r"), "--out", str(bad)), "--out")
     assert not list((tmp_path / "r").glob("*-tiny-*"))  # no run was made for nothing
+    one_line(run_cli("compare", "-b", "vllm,mars", "-w", "tiny", "--sessions", str(MAX_SESSIONS + 1), "--seeds", "0",
+                     "--results-dir", str(tmp_path / "r2")), "add --force")
+    assert not (tmp_path / "r2").exists()  # refused before anything was written
 
 
 def test_generate_makes_missing_folders_and_refuses_a_file_in_the_way(run_cli, tmp_path: Path) -> None:

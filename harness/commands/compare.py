@@ -19,7 +19,7 @@ from harness.engines.registry import ENGINES
 from harness.compare import COMPARED, ci_footer, comparison, markdown, run_grid, runs_frame, table_cells
 from harness.console import console, print_json, table
 from harness.errors import BadInput
-from harness.inputs import make_dirs
+from harness.inputs import check_writable_dir, make_dirs
 
 
 @click.command()
@@ -64,8 +64,8 @@ def compare(backend_list: str, engine: str, workload: str, sessions: int | None,
     for name in names:
         get_backend(name, engine)  # fail on a bad name before any run starts
     out_dir = out_dir or results_dir / f"compare-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
-    make_dirs(results_dir, "--results-dir")  # both before any run: a bad path must not cost the runs
-    make_dirs(out_dir, "--out")
+    check_writable_dir(results_dir, "--results-dir")  # before any run: a bad path must not cost the runs
+    check_writable_dir(out_dir, "--out")
     started = time.perf_counter()
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=True, disable=as_json) as bars:
@@ -74,6 +74,7 @@ def compare(backend_list: str, engine: str, workload: str, sessions: int | None,
     elapsed = time.perf_counter() - started
     runs = runs_frame(rows)
     result = comparison(runs, reference)
+    make_dirs(out_dir, "--out")
     runs.to_csv(out_dir / "runs.csv", index=False)
     result.to_csv(out_dir / "comparison.csv", index=False)
     text = markdown(result, reference)
