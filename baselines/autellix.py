@@ -64,7 +64,7 @@ from harness.policy import Policy, R, RequestView, ScheduledStep
 
 
 class AutellixSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     service_thresholds: tuple[int, ...] = Field(
         default=(2048, 8192, 32768), description="attained-service tokens at which a program enters the next queue")

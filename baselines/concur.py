@@ -48,7 +48,7 @@ _EPS = 1e-9
 class ConcurSettings(BaseModel):
     """CONCUR's parameters (`--set concur.NAME=V`); every default is an assumption (docs/baselines.md)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     window_init: int = Field(default=8, ge=1, description="active-agent window at start")
     window_min: int = Field(default=1, ge=1, description="window floor (>= 1: never deadlocks)")

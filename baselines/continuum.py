@@ -48,7 +48,7 @@ from harness.policy import FREE, PinView, Policy, R, RequestView, Retention, Sch
 class ContinuumSettings(BaseModel):
     """`continuum`: fixed TTL."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     ttl_s: float = Field(default=2.0, gt=0, description="how long a turn's KV stays pinned across a short tool")
     max_mean_tool_s: float = Field(default=2.0, ge=0,
@@ -58,7 +58,7 @@ class ContinuumSettings(BaseModel):
 class ContinuumDynamicSettings(BaseModel):
     """`continuum-dy`: TTL chosen per call from the tool's duration distribution."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     tool_min_samples: int = Field(default=100, ge=1,
                                   description="a tool's own CDF once it has this many samples, the global CDF before")

@@ -44,7 +44,7 @@ from harness.policy import FREE, PinView, Policy, R, RequestView, Retention
 
 
 class InferCeptSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     t_fwd_s_per_token: float = Field(default=0.0002, gt=0, description="re-prefill seconds per context token")
     t_fwd_from_engine: bool = Field(default=False,

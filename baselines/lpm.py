@@ -51,7 +51,7 @@ from harness.policy import Policy, R, RequestView, ScheduledStep
 class LpmSettings(BaseModel):
     """SGLang's scheduler settings, named and defaulted as in its server args and environment."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     schedule_policy: Literal["lpm", "fcfs"] = Field(
         default="lpm", description="--schedule-policy: longest cached prefix first, or arrival order")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import math
 
@@ -15,28 +15,29 @@ from harness.errors import BadInput
 from workloads.overrides import apply_overrides, parse_assignment
 from harness.tools import ToolMode
 from workloads.arrivals import ArrivalProcess
-from workloads.model import format_validation_error
+from workloads.model import Int, format_validation_error
+from workloads.synthetic import MAX_SESSIONS_HARD
 
 
 class EngineSettings(BaseModel):
     """Engine limits, named as vLLM's engine arguments."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    max_num_batched_tokens: int = Field(default=8192, ge=1, description="token budget of one step")
-    max_num_seqs: int = Field(default=256, ge=1, description="most requests in one batch")
-    long_prefill_token_threshold: int = Field(default=0, ge=0, description="cap on a prefill chunk; 0 = off")
+    max_num_batched_tokens: Int = Field(default=8192, ge=1, description="token budget of one step")
+    max_num_seqs: Int = Field(default=256, ge=1, description="most requests in one batch")
+    long_prefill_token_threshold: Int = Field(default=0, ge=0, description="cap on a prefill chunk; 0 = off")
     scheduler_reserve_full_isl: bool = Field(
         default=True, description="admit a waiting request only if its whole context fits in free KV blocks "
                                   "(vLLM 0.32's default; false = only its first chunk, as older vLLM)")
     # None = the cost profile's value (16 tokens, 0.9, computed from memory).
-    block_size: int | None = Field(default=None, ge=1, description="tokens per KV block")
+    block_size: Int | None = Field(default=None, ge=1, description="tokens per KV block")
     gpu_memory_utilization: float | None = Field(default=None, gt=0, le=1)
-    num_gpu_blocks: int | None = Field(default=None, ge=1, description="override the KV block count")
+    num_gpu_blocks: Int | None = Field(default=None, ge=1, le=10**8, description="override the KV block count")
     enable_prefix_caching: bool = True
     fast_forward: bool = Field(default=True, description="sim: skip over repeated all-decode steps")
-    kv_offload_gib: float = Field(default=0.0, ge=0, description="host-memory KV tier for offloading; 0 = none")
-    host_link_gbps: float = Field(default=25.0, gt=0, description="effective host<->GPU copy bandwidth, GB/s")
+    kv_offload_gib: float = Field(default=0.0, ge=0, le=2**20, description="host-memory KV tier for offloading; 0 = none")
+    host_link_gbps: float = Field(default=25.0, ge=1e-3, le=1e6, description="effective host<->GPU copy bandwidth, GB/s")
     prefix_cache: Literal["auto", "block", "radix"] = Field(
         default="auto", description="sim prefix cache: block (vLLM: hashed blocks, LRU), radix (SGLang: radix "
                                     "tree, LRU leaves); auto = the backend's (radix for sglang, else block)")
@@ -60,6 +61,9 @@ class ToolLimits(BaseModel):
 
 
 LOAD_CONTROLS = ("burstiness", "max_concurrency", "warmup_sessions")
+# written to run.json only when not at their default: a run that does not use them has the run.json (and the
+# sweep id) it had before they existed
+OMITTED_AT_DEFAULT = (*LOAD_CONTROLS, "force", "request_timeout")
 
 
 class RunConfig(BaseModel):
@@ -70,7 +74,7 @@ class RunConfig(BaseModel):
     does not touch this file. Sections are validated by their own models; an unknown key is an error.
     """
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
 
     backend: str = "vllm"
     engine: str = Field(default="sim", description="an engine of the registry (harness.engines.base.ENGINES)")
@@ -86,37 +90,42 @@ class RunConfig(BaseModel):
         default=600.0, gt=0, allow_inf_nan=False,
         description="server-backed engines: a call not ended within this many seconds is a failed call")
     workload: str = "swe-smoke"
-    sessions: int | None = Field(default=None, ge=1)
-    rps: float | None = Field(default=None, gt=0, description="session arrival rate; inf: all at t=0 (written \"inf\")")
+    sessions: Int | None = Field(default=None, ge=1, le=MAX_SESSIONS_HARD)
+    force: bool = Field(default=False, description="lift the size cap (workloads.source.MAX_SESSIONS)")
+    rps: float | None = Field(default=None, gt=0, allow_inf_nan=True,
+                              description="session arrival rate; inf: all at t=0 (written \"inf\")")
     arrival: ArrivalProcess | None = None
-    cv: float | None = Field(default=None, gt=0, description="gamma arrivals: CV of the gaps (shape 1/cv^2), our schedule")
-    burstiness: float | None = Field(default=None, gt=0, description="gamma arrivals on vllm bench's schedule, its "
-                                                                     "--burstiness (inf: fixed gaps)")
-    max_concurrency: int | None = Field(
+    cv: float | None = Field(default=None, ge=0.01, le=100,
+                             description="gamma arrivals: CV of the gaps (shape 1/cv^2), our schedule")
+    burstiness: float | None = Field(default=None, gt=0, allow_inf_nan=True,
+                                     description="gamma arrivals on vllm bench's schedule, its --burstiness "
+                                                 "(inf: fixed gaps)")
+    max_concurrency: Int | None = Field(
         default=None, ge=1, description="client side: most sessions in flight (handed to the system, not finished); "
                                         "a session arriving at the cap waits for one to end (vllm bench's --max-concurrency)")
-    warmup_sessions: int = Field(default=0, ge=0, description="sessions run before the measured ones and not measured "
-                                                              "(vllm bench's --num-warmups)")
-    seed: int = 0
+    warmup_sessions: Int = Field(default=0, ge=0, le=MAX_SESSIONS_HARD,
+                                 description="sessions run before the measured ones and not measured "
+                                             "(vllm bench's --num-warmups)")
+    seed: Int = Field(default=0, ge=0)
     workload_sets: tuple[str, ...] = ()
     gpu: str = "h100"
     model: str = Field(default="qwen3-coder-30b-a3b",
                        description="sim: a catalog name or HF config directory; vllm: a model directory or hub id")
-    tp: int = Field(default=1, ge=1)
+    tp: Int = Field(default=1, ge=1)
     profile: str | None = None
-    tool_cores: int = Field(default=8, ge=1)
+    tool_cores: Int = Field(default=8, ge=1, le=4096)
     tool_mode: ToolMode = "queue"
     tools: Literal["timed", "real"] = Field(
         default="timed", description="timed: tool calls take their modelled time; real: pinned processes doing "
                                      "the CPU work (real engine only)")
     allow_commands: bool = Field(default=False, description="--tools real: run a workload's recorded commands")
     tool_limits: ToolLimits = ToolLimits()
-    cpu_stress: int = Field(default=0, ge=0, description="cores taken by background CPU stressors")
+    cpu_stress: Int = Field(default=0, ge=0, description="cores taken by background CPU stressors")
     gpu_share: float = Field(default=1.0, gt=0, le=1, description="share of the GPU left by a co-tenant")
-    chat_rps: float = Field(default=0.0, ge=0, description="background chat requests/s sharing the engine")
+    chat_rps: float = Field(default=0.0, ge=0, le=1000, description="background chat requests/s sharing the engine")
     alpha: float = Field(default=3.0, gt=1, description="goodput: slowdown bound")
     goodput: tuple[str, ...] = Field(default=(), description="vLLM-style SLOs, e.g. ttft:500 tpot:50")
-    timeline_interval_s: float = Field(default=1.0, gt=0)
+    timeline_interval_s: float = Field(default=1.0, ge=1e-3)
     engine_args: EngineSettings = EngineSettings()
 
     @model_validator(mode="before")
@@ -134,6 +143,8 @@ class RunConfig(BaseModel):
                 errors.append({"type": "extra_forbidden", "loc": (key,), "input": data[key]})
         for key, model in sections.items():
             value = data.get(key, {})
+            errors += [{"type": "int_type" if model.model_fields[name].annotation is int else "float_type",
+                        "loc": (key, name), "input": item} for name, item in _bools_for_numbers(model, value)]
             try:
                 data[key] = value if isinstance(value, model) else model.model_validate(value)
             except ValidationError as e:
@@ -144,12 +155,13 @@ class RunConfig(BaseModel):
 
     @model_serializer(mode="wrap")
     def _leave_out_unused_controls(self, handler: Any, info: Any) -> Any:
-        """The load controls are written only when used: the run.json of a run without them (and so a sweep's
-        config hash and a report's settings) is what it was before they existed."""
+        """The load controls, --force and the request timeout are written only when not at their default: the
+        run.json of a run without them (and so a sweep's config hash and a report's settings) is what it was
+        before they existed."""
         data = handler(self)
         if info.mode != "json":
             return data
-        for key in LOAD_CONTROLS:
+        for key in OMITTED_AT_DEFAULT:
             if key in data and data[key] == type(self).model_fields[key].default:
                 del data[key]
         return data
@@ -158,6 +170,13 @@ class RunConfig(BaseModel):
     def _inf_json(self, value: float | None) -> float | str | None:
         """An infinite rate or burstiness is written "inf": run.json stays valid JSON (no Infinity)."""
         return "inf" if value is not None and math.isinf(value) else value
+
+    @model_validator(mode="after")
+    def _stress_leaves_tool_cores(self) -> RunConfig:
+        if self.tool_mode == "queue" and self.cpu_stress >= self.tool_cores:
+            raise ValueError(f"cpu_stress: {self.cpu_stress} stress cores leave none of the {self.tool_cores} tool "
+                             "cores for tool calls in queue mode; use fewer or --tool-mode timeshare")
+        return self
 
     @field_validator("engine")
     @classmethod
@@ -174,6 +193,22 @@ class RunConfig(BaseModel):
     def section(self, key: str) -> Any:
         """A policy's settings section (`config.section("mars")` is `config.mars`)."""
         return getattr(self, key)
+
+
+def _bools_for_numbers(model: type[BaseModel], data: Any) -> list[tuple[str, Any]]:
+    """(field, value) of every JSON true/false given for a numeric field of a settings section: pydantic
+    would read `true` as 1, and `--set mars.window_min=true` is a mistake, not a window of 1."""
+    if not isinstance(data, dict):
+        return []
+    out = []
+    for name, value in data.items():
+        field = model.model_fields.get(name)
+        if field is None or not isinstance(value, bool):
+            continue
+        kinds = get_args(field.annotation) or (field.annotation,)
+        if bool not in kinds and any(k in (int, float) for k in kinds):
+            out.append((name, value))
+    return out
 
 
 def split_sets(sets: tuple[str, ...]) -> tuple[list[str], list[str]]:

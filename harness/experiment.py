@@ -17,6 +17,7 @@ from harness.engines.registry import get_engine
 from harness.engines.sim.run import isolated_jcts
 from harness.engines.sim.testbed import build_setup
 from harness.errors import BadInput
+from harness.inputs import make_dirs
 from harness.policy.tools import ToolOrder
 from harness.metrics import RunSummary, parse_goodput, summarize
 from harness.hostload import HostLoad
@@ -92,7 +93,7 @@ def run_experiment(config: RunConfig, results_dir: Path, progress: Progress | No
     engine_entry = get_engine(config.engine)
     name, sessions = resolve(WorkloadRequest(
         source=config.workload, sessions=config.sessions, rps=config.rps, arrival=config.arrival, cv=config.cv,
-        burstiness=config.burstiness, seed=config.seed, sets=config.workload_sets,
+        burstiness=config.burstiness, seed=config.seed, sets=config.workload_sets, force=config.force,
     ))
     warmup = warmup_sessions(sessions, config.warmup_sessions)
     engine_entry.check(config)  # bad settings or an unreachable server: one line, before anything is written
@@ -101,6 +102,7 @@ def run_experiment(config: RunConfig, results_dir: Path, progress: Progress | No
     simulated = engine_entry.simulated or config.profile is not None
     setup = build_setup(config) if simulated else None
     policy, admission = backend.make_policy(config), backend.make_admission(config)
+    make_dirs(results_dir, "--results-dir")  # after every check of the input, before the caches below write
 
     total = len(sessions)
     done = 0

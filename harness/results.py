@@ -29,6 +29,7 @@ from typing import Any, Literal
 
 import pandas as pd
 
+from harness import inputs
 from harness.errors import BadInput
 from harness.tables import CALL_COLUMNS, SESSION_COLUMNS, conform, empty_frame
 
@@ -225,12 +226,12 @@ def ending(exc: BaseException | None) -> tuple[RunStatus, str | None]:
 
 
 # ------------------------------------------------------------------------------------------- reader
-def _pid_alive(pid: int | None) -> bool:
-    if not pid:
+def _pid_alive(pid: Any) -> bool:
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
         return False
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):
         return False
     except PermissionError:
         return True
@@ -238,16 +239,33 @@ def _pid_alive(pid: int | None) -> bool:
 
 
 def read_events(path: Path) -> list[dict[str, Any]]:
-    """Events of a run; a last line cut off by a kill is skipped."""
-    events = []
+    """Events of a run. A last line cut off by a kill (the start of an event) is skipped; any other bad line
+    means the log is corrupt: BadInput naming that line."""
     if not path.exists():
-        return events
-    with path.open(encoding="utf-8") as f:
-        for line in f:
-            try:
-                events.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
+        return []
+    events: list[dict[str, Any]] = []
+    bad: BadInput | None = None  # a bad line, forgiven if it is the last
+    try:
+        with path.open("rb") as f:
+            for lineno, raw in enumerate(f, start=1):
+                if not raw.strip():
+                    continue
+                if bad is not None:
+                    raise bad
+                where = f"{path}:{lineno}"
+                try:
+                    record = inputs.parse_json(inputs.decode(raw, where), where)
+                except BadInput as e:
+                    if not raw.startswith(b'{"'):  # not an event cut short: the log is corrupt
+                        raise
+                    bad = e
+                    continue
+                if isinstance(record, dict):
+                    events.append(record)
+                else:
+                    bad = BadInput(f"{where}: not an event (expected a JSON object)")
+    except OSError as e:
+        raise BadInput(f"{path}: cannot read ({e.strerror or e})") from None
     return events
 
 
@@ -257,6 +275,7 @@ class RunRecord:
 
     dir: Path
     meta: dict[str, Any]
+    problem: str = ""  # why the directory cannot be read ("" when it can): `results` and `report` flag it
 
     @property
     def run_id(self) -> str:
@@ -265,8 +284,10 @@ class RunRecord:
     @property
     def status(self) -> str:
         """Status; a run still marked running whose process is gone was killed."""
+        if self.problem:
+            return f"unreadable: {self.problem}"
         status = str(self.meta.get("status", "unknown"))
-        if status == "running" and self.meta.get("hardware", {}).get("host") == platform.node():
+        if status == "running" and (self.meta.get("hardware") or {}).get("host") == platform.node():
             if not _pid_alive(self.meta.get("pid")):
                 return "interrupted"
         return status
@@ -290,7 +311,18 @@ class RunRecord:
 
     def summary(self) -> dict[str, Any] | None:
         path = self.dir / "summary.json"
-        return json.loads(path.read_text()) if path.exists() else None
+        return inputs.read_json_object(path) if path.exists() else None
+
+    def check(self) -> None:
+        """BadInput when a file a report reads is corrupt: run.json, summary.json, a parquet table's footer
+        (its schema: cheap, and what a truncated or garbage file lacks)."""
+        if self.problem:
+            raise BadInput(self.problem)
+        self.summary()
+        for name in ("calls", "sessions", "timeline"):
+            path = self.dir / f"{name}.parquet"
+            if path.exists():
+                inputs.read_parquet_schema(path)
 
     def events(self) -> list[dict[str, Any]]:
         return read_events(self.dir / "events.jsonl")
@@ -298,7 +330,7 @@ class RunRecord:
     def _table(self, name: str, kind: str, columns: dict[str, str]) -> pd.DataFrame:
         path = self.dir / f"{name}.parquet"
         if path.exists():
-            return pd.read_parquet(path)
+            return inputs.read_parquet(path)
         rows = [{k: e.get(k) for k in columns} for e in self.events() if e.get("kind") == kind]
         if not rows:
             return empty_frame(columns)
@@ -312,33 +344,36 @@ class RunRecord:
 
     def timeline(self) -> pd.DataFrame:
         path = self.dir / "timeline.parquet"
-        return pd.read_parquet(path) if path.exists() else pd.DataFrame()
+        return inputs.read_parquet(path) if path.exists() else pd.DataFrame()
 
 
 def load_run(path: Path) -> RunRecord:
+    """A run directory; an unreadable or malformed run.json is a BadInput."""
     meta_path = Path(path) / "run.json"
-    try:
-        meta = json.loads(meta_path.read_text())
-    except OSError:
-        raise BadInput(f"{path}: not a run directory (no run.json)") from None
-    except json.JSONDecodeError as e:
-        raise BadInput(f"{meta_path}: invalid JSON ({e.msg})") from None
+    if not meta_path.is_file():
+        raise BadInput(f"{path}: not a run directory (no run.json)")
+    meta = inputs.read_json_object(meta_path)
+    for key in ("config", "hardware"):
+        if meta.get(key) is not None and not isinstance(meta[key], dict):
+            raise BadInput(f"{meta_path}: {key!r} must be a JSON object")
     return RunRecord(Path(path), meta)
 
 
+def read_run(path: Path) -> RunRecord:
+    """A run directory, also when it is corrupt: then `problem` says why and nothing else is read."""
+    try:
+        return load_run(path)
+    except BadInput as e:
+        return RunRecord(Path(path), {}, problem=str(e))
+
+
 def list_runs(root: Path) -> list[RunRecord]:
-    """Runs under `root`, oldest first; directories without a readable run.json are skipped."""
+    """Runs under `root` (directories holding a run.json), oldest first; corrupt ones are listed with their
+    `problem`."""
     root = Path(root)
     if not root.is_dir():
         return []
-    runs = []
-    for child in sorted(root.iterdir()):
-        if (child / "run.json").is_file():
-            try:
-                runs.append(load_run(child))
-            except BadInput:
-                continue
-    return runs
+    return [read_run(child) for child in sorted(root.iterdir()) if (child / "run.json").is_file()]
 
 
 def find_run(root: Path, name: str) -> RunRecord:
@@ -347,10 +382,13 @@ def find_run(root: Path, name: str) -> RunRecord:
     if (candidate / "run.json").exists():
         return load_run(candidate)
     runs = list_runs(root)
-    if name == "latest" and runs:
-        return max(runs, key=lambda r: (str(r.meta.get("started")), r.run_id))
+    readable = [r for r in runs if not r.problem]
+    if name == "latest" and readable:
+        return max(readable, key=lambda r: (str(r.meta.get("started")), r.run_id))
     matches = [r for r in runs if r.run_id == name] or [r for r in runs if r.run_id.startswith(name)]
     if len(matches) == 1:
+        if matches[0].problem:
+            raise BadInput(f"run {matches[0].run_id} is unreadable: {matches[0].problem}")
         return matches[0]
     if not matches:
         raise BadInput(f"no run {name!r} under {root}/ (see `mars-bench results list`)")

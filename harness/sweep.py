@@ -131,7 +131,7 @@ def is_completed(run_dir: Path) -> bool:
     try:
         return json.loads((run_dir / "run.json").read_text()).get("status") == "completed" and \
             (run_dir / "summary.json").is_file()
-    except (OSError, ValueError, AttributeError):
+    except (OSError, ValueError, AttributeError, RecursionError):
         return False
 
 
@@ -162,8 +162,11 @@ def runs_table(sweep_dir: Path, points: Sequence[GridPoint]) -> pd.DataFrame:
         path = sweep_dir / point.run_id
         status, summary = "not run", {}
         if (path / "run.json").is_file():
-            record = load_run(path)
-            status, summary = record.status, record.summary() or {}
+            try:
+                record = load_run(path)
+                status, summary = record.status, record.summary() or {}
+            except BadInput as e:  # a corrupt run is one flagged row
+                status = f"unreadable: {e}"
         rows.append({**point.axes, "run_id": point.run_id, "status": status,
                      **{key: summary.get(key) for key, _ in COMPARED}})
     return pd.DataFrame(rows)
@@ -176,7 +179,7 @@ def write_manifest(sweep_dir: Path, points: Sequence[GridPoint], spec: dict[str,
     if path.is_file():
         try:
             runs = dict(json.loads(path.read_text()).get("runs", {}))
-        except (ValueError, AttributeError):
+        except (ValueError, AttributeError, RecursionError):
             runs = {}
     runs.update({p.run_id: p.axes for p in points})
     tmp = path.with_name(path.name + ".tmp")

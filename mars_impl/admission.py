@@ -99,7 +99,7 @@ def _ceil(x: float) -> int:
 class MarsAdmissionSettings(BaseModel):
     """The parameters of the control plane (reference section 2 table), reachable as `--set mars.NAME=V`."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     pool_size: int = Field(default=30, ge=1, description="hard cap on active sessions")
     window_init: int = Field(default=30, ge=1, description="adaptive window at start")

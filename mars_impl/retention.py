@@ -47,7 +47,7 @@ from harness.policy import DISCARD, FREE, OFFLOAD, EngineView, PinView, Retentio
 
 
 class RetentionSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     retention: Literal["benefit", "lru", "off"] = "benefit"
     pin_quantile: float = Field(default=0.9, gt=0, le=1, description="pin deadline: this quantile of tool time")

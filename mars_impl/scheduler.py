@@ -34,7 +34,7 @@ from harness.policy import Policy, R, RequestView, ScheduledStep
 
 
 class SchedulerSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     scheduler: Literal["mlfq", "fcfs"] = Field(default="mlfq", description="ablation: fcfs = vLLM's order")
     chunk_shrink: bool = Field(default=True, description="halve a prefill chunk before preempting")

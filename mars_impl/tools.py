@@ -24,7 +24,7 @@ from harness.policy.tools import ToolRequest
 
 
 class ToolOrderSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     tool_order: Literal["shortest", "hrrn", "fifo"] = "shortest"
     tool_order_prior_s: float = Field(default=1.0, gt=0, description="expected tool run time before any finished")

@@ -1,9 +1,9 @@
 """The architecture's layers, held by an import check (AST: every import of every module, lazy imports inside
 functions included; imports under `if TYPE_CHECKING:` are not run and do not count).
 
-Bottom up: `harness.errors` -> `workloads` -> the policy contract `harness.policy` -> the policies
+Bottom up: `harness.errors` and the input readers `harness.inputs` -> `workloads` -> the policy contract `harness.policy` -> the policies
 (`baselines`, `mars_impl`) -> the rest of `harness`. Policies import only the contract and
-`workloads.model`; `workloads` imports only `harness.errors` of the harness; real engines never import the
+`workloads.model`; `workloads` imports only `harness.errors` and `harness.inputs` of the harness; real engines never import the
 simulated one; the runner knows engines only through their interface; no import cycle, between modules or
 between those layers.
 """
@@ -22,6 +22,8 @@ POLICY_PACKAGES = ("baselines", "mars_impl")
 # what a policy may import from the project beside its own package (the contract; never the driver)
 CONTRACT = ("harness.policy", "harness.policy.hooks", "harness.policy.signals", "harness.policy.admission",
             "harness.policy.helpers", "harness.policy.tools", "workloads.model")
+# the bottom layer: what every package, workloads included, may import
+BOTTOM = ("harness.errors", "harness.inputs")
 REAL_ENGINES = ("harness.engines.http", "harness.engines.launch", "harness.engines.real", "harness.engines.sglang",
                 "harness.engines.vllm")
 
@@ -98,7 +100,7 @@ def _project_module(name: str, sources: Mapping[str, str]) -> str | None:
 
 def layer(module: str) -> str:
     """The layer node of a module for the package-level cycle check."""
-    if module == "harness.errors":
+    if module in BOTTOM:
         return "harness.errors"
     if module == "harness.policy" or module.startswith("harness.policy."):
         return "harness.policy"
@@ -156,10 +158,10 @@ def violations(sources: Mapping[str, str]) -> list[str]:
         for target in sorted(targets):
             if top in POLICY_PACKAGES and not (target.split(".")[0] == top or target in CONTRACT):
                 found.append(f"policy {module} imports {target} (policies import only {', '.join(CONTRACT)})")
-            if top == "workloads" and not (target.startswith("workloads") or target == "harness.errors"):
-                found.append(f"{module} imports {target} (workloads imports only harness.errors)")
+            if top == "workloads" and not (target.startswith("workloads") or target in BOTTOM):
+                found.append(f"{module} imports {target} (workloads imports only {' and '.join(BOTTOM)})")
             if _in(module, ("harness.policy",)) and not (
-                    _in(target, ("harness.policy",)) or target in ("workloads.model", "harness.errors")):
+                    _in(target, ("harness.policy",)) or target in ("workloads.model", *BOTTOM)):
                 found.append(f"the policy contract {module} imports {target}")
             if _in(module, REAL_ENGINES) and _in(target, ("harness.engines.sim",)):
                 found.append(f"real engine {module} imports the simulated engine {target}")
@@ -195,6 +197,7 @@ def test_the_tree_is_read_whole() -> None:
     ("mars_impl.scheduler", "from baselines.fcfs import FcfsPolicy", "policy mars_impl.scheduler imports baselines"),
     ("mars_impl.mars", "from harness.policy.driver import PolicyDriver", "imports harness.policy.driver"),
     ("workloads.synthetic", "from harness.config import RunConfig", "workloads imports only harness.errors"),
+    ("harness.inputs", "from harness.config import RunConfig", "import cycle between layers"),
     ("harness.engines.http", "from harness.engines.sim.request import SimRequest", "real engine harness.engines.http"),
     ("harness.runner", "from harness.engines.sim.engine import SimEngine", "the runner imports engine"),
     ("harness.policy.hooks", "from harness.config import RunConfig", "the policy contract harness.policy.hooks"),

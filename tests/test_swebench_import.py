@@ -263,7 +263,7 @@ def _trajectory_as_dataset(tmp: Path) -> Path:
 @pytest.mark.parametrize(
     ("make", "needle"),
     [
-        (_truncated, "truncated.jsonl:2: invalid or truncated JSON"),
+        (_truncated, "truncated.jsonl:2: invalid JSON"),
         (_missing_field, "missing.jsonl:1: missing field 'problem_statement'"),
         (_bad_tests, "tests.jsonl:3: field 'FAIL_TO_PASS' must be a JSON-encoded list"),
         (_bad_parquet, "bad.parquet: not a readable parquet file"),

@@ -11,28 +11,49 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from harness.errors import BadInput
+from harness.inputs import iter_jsonl, parse_json, prepare_output_file
 
 SCHEMA_VERSION = 1
 # A tool call of this name is a conversation's user, not a tool: the gap between a reply and the user's next
 # message. The runner waits its `cpu_seconds` on the run's clock (think time) and uses no tool core for it.
 USER_TOOL = "user"
 
+# Sane ranges of a workload's numbers: far beyond any real agent task, small enough that sums and
+# differences of them stay exact in a float (a session arriving at 1e308 s would have a JCT of 0).
+MAX_ARRIVAL_S = 1e7  # 116 days
+MAX_TOKENS = 10_000_000  # per turn or prefix; beyond any model's context window
+MAX_TURNS = 10_000
+MAX_TOOL_CPU_S = 1e6
+MAX_TOOL_CORES = 4096
+
+
+def _not_bool(value: Any) -> Any:
+    if isinstance(value, bool):
+        raise ValueError("must be an integer, not true/false")
+    return value
+
+
+# An int field that refuses JSON's true/false (pydantic would take `true` as 1); use it wherever an int is meant.
+Int = Annotated[int, BeforeValidator(_not_bool)]
+# The settings every model reading user input shares: no unknown keys, no NaN or infinity.
+INPUT_MODEL_CONFIG = ConfigDict(extra="forbid", allow_inf_nan=False)
+
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(**INPUT_MODEL_CONFIG, frozen=True)
 
 
 class ToolCall(_Strict):
     """A CPU-bound tool call the agent makes after an LLM call (run tests, grep, build...)."""
 
     name: str = Field(min_length=1)
-    cpu_seconds: float = Field(ge=0, description="CPU work, in seconds of one core, per core used")
-    cores: int = Field(default=1, ge=1, description="cores the tool keeps busy at once")
+    cpu_seconds: float = Field(ge=0, le=MAX_TOOL_CPU_S, description="CPU work, in seconds of one core, per core used")
+    cores: Int = Field(default=1, ge=1, le=MAX_TOOL_CORES, description="cores the tool keeps busy at once")
     command: str | None = Field(default=None, description="real command, run only with --tools real")
 
 
@@ -43,20 +64,20 @@ class Turn(_Strict):
     the agent framework formats it) plus any new instruction.
     """
 
-    new_tokens: int = Field(ge=0)
-    output_tokens: int = Field(ge=1)
+    new_tokens: Int = Field(ge=0, le=MAX_TOKENS)
+    output_tokens: Int = Field(ge=1, le=MAX_TOKENS)
     tool: ToolCall | None = None
 
 
 class Session(_Strict):
     """One agent task."""
 
-    schema_version: int = SCHEMA_VERSION
+    schema_version: Int = SCHEMA_VERSION
     id: str = Field(min_length=1)
-    arrival_s: float = Field(ge=0, description="arrival time in the backlog, seconds from run start")
+    arrival_s: float = Field(ge=0, le=MAX_ARRIVAL_S, description="arrival time in the backlog, seconds from run start")
     prefix_id: str | None = Field(default=None, description="sessions with the same id share a prefix")
-    prefix_tokens: int = Field(default=0, ge=0, description="shared prefix length (system prompt, tools)")
-    turns: tuple[Turn, ...] = Field(min_length=1)
+    prefix_tokens: Int = Field(default=0, ge=0, le=MAX_TOKENS, description="shared prefix length (system prompt, tools)")
+    turns: tuple[Turn, ...] = Field(min_length=1, max_length=MAX_TURNS)
     kind: str = Field(default="", description="component of the workload it came from (swe, chat...)")
 
     @model_validator(mode="after")
@@ -95,6 +116,10 @@ class Session(_Strict):
         return sum(t.tool.cpu_seconds for t in self.turns if t.tool is not None)
 
     def with_arrival(self, arrival_s: float) -> Session:
+        """A copy arriving at `arrival_s` (checked against the field's range: model_copy does not validate)."""
+        if not 0 <= arrival_s <= MAX_ARRIVAL_S:
+            raise BadInput(f"session {self.id}: arrival at {arrival_s:g} s is outside [0, {MAX_ARRIVAL_S:g}] s "
+                           "(an arrival rate too low?)")
         return self.model_copy(update={"arrival_s": arrival_s})
 
 
@@ -116,6 +141,8 @@ _MESSAGES = {
     "missing": "missing required field",
     "extra_forbidden": "unknown field",
     "too_short": "must not be empty",
+    "too_long": "must have at most {max_length} items",
+    "finite_number": "must be a finite number",
 }
 
 
@@ -133,10 +160,11 @@ def format_validation_error(err: ValidationError) -> str:
 
 def parse_session_line(text: str, where: str) -> Session:
     """One JSONL line -> Session; `where` is `file:line` for the error message."""
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise BadInput(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from None
+    return session_from_json(parse_json(text, where), where)
+
+
+def session_from_json(data: Any, where: str) -> Session:
+    """A parsed JSONL line -> Session."""
     if not isinstance(data, dict):
         raise BadInput(f"{where}: expected a JSON object (one session per line)")
     try:
@@ -147,15 +175,8 @@ def parse_session_line(text: str, where: str) -> Session:
 
 def iter_sessions(path: str | Path) -> Iterator[Session]:
     """Sessions of a JSONL workload file, validated line by line."""
-    path = Path(path)
-    try:
-        handle = path.open(encoding="utf-8")
-    except OSError as e:
-        raise BadInput(f"{path}: cannot read workload file ({e.strerror})") from None
-    with handle:
-        for lineno, line in enumerate(handle, start=1):
-            if line.strip():
-                yield parse_session_line(line, f"{path}:{lineno}")
+    for where, data in iter_jsonl(Path(path), str(path), "workload file"):
+        yield session_from_json(data, where)
 
 
 def require_unique(ids: Iterable[str], what: str, where: object) -> None:
@@ -184,11 +205,15 @@ def dump_session(session: Session) -> str:
 
 
 def save_sessions(sessions: Iterable[Session], path: str | Path) -> None:
-    """Write atomically: a reader never sees a half-written workload file."""
+    """Write atomically: a reader never sees a half-written workload file. Missing folders are made."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    prepare_output_file(path, "-o")
     tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        for s in sessions:
-            f.write(dump_session(s) + "\n")
-    tmp.replace(path)
+    try:
+        with tmp.open("w", encoding="utf-8") as f:
+            for s in sessions:
+                f.write(dump_session(s) + "\n")
+        tmp.replace(path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise BadInput(f"-o {path}: cannot write ({e.strerror or e})") from None

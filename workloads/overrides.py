@@ -3,13 +3,13 @@ presets here; the run config in harness.config uses the same)."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
 from harness.errors import BadInput
+from harness.inputs import parse_json
 from workloads.model import format_validation_error
 
 M = TypeVar("M", bound=BaseModel)
@@ -21,8 +21,8 @@ def parse_assignment(text: str) -> tuple[list[str], Any]:
     if not sep or not key.strip() or any(not part for part in key.strip().split(".")):
         raise BadInput(f"--set {text!r}: expected key=value, e.g. --set mars.window_min=4")
     try:
-        value = json.loads(raw)
-    except json.JSONDecodeError:
+        value = parse_json(raw, "--set")
+    except BadInput:  # not JSON (or nested past what the parser takes): the text itself
         value = raw
     return key.strip().split("."), value
 

@@ -15,6 +15,10 @@ from workloads.model import Session, load_sessions
 from workloads.swebench import DATA_PRESETS, DEFAULT_RPS, preset_sessions
 from workloads.synthetic import PRESETS, WorkloadSpec, customize, generate, get_preset
 
+# Sessions a workload may have without --force: ten times the largest preset, minutes of simulation and a
+# file of about 100 MB. Beyond it a typo (one zero too many) would run for hours or fill the disk.
+MAX_SESSIONS = 100_000
+
 
 @dataclass(frozen=True)
 class WorkloadRequest:
@@ -28,6 +32,7 @@ class WorkloadRequest:
     burstiness: float | None = None
     seed: int | None = None
     sets: tuple[str, ...] = ()
+    force: bool = False  # lift the MAX_SESSIONS cap
 
 
 def is_file_source(source: str) -> bool:
@@ -69,7 +74,16 @@ def preset_spec(req: WorkloadRequest) -> WorkloadSpec:
                            ("cv", req.cv), ("burstiness", req.burstiness), ("seed", req.seed))
         if value is not None
     ]
-    return customize(get_preset(req.source), [*assignments, *req.sets])
+    spec = customize(get_preset(req.source), [*assignments, *req.sets])
+    check_size(spec.sessions, req.force)
+    return spec
+
+
+def check_size(sessions: int, force: bool) -> None:
+    """Refuse more than MAX_SESSIONS sessions unless forced."""
+    if sessions > MAX_SESSIONS and not force:
+        raise BadInput(f"{sessions:,} sessions is more than the cap of {MAX_SESSIONS:,}; "
+                       "add --force to go ahead anyway")
 
 
 def _data_preset(req: WorkloadRequest) -> list[Session]:

@@ -55,7 +55,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
 import re
 from collections.abc import Iterator, Mapping, Sequence
@@ -64,9 +63,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import ValidationError
 
+from harness import inputs
 from harness.errors import BadInput
-from workloads.model import Session, ToolCall, Turn, require_unique
+from workloads.model import Session, ToolCall, Turn, format_validation_error, require_unique
 from workloads.synthetic import LogNormal, SessionSpec, ToolKind, _pick, get_preset
 from workloads.tokens import TokenCounter
 
@@ -164,8 +165,8 @@ def _test_list(row: Mapping[str, Any], field: str, where: str) -> tuple[str, ...
         return ()
     if isinstance(value, str):
         try:
-            value = json.loads(value)
-        except json.JSONDecodeError:
+            value = inputs.parse_json(value, where)
+        except BadInput:
             raise BadInput(f"{where}: field '{field}' must be a JSON-encoded list of test names") from None
     if hasattr(value, "tolist"):  # a numpy array from a parquet list column
         value = value.tolist()
@@ -196,21 +197,11 @@ def instance_from_row(row: Any, where: str) -> Instance:
 
 
 def _read_jsonl(path: Path) -> Iterator[tuple[str, Any]]:
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                yield f"{path}:{lineno}", json.loads(line)
-            except json.JSONDecodeError as e:
-                raise BadInput(f"{path}:{lineno}: invalid or truncated JSON ({e.msg} at column {e.colno})") from None
+    yield from inputs.iter_jsonl(path)
 
 
 def _read_json(path: Path) -> Iterator[tuple[str, Any]]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise BadInput(f"{path}: invalid or truncated JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
+    data = inputs.read_json(path)
     if not isinstance(data, list):
         kind = {dict: "object", str: "string"}.get(type(data), type(data).__name__)
         raise BadInput(f"{path}: expected a JSON list of SWE-bench instances, got a JSON {kind}")
@@ -219,14 +210,7 @@ def _read_json(path: Path) -> Iterator[tuple[str, Any]]:
 
 
 def _read_parquet(path: Path) -> Iterator[tuple[str, Any]]:
-    import pyarrow.parquet as pq
-
-    try:
-        rows = pq.read_table(path).to_pylist()
-    except Exception as e:  # pyarrow raises ArrowInvalid / OSError for non-parquet or truncated files
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise BadInput(f"{path}: not a readable parquet file ({first})") from None
-    for i, row in enumerate(rows):
+    for i, row in enumerate(inputs.read_parquet_rows(path)):
         yield f"{path}: row {i}", row
 
 
@@ -382,12 +366,9 @@ def parse_instance_ids(value: str | None) -> list[str] | None:
         return None
     path = Path(value).expanduser()
     if path.is_file():
-        text = path.read_text(encoding="utf-8")
+        text = inputs.read_text(path, str(path))
         if text.lstrip().startswith("["):
-            try:
-                ids = json.loads(text)
-            except json.JSONDecodeError as e:
-                raise BadInput(f"{path}: invalid JSON list of instance ids ({e.msg})") from None
+            ids = inputs.parse_json(text, str(path))
             if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
                 raise BadInput(f"{path}: expected a JSON list of instance ids")
         else:
@@ -529,7 +510,14 @@ def _tool_call(name: str, inst: Instance, spec: SessionSpec, rng: np.random.Gene
 def instance_session(inst: Instance, counter: TokenCounter, seed: int = 0, hints: bool = True,
                      prefix_tokens: int = AGENT_PREFIX_TOKENS, spec: SessionSpec | None = None) -> Session:
     """One instance as one session (arrival 0; `import_swebench` spaces them out)."""
-    spec = spec or agent_spec()
+    try:
+        return _instance_session(inst, counter, seed, hints, prefix_tokens, spec or agent_spec())
+    except ValidationError as e:  # an instance beyond the workload model's ranges (workloads.model)
+        raise BadInput(f"instance {inst.instance_id}: {format_validation_error(e)}") from None
+
+
+def _instance_session(inst: Instance, counter: TokenCounter, seed: int, hints: bool, prefix_tokens: int,
+                      spec: SessionSpec) -> Session:
     rng = np.random.default_rng([seed, stream_key(inst.instance_id)])
     steps = _plan(inst, parse_patch(inst.patch), spec, counter, rng)
     turns: list[Turn] = []

@@ -22,32 +22,43 @@ from collections.abc import Iterator
 from typing import TypeVar
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from harness.errors import BadInput
 from workloads.overrides import apply_overrides, parse_assignment
 from workloads.arrivals import ArrivalProcess, arrival_times
-from workloads.model import Session, ToolCall, Turn
+from workloads.model import (INPUT_MODEL_CONFIG, MAX_TURNS, Int, Session, ToolCall, Turn,
+                             format_validation_error)
 
 K = TypeVar("K")
 _PREFIX_STREAM = 1 << 30  # stream ids above any session index
 _ARRIVAL_STREAM = (1 << 30) + 1
 
 
+# The most sessions a workload may have at all (`--sessions` and `--set sessions=` beyond it are refused even
+# with --force); the cap that --force lifts is workloads.source.MAX_SESSIONS.
+MAX_SESSIONS_HARD = 1_000_000_000
+# Largest median of a distribution (tokens, seconds, turns): far beyond any real one, and small enough that
+# a sample stays a finite number.
+MAX_MEDIAN = 1e9
+
+
 class _Spec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(**INPUT_MODEL_CONFIG)
 
 
 class LogNormal(_Spec):
     """Lognormal with the given median and shape `sigma`, clipped to [low, high]; sigma 0 = constant."""
 
-    median: float = Field(gt=0)
-    sigma: float = Field(default=0.0, ge=0)
-    low: float = Field(default=0.0, ge=0)
-    high: float = math.inf
+    median: float = Field(gt=0, le=MAX_MEDIAN)
+    sigma: float = Field(default=0.0, ge=0, le=10)
+    low: float = Field(default=0.0, ge=0, le=MAX_MEDIAN)
+    high: float = Field(default=math.inf, allow_inf_nan=True, description="inf = unbounded")
 
     @model_validator(mode="after")
     def _bounds(self) -> LogNormal:
+        if math.isnan(self.high):
+            raise ValueError("high must be a number (inf = unbounded)")
         if self.low > self.high:
             raise ValueError(f"low {self.low} > high {self.high}")
         return self
@@ -83,7 +94,7 @@ class SessionSpec(_Spec):
     """One kind of session in a workload mix."""
 
     weight: float = Field(default=1.0, ge=0, description="share of sessions of this kind")
-    num_prefixes: int = Field(default=1, ge=0, description="distinct shared prefixes (0 = none)")
+    num_prefixes: Int = Field(default=1, ge=0, le=1_000_000, description="distinct shared prefixes (0 = none)")
     prefix_tokens: LogNormal = LogNormal(median=3000, sigma=0.15, low=2000, high=4000)
     task_tokens: LogNormal = Field(description="first turn's new tokens: problem statement, context")
     turns: LogNormal = Field(description="LLM calls per session (rounded)")
@@ -97,6 +108,9 @@ class SessionSpec(_Spec):
 
     @model_validator(mode="after")
     def _tools(self) -> SessionSpec:
+        if self.turns.max_value > MAX_TURNS:
+            raise ValueError(f"turns can reach {self.turns.max_value:g}; a session has at most {MAX_TURNS} turns "
+                             "(set turns.high)")
         if round(self.turns.max_value) > 1 and not any(k.weight > 0 for k in self.tools.values()):
             raise ValueError("a multi-turn session kind needs at least one tool with weight > 0")
         return self
@@ -107,14 +121,14 @@ class WorkloadSpec(_Spec):
 
     name: str
     description: str = ""
-    sessions: int = Field(ge=1)
-    rps: float = Field(gt=0, description="mean session arrival rate, sessions per second")
+    sessions: Int = Field(ge=1, le=MAX_SESSIONS_HARD)
+    rps: float = Field(gt=0, allow_inf_nan=True, description="mean session arrival rate, sessions per second")
     arrival: ArrivalProcess = "fixed"
-    cv: float = Field(default=1.0, gt=0, description="coefficient of variation of gamma gaps")
-    burstiness: float | None = Field(default=None, gt=0, description="gamma arrivals on vllm bench's schedule with "
+    cv: float = Field(default=1.0, ge=0.01, le=100, description="coefficient of variation of gamma gaps")
+    burstiness: float | None = Field(default=None, gt=0, allow_inf_nan=True, description="gamma arrivals on vllm bench's schedule with "
                                                                      "this --burstiness (see workloads.arrivals)")
     timestamps: list[float] | None = Field(default=None, description="arrival times for 'trace'")
-    seed: int = 0
+    seed: Int = Field(default=0, ge=0)
     mix: dict[str, SessionSpec] = Field(min_length=1)
 
     @model_validator(mode="after")
@@ -378,7 +392,11 @@ def generate(spec: WorkloadSpec) -> Iterator[Session]:
         burstiness=spec.burstiness,
     )
     for i in range(spec.sessions):
-        yield _session(spec, i, prefixes).with_arrival(round(float(times[i]), 6))
+        try:
+            session = _session(spec, i, prefixes)
+        except ValidationError as e:  # a distribution set so wide that a drawn session is out of range
+            raise BadInput(f"workload {spec.name}: session {i}: {format_validation_error(e)}") from None
+        yield session.with_arrival(round(float(times[i]), 6))
 
 
 def background_chat(rps: float, until_s: float, seed: int) -> list[Session]:

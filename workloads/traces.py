@@ -59,9 +59,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import ValidationError
 
+from harness import inputs
 from harness.errors import BadInput
-from workloads.model import Session, ToolCall, Turn
+from workloads.model import MAX_TOOL_CPU_S, Session, ToolCall, Turn, format_validation_error
 from workloads.swebench import DEFAULT_RPS, agent_spec, stream_key
 from workloads.synthetic import SessionSpec, _pick
 from workloads.tokens import TokenCounter
@@ -129,14 +131,8 @@ def _kind_of(value: Any) -> str:
 
 
 def read_json(path: Path, what: str = "trajectory file") -> Any:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise BadInput(f"{path}: cannot read {what} ({getattr(e, 'strerror', None) or e})") from None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as e:
-        raise BadInput(f"{path}: invalid or truncated JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
+    """A JSON document read whole, through the one input boundary (`what` is kept for the callers' wording)."""
+    return inputs.read_json(path)
 
 
 def _text(content: Any, loc: str) -> str:
@@ -168,8 +164,8 @@ def _command_of_tool_call(call: Any) -> str | None:
     args = fn.get("arguments")
     if isinstance(args, str):
         try:
-            args = json.loads(args)
-        except json.JSONDecodeError:
+            args = inputs.parse_json(args, "arguments")
+        except BadInput:
             return f"{fn.get('name') or ''} {args}"
     if isinstance(args, dict):
         if isinstance(args.get("command"), str) and fn.get("name") in (None, "bash", "execute_bash", "terminal"):
@@ -207,7 +203,9 @@ def _seconds(value: Any, loc: str, name: str) -> float | None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise BadInput(f"{loc}: field '{name}' must be a number of seconds")
-    return max(0.0, float(value))
+    if not 0 <= value <= MAX_TOOL_CPU_S:  # NaN fails this too
+        raise BadInput(f"{loc}: field '{name}' is {value!r}, outside [0, {MAX_TOOL_CPU_S:g}] seconds")
+    return float(value)
 
 
 def _timestamp(value: Any, loc: str) -> float | None:
@@ -393,21 +391,11 @@ def _event_files(directory: Path) -> list[Path]:
 
 
 def read_jsonl(path: Path, what: str) -> Iterator[tuple[int, str, dict[str, Any]]]:
-    """(line number, `file:line`, object) for each non-blank line of a JSONL file of `what` objects."""
-    try:
-        handle = path.open(encoding="utf-8")
-    except OSError as e:
-        raise BadInput(f"{path}: cannot read ({e.strerror})") from None
-    with handle:
-        for lineno, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise BadInput(f"{where}: invalid or truncated JSON ({e.msg} at column {e.colno})") from None
-            yield lineno, where, _object(record, where, what)
+    """(line number, `file:line`, object) for each non-blank line of a JSONL file of `what` objects, read
+    through the one input boundary (decode, size and nesting errors are one line)."""
+    for lineno, text in inputs.iter_lines(path):
+        where = f"{path}:{lineno}"
+        yield lineno, where, _object(inputs.parse_json(text, where), where, what)
 
 
 def _openhands_file(path: Path) -> list[Recorded]:
@@ -591,14 +579,17 @@ def recorded_session(rec: Recorded, fmt: str, counter: TokenCounter, seed: int =
     rng = np.random.default_rng([seed, stream_key(rec.id)])
     prefix_tokens = counter.count(rec.system_text)
     last = len(rec.calls) - 1
-    turns = tuple(
-        Turn(new_tokens=sum(counter.count(t) for t in call.new_texts),
-             output_tokens=max(1, counter.count(call.output_text)),
-             tool=_tool_call(call.tools, spec, rng) if k < last else None)
-        for k, call in enumerate(rec.calls)
-    )
-    return Session(id=rec.id, arrival_s=0.0, prefix_id=prefix_id(fmt, rec.system_text) if prefix_tokens else None,
-                   prefix_tokens=prefix_tokens, turns=turns, kind=fmt)
+    try:
+        turns = tuple(
+            Turn(new_tokens=sum(counter.count(t) for t in call.new_texts),
+                 output_tokens=max(1, counter.count(call.output_text)),
+                 tool=_tool_call(call.tools, spec, rng) if k < last else None)
+            for k, call in enumerate(rec.calls)
+        )
+        return Session(id=rec.id, arrival_s=0.0, prefix_id=prefix_id(fmt, rec.system_text) if prefix_tokens else None,
+                       prefix_tokens=prefix_tokens, turns=turns, kind=fmt)
+    except ValidationError as e:  # a recorded run beyond the workload model's ranges (workloads.model)
+        raise BadInput(f"{rec.where}: {format_validation_error(e)}") from None
 
 
 def _unique_ids(runs: list[Recorded]) -> Iterator[Recorded]:

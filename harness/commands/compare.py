@@ -18,6 +18,7 @@ from harness.engines.registry import ENGINES
 from harness.compare import COMPARED, ci_footer, comparison, markdown, run_grid, runs_frame, table_cells
 from harness.console import ProgressReport, console, plural, print_json, print_table, table
 from harness.errors import BadInput
+from harness.inputs import check_writable_dir, make_dirs
 
 
 @click.command()
@@ -37,7 +38,7 @@ from harness.errors import BadInput
 @results_dir_option
 @json_option
 def compare(backend_list: str, engine: str, workload: str, sessions: int | None, rps: float | None,
-            arrival: str | None, burstiness: float | None, cv: float | None, sets: tuple[str, ...],
+            arrival: str | None, burstiness: float | None, cv: float | None, sets: tuple[str, ...], force: bool,
             max_concurrency: int | None, warmup_sessions: int, seeds: str, gpu: str,
             model: str, tp: int, profile: str | None, tool_cores: int, tool_mode: str, reference: str | None,
             jobs: int, out_dir: Path | None, results_dir: Path, as_json: bool) -> None:
@@ -58,11 +59,14 @@ def compare(backend_list: str, engine: str, workload: str, sessions: int | None,
     configs = [
         make_config(sets, backend=name, engine=engine, workload=workload, sessions=sessions, rps=rps, arrival=arrival,
                     cv=cv, burstiness=burstiness, max_concurrency=max_concurrency, warmup_sessions=warmup_sessions, seed=s, gpu=gpu, model=model, tp=tp, profile=profile, tool_cores=tool_cores,
-                    tool_mode=tool_mode)
+                    tool_mode=tool_mode, force=force)
         for name in names for s in seed_list
     ]
     for name in names:
         get_backend(name, engine)  # fail on a bad name before any run starts
+    out_dir = out_dir or results_dir / f"compare-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    check_writable_dir(results_dir, "--results-dir")  # before any run: a bad path must not cost the runs
+    check_writable_dir(out_dir, "--out")
     started = time.perf_counter()
     with ProgressReport("compare", "runs", enabled=not as_json) as progress:
         progress.update("runs", 0, len(configs))
@@ -71,8 +75,7 @@ def compare(backend_list: str, engine: str, workload: str, sessions: int | None,
     elapsed = time.perf_counter() - started
     runs = runs_frame(rows)
     result = comparison(runs, reference)
-    out_dir = out_dir or results_dir / f"compare-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
-    out_dir.mkdir(parents=True, exist_ok=True)
+    make_dirs(out_dir, "--out")
     runs.to_csv(out_dir / "runs.csv", index=False)
     result.to_csv(out_dir / "comparison.csv", index=False)
     text = markdown(result, reference)

@@ -11,7 +11,8 @@ import click
 from harness.errors import BadInput
 from harness.results import DEFAULT_RESULTS_DIR
 from workloads.arrivals import ARRIVAL_PROCESSES
-from workloads.source import WorkloadRequest
+from workloads.source import MAX_SESSIONS, WorkloadRequest
+from workloads.synthetic import MAX_SESSIONS_HARD
 
 F = Callable[..., Any]
 
@@ -23,7 +24,12 @@ DEFAULT_SEED = 0
 # starting at DEFAULT_SEED, so a compare's seed-0 runs are the runs `run` makes by default.
 DEFAULT_SEEDS = f"{DEFAULT_SEED}-{DEFAULT_SEED + 4}"
 
-seed_option = click.option("--seed", type=int, default=DEFAULT_SEED, show_default=True, help="Random seed.")
+seed_option = click.option("--seed", type=click.IntRange(min=0), default=DEFAULT_SEED, show_default=True,
+                           help="Random seed.")
+# --sessions of every command: above MAX_SESSIONS only with --force, above MAX_SESSIONS_HARD never.
+SESSIONS = click.IntRange(min=1, max=MAX_SESSIONS_HARD)
+force_option = click.option("--force", is_flag=True,
+                            help=f"Allow workloads of more than {MAX_SESSIONS:,} sessions.")
 
 
 def seeds_option(default: str = str(DEFAULT_SEED)) -> Callable[[F], F]:
@@ -67,12 +73,12 @@ def load_options(func: F) -> F:
 
 
 def workload_options(default: str | None = "swe-smoke", seed: bool = True) -> Callable[[F], F]:
-    """--workload/--sessions/--rps/--arrival/--burstiness/--cv/--seed/--set. `default` None makes the source an argument;
+    """--workload/--sessions/--rps/--arrival/--burstiness/--cv/--seed/--set/--force. `default` None makes the source an argument;
     `seed` False leaves out --seed (for commands that take --seeds)."""
 
     def decorate(func: F) -> F:
         options = [
-            click.option("--sessions", type=click.IntRange(min=1), help="Number of sessions (default: the preset's)."),
+            click.option("--sessions", type=SESSIONS, help="Number of sessions (default: the preset's)."),
             click.option("--rps", type=RATE, help="Session arrival rate per second; inf: all at t=0."),
             click.option("--arrival", type=click.Choice(ARRIVAL_PROCESSES), help="Arrival process."),
             click.option("--burstiness", type=click.FloatRange(min=0, min_open=True), metavar="B",
@@ -82,6 +88,7 @@ def workload_options(default: str | None = "swe-smoke", seed: bool = True) -> Ca
                          help="Gamma arrivals by the gaps' CV (shape 1/cv^2), first at t=0, not rescaled."),
             *([seed_option] if seed else []),
             click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override any preset parameter (repeatable)."),
+            force_option,
         ]
         if default is None:
             options.insert(0, click.argument("workload", metavar="PRESET|FILE"))
@@ -97,9 +104,9 @@ def workload_options(default: str | None = "swe-smoke", seed: bool = True) -> Ca
 
 def workload_request(workload: str, sessions: int | None, rps: float | None, arrival: str | None,
                      cv: float | None, seed: int | None, sets: tuple[str, ...],
-                     burstiness: float | None = None) -> WorkloadRequest:
+                     burstiness: float | None = None, force: bool = False) -> WorkloadRequest:
     return WorkloadRequest(source=workload, sessions=sessions, rps=rps, arrival=arrival, cv=cv, burstiness=burstiness,
-                           seed=seed, sets=tuple(sets))
+                           seed=seed, sets=tuple(sets), force=force)
 
 
 def parse_list(text: str, name: str, cast: type = str) -> list:
@@ -107,6 +114,9 @@ def parse_list(text: str, name: str, cast: type = str) -> list:
     items = [x.strip() for x in text.split(",") if x.strip()]
     if not items:
         raise BadInput(f"{name}: give a comma-separated list")
+    repeated = sorted({x for x in items if items.count(x) > 1})
+    if repeated:
+        raise BadInput(f"{name}: {', '.join(repeated)} given more than once")
     try:
         return [cast(x) for x in items]
     except ValueError:

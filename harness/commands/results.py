@@ -7,9 +7,15 @@ from pathlib import Path
 import click
 
 from harness.commands.options import json_option, results_dir_option
+from harness.errors import BadInput
 from harness.console import console, print_json, table
 from harness.metrics import summarize, summary_table_rows
 from harness.results import RunRecord, find_run, list_runs
+
+
+# the columns of `results list` after run_id and status
+_FIGURES = ("backend", "engine", "workload", "sessions", "completed", "mean_jct_s", "p95_jct_s", "session_throughput",
+            "goodput")
 
 
 def run_summary(run: RunRecord) -> dict:
@@ -58,7 +64,13 @@ def list_cmd(results_dir: Path, as_json: bool) -> None:
     runs = list_runs(results_dir)
     rows = []
     for run in runs:
-        cfg, summary = run.config, run_summary(run)
+        try:
+            run.check()
+            cfg, summary = run.config, run_summary(run)
+        except BadInput as e:  # one corrupt run is one flagged row; the others are listed as usual
+            reason = str(e).removeprefix(f"{run.dir}/")  # the row names the run already
+            rows.append({"run_id": run.run_id, "status": f"unreadable: {reason}", **dict.fromkeys(_FIGURES)})
+            continue
         rows.append({
             "run_id": run.run_id, "status": run.status, "backend": cfg.get("backend"), "engine": cfg.get("engine"),
             "workload": cfg.get("workload"), "sessions": summary.get("num_sessions"),
@@ -92,6 +104,7 @@ def show(run: str, results_dir: Path, as_json: bool) -> None:
       mars-bench results show latest --json
     """
     record = find_run(results_dir, run)
+    record.check()  # a corrupt run is one line, exit 2
     summary = run_summary(record)
     if as_json:
         print_json({"run_id": record.run_id, "status": record.status, "noisy": record.noisy,

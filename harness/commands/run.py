@@ -84,7 +84,7 @@ def _finite(value: float) -> float:
 @results_dir_option
 @json_option
 def run(backend: str, engine: str, vllm_mode: str, workload: str, sessions: int | None, rps: float | None, arrival: str | None,
-        burstiness: float | None, cv: float | None, seed: int, max_concurrency: int | None, warmup_sessions: int, sets: tuple[str, ...], gpu: str, model: str, tp: int, profile: str | None,
+        burstiness: float | None, cv: float | None, seed: int, max_concurrency: int | None, warmup_sessions: int, sets: tuple[str, ...], force: bool, gpu: str, model: str, tp: int, profile: str | None,
         tool_cores: int, tool_mode: str, base_url: str | None, api_key_env: str | None, tokenizer: str | None, request_timeout: float, tools: str, allow_commands: bool, tool_limit_factor: float, tool_limit_floor: float, tool_memory_gib: float, cpu_stress: int, gpu_share: float, kv_offload_gib: float, chat_rps: float, goodput: tuple[str, ...], alpha: float,
         results_dir: Path, as_json: bool) -> None:
     """Run one backend on one workload; write results/<run_id>/ and print the summary.
@@ -113,6 +113,7 @@ def run(backend: str, engine: str, vllm_mode: str, workload: str, sessions: int 
         base_url=base_url, api_key_env=api_key_env, served_model=served_model, tokenizer=tokenizer,
         request_timeout=request_timeout, tools=tools, allow_commands=allow_commands, cpu_stress=cpu_stress,
         tool_limits={"factor": tool_limit_factor, "floor_s": tool_limit_floor, "memory_gib": tool_memory_gib}, gpu_share=gpu_share, chat_rps=chat_rps, goodput=goodput, alpha=alpha,
+        force=force,
     )
     if config.allow_commands and config.tools == "real":
         limits = config.tool_limits

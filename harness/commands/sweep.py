@@ -12,8 +12,8 @@ import click
 import pandas as pd
 
 from harness.backends import get_backend
-from harness.commands.options import (json_option, load_options, parse_list, parse_seeds, results_dir_option,
-                                      seeds_option)
+from harness.commands.options import (SESSIONS, json_option, load_options, parse_list, parse_seeds,
+                                      results_dir_option, seeds_option)
 from harness.commands.run import hardware_options
 from harness.config import make_config
 from harness.engines.registry import ENGINES
@@ -25,6 +25,7 @@ from harness.executors import Finished, execute
 from harness.sweep import (GridPoint, finished_run, grid_points, is_completed, json_digest, runs_table, sweep_lock,
                            write_manifest)
 from workloads.arrivals import ARRIVAL_PROCESSES
+from harness.inputs import make_dirs
 from workloads.source import WorkloadRequest, resolve
 
 SHOWN = (("mean_jct_s", "mean JCT s"), ("p95_jct_s", "p95 JCT s"), ("session_throughput", "sessions/s"),
@@ -40,7 +41,7 @@ SHOWN = (("mean_jct_s", "mean JCT s"), ("p95_jct_s", "p95 JCT s"), ("session_thr
 @click.option("--rps", "rps_list", default=None,
               help="Comma-separated session arrival rates, inf for a burst at t=0 (default: the preset's).")
 @seeds_option()
-@click.option("--sessions", type=click.IntRange(min=1), help="Number of sessions (default: the preset's).")
+@click.option("--sessions", type=SESSIONS, help="Number of sessions (default: the preset's).")
 @click.option("--arrival", type=click.Choice(ARRIVAL_PROCESSES), help="Arrival process.")
 @click.option("--burstiness", type=click.FloatRange(min=0, min_open=True), metavar="B",
               help="Arrivals on vllm bench's --burstiness schedule (gamma shape B, rescaled to span N/rps).")
@@ -109,7 +110,7 @@ def sweep(backend_list: str, engine: str, workload: str, rps_list: str | None, s
     if dry_run:
         _print_dry_run(points, [p for p in points if is_completed(sweep_dir / p.run_id)], sweep_dir, as_json)
         return
-    sweep_dir.mkdir(parents=True, exist_ok=True)
+    make_dirs(sweep_dir, "sweep directory")
     with sweep_lock(sweep_dir) as worker_lock:
         _run_grid(points, spec, sweep_dir, jobs, executor, address, worker_lock, as_json)
 
@@ -167,8 +168,9 @@ def check_workloads(points: list[GridPoint]) -> None:
     """Resolve each distinct workload of the grid as its runs will (harness.experiment.run_experiment), so a
     setting the workload rejects (`--set retention=lru`: no such preset field) fails here, in one line and
     before anything is written, for a dry run as for the sweep itself."""
-    requests = {WorkloadRequest(source=c.workload, sessions=c.sessions, rps=c.rps, arrival=c.arrival, cv=c.cv, burstiness=c.burstiness,
-                                seed=c.seed, sets=c.workload_sets) for c in (p.config for p in points)}
+    requests = {WorkloadRequest(source=c.workload, sessions=c.sessions, rps=c.rps, arrival=c.arrival, cv=c.cv,
+                                burstiness=c.burstiness, seed=c.seed, sets=c.workload_sets, force=c.force)
+                for c in (p.config for p in points)}
     for request in requests:
         resolve(request)
 

@@ -9,6 +9,7 @@ import click
 from rich.progress import track
 
 from harness.commands.options import json_option, seed_option, workload_options, workload_request
+from harness.inputs import prepare_output_file
 from harness.console import console, plural, print_json, table
 from workloads import swebench, traces
 from workloads.model import save_sessions
@@ -56,8 +57,9 @@ def list_presets(as_json: bool) -> None:
 @workload_options(default=None)
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True, help="JSONL file to write.")
 def generate_cmd(workload: str, sessions: int | None, rps: float | None, arrival: str | None,
-                 burstiness: float | None, cv: float | None, seed: int, sets: tuple[str, ...], output: Path) -> None:
-    """Generate a workload file from a preset (deterministic for a seed).
+                 burstiness: float | None, cv: float | None, seed: int, sets: tuple[str, ...], force: bool,
+                 output: Path) -> None:
+    """Generate a workload file from a preset (deterministic for a seed); missing folders of -o are created.
 
     \b
     Examples:
@@ -69,11 +71,12 @@ def generate_cmd(workload: str, sessions: int | None, rps: float | None, arrival
         raise click.BadParameter(f"{workload!r} is a file; generate takes a preset ({', '.join(PRESETS)})",
                                  param_hint="PRESET")
     if workload in swebench.DATA_PRESETS:
-        name, found = resolve(workload_request(workload, sessions, rps, arrival, cv, seed, sets, burstiness))
+        name, found = resolve(workload_request(workload, sessions, rps, arrival, cv, seed, sets, burstiness, force))
         save_sessions(found, output)
         console.print(f"wrote {plural(len(found), 'session')} ({name}, seed {seed}) to {output}")
         return
-    spec = preset_spec(workload_request(workload, sessions, rps, arrival, cv, seed, sets, burstiness))
+    spec = preset_spec(workload_request(workload, sessions, rps, arrival, cv, seed, sets, burstiness, force))
+    prepare_output_file(output, "-o")  # before generating: a bad path must not cost the work
     sessions_out = list(track(generate(spec), total=spec.sessions, description="generating", console=console,
                               transient=True, disable=spec.sessions < 2000))
     save_sessions(sessions_out, output)
@@ -87,7 +90,7 @@ generate_cmd.name = "generate"
 @workload_options(default=None)
 @json_option
 def show(workload: str, sessions: int | None, rps: float | None, arrival: str | None, burstiness: float | None,
-         cv: float | None, seed: int, sets: tuple[str, ...], as_json: bool) -> None:
+         cv: float | None, seed: int, sets: tuple[str, ...], force: bool, as_json: bool) -> None:
     """Show the distribution summary of a preset or workload file.
 
     \b
@@ -96,7 +99,7 @@ def show(workload: str, sessions: int | None, rps: float | None, arrival: str | 
       mars-bench workloads generate paper -o paper.jsonl --seed 1
       mars-bench workloads show paper.jsonl --json
     """
-    name, items = resolve(workload_request(workload, sessions, rps, arrival, cv, seed, sets, burstiness))
+    name, items = resolve(workload_request(workload, sessions, rps, arrival, cv, seed, sets, burstiness, force))
     info = describe(items)
     if as_json:
         print_json({"workload": name, **info})

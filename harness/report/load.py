@@ -22,10 +22,10 @@ import pandas as pd
 from harness.compare import COMPARED
 from harness.errors import BadInput
 from harness.metrics import per_session_metrics
-from harness.results import RunRecord, load_run
+from harness.results import RunRecord, read_run
 
 # Config keys a report compares along, or that follow from others; never part of a run's settings.
-NOT_SETTINGS = frozenset({"backend", "seed", "rps", "workload_name", "num_sessions"})
+NOT_SETTINGS = frozenset({"backend", "seed", "rps", "workload_name", "num_sessions", "force"})
 PointKey = tuple[str, str, float]  # (workload, settings, rps)
 
 
@@ -133,10 +133,7 @@ def discover(root: Path) -> list[RunRecord]:
         subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
         if "run.json" in files:
             subdirs[:] = []  # a run's directory holds no further runs
-            try:
-                found.append(load_run(Path(here)))
-            except BadInput:
-                continue
+            found.append(read_run(Path(here)))  # a corrupt one too: the report lists it as unreadable
     if not found:
         raise BadInput(f"{root}: no runs found (a run is a directory with a run.json, as `mars-bench run` writes)")
     return found
@@ -152,10 +149,18 @@ def load_results(roots: Sequence[Path], include_noisy: bool = False) -> ResultSe
     runs: list[Run] = []
     by_workload: dict[str, list[RunRecord]] = {}
     for record in records.values():
-        by_workload.setdefault(workload_name(record.config), []).append(record)
+        try:
+            record.check()
+            by_workload.setdefault(workload_name(record.config), []).append(record)
+        except BadInput as e:
+            runs.append(_unreadable(record, str(e)))
     for workload, group in by_workload.items():
         labels = settings_labels([r.config for r in group])
-        runs += [_place(record, workload, label, include_noisy) for record, label in zip(group, labels, strict=True)]
+        for record, label in zip(group, labels, strict=True):
+            try:
+                runs.append(_place(record, workload, label, include_noisy))
+            except (BadInput, ValueError, TypeError) as e:  # a run.json whose values are not what run writes
+                runs.append(_unreadable(record, f"{record.dir / 'run.json'}: {e}"))
     runs = _supersede(runs)
     runs.sort(key=lambda r: (*_point_order(r.point), r.backend, r.seed, str(r.record.meta.get("started"))))
     return ResultSet(tuple(Path(r) for r in roots), runs)
@@ -173,6 +178,11 @@ def _place(record: RunRecord, workload: str, settings: str, include_noisy: bool 
         excluded = f"noisy host: {record.host_load()} (--include-noisy ranks it)"
     return Run(record, workload, settings, offered_rps(config), str(config.get("backend", "?")), int(seed),
                summary, excluded)
+
+
+def _unreadable(record: RunRecord, problem: str) -> Run:
+    """A corrupt run: listed, flagged, never ranked."""
+    return Run(record, "?", "", math.nan, "?", -1, None, excluded=f"unreadable: {problem}")
 
 
 def _supersede(runs: list[Run]) -> list[Run]:

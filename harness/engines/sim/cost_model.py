@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from harness.engines.sim.hardware import GiB, GpuSpec, ModelSpec, read_json_object
 from harness.errors import BadInput
@@ -62,6 +62,21 @@ RESERVE_FIXED_BYTES_TP = 3.8 * GiB
 DEFAULT_MAX_NUM_BATCHED_TOKENS = 8192
 
 
+# The physical range of a profile's rates and fixed costs: wide around every GPU there is, so a profile
+# outside it is a typo or a failed fit (a tiny flops_per_s would make one step outlast what a float holds).
+PHYSICAL_RANGES: dict[str, tuple[float, float]] = {
+    "flops_per_s": (1e9, 1e21), "hbm_bytes_per_s": (1e8, 1e18), "allreduce_bytes_per_s": (1e6, 1e18),
+    "step_overhead_s": (0.0, 60.0), "layer_overhead_s": (0.0, 60.0), "seq_overhead_s": (0.0, 60.0),
+    "idle_wake_s": (0.0, 600.0), "allreduce_latency_s": (0.0, 60.0), "gpu_memory_bytes": (2**20, 1e15),
+    "kv_bytes_per_token": (1.0, 1e9), "num_gpu_blocks": (1, 1e8), "block_size": (1, 2**16),
+    "max_num_batched_tokens": (1, 1e8), "num_layers": (1, 1e5),
+}
+# The most KV blocks the simulated cache holds (its tables are per block): 1.6e9 tokens at 16 per block.
+MAX_KV_BLOCKS = 10**8
+# Any other number of a profile (work per token, bytes, counts) above this is not a real model's.
+MAX_PROFILE_VALUE = 1e18
+
+
 class Profile(BaseModel):
     """Every coefficient the cost model uses, for one GPU x model x tensor-parallel degree, per GPU.
 
@@ -70,7 +85,7 @@ class Profile(BaseModel):
     `from_specs`: `gpu`, `model` and `tp` are labels, and changing `tp` here does not re-shard anything.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     gpu: str
     model: str
@@ -109,6 +124,26 @@ class Profile(BaseModel):
     max_num_batched_tokens: int = Field(default=DEFAULT_MAX_NUM_BATCHED_TOKENS, gt=0)
     block_size: int = Field(default=16, gt=0)
     num_gpu_blocks: int | None = Field(default=None, gt=0, description="use this block count, as vLLM's override")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_bools(cls, data: Any) -> Any:
+        """JSON's true/false is not a number (pydantic would read `true` as 1)."""
+        if isinstance(data, dict):
+            for key, value in data.items():
+                if isinstance(value, bool):
+                    raise ValueError(f"{key}: must be a number, not true/false")
+        return data
+
+    @model_validator(mode="after")
+    def _physical(self) -> Profile:
+        for name, value in self.model_dump(exclude={"gpu", "model"}).items():
+            if value is None:
+                continue
+            low, high = PHYSICAL_RANGES.get(name, (0.0, MAX_PROFILE_VALUE))
+            if not low <= value <= high:
+                raise ValueError(f"{name}: {value:g} is outside the physical range [{low:g}, {high:g}]")
+        return self
 
     @classmethod
     def from_specs(cls, gpu: GpuSpec, model: ModelSpec, tp: int = 1) -> Profile:
@@ -213,6 +248,9 @@ def num_kv_blocks(profile: Profile) -> int:
     budget = profile.gpu_memory_bytes * profile.gpu_memory_utilization
     free = budget - profile.weight_bytes - reserve_bytes(profile)
     blocks = math.floor(free / (profile.block_size * profile.kv_bytes_per_token))
+    if blocks > MAX_KV_BLOCKS:
+        raise BadInput(f"{profile.model} on {profile.gpu}: {blocks:,} KV blocks is more than the simulator holds "
+                       f"({MAX_KV_BLOCKS:,}); check the profile's gpu_memory_bytes and kv_bytes_per_token")
     if blocks < 1:
         raise BadInput(
             f"{profile.model} does not fit on {profile.gpu} at tp={profile.tp}: "

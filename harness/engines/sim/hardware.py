@@ -11,13 +11,13 @@ published totals (tests/test_cost_model.py does).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from harness import inputs
 from harness.errors import BadInput
 from workloads.model import format_validation_error
 
@@ -31,7 +31,7 @@ _QUANT_BYTES = {"mxfp4": MXFP4_BYTES_PER_PARAM, "fp8": 1.0}
 
 
 class _Spec(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class GpuSpec(_Spec):
@@ -159,17 +159,7 @@ def _read_config(source: str | Path | Mapping[str, Any]) -> tuple[Mapping[str, A
 
 def read_json_object(path: Path, label: str) -> dict[str, Any]:
     """A JSON object from a file; anything else is a one-line BadInput starting with `label`."""
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise BadInput(f"{label}: no such file") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise BadInput(f"{label}: cannot read ({e})") from None
-    except json.JSONDecodeError as e:
-        raise BadInput(f"{label}: invalid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
-    if not isinstance(data, dict):
-        raise BadInput(f"{label}: expected a JSON object")
-    return data
+    return inputs.read_json_object(path, label)
 
 
 class _Config:
@@ -178,14 +168,15 @@ class _Config:
     def __init__(self, data: Mapping[str, Any], where: str) -> None:
         self.data, self.where = data, where
 
-    def integer(self, *keys: str, default: int | None = None) -> int:
-        """The first of `keys` present (and not null); the alternatives cover model-family spellings."""
+    def integer(self, *keys: str, default: int | None = None, minimum: int = 0, maximum: int = 10**9) -> int:
+        """The first of `keys` present (and not null); the alternatives cover model-family spellings. A value
+        below `minimum` (1 for what a shape is divided by or multiplied into) is a BadInput."""
         for key in keys:
             value = self.data.get(key)
             if value is None:
                 continue
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise BadInput(f"{self.where}: {key} must be a non-negative integer, got {value!r}")
+            if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
+                raise BadInput(f"{self.where}: {key} must be an integer in [{minimum}, {maximum:,}], got {value!r}")
             return value
         if default is None:
             raise BadInput(f"{self.where}: missing {keys[0]}")
@@ -198,13 +189,14 @@ def _storage_bytes(cfg: _Config) -> tuple[float, float, float | None]:
     vLLM's default kv_cache_dtype ("auto") is the model dtype, also for weight-quantised checkpoints.
     """
     dtype = cfg.data.get("torch_dtype") or cfg.data.get("dtype") or "bfloat16"
-    if dtype not in _DTYPE_BYTES:
+    if not isinstance(dtype, str) or dtype not in _DTYPE_BYTES:
         raise BadInput(f"{cfg.where}: unsupported torch_dtype {dtype!r} (known: {', '.join(_DTYPE_BYTES)})")
     element = _DTYPE_BYTES[dtype]
-    quant = (cfg.data.get("quantization_config") or {}).get("quant_method")
+    quantization = cfg.data.get("quantization_config") or {}
+    quant = quantization.get("quant_method") if isinstance(quantization, dict) else quantization
     if quant is None:
         return element, element, None
-    if quant not in _QUANT_BYTES:
+    if not isinstance(quant, str) or quant not in _QUANT_BYTES:
         raise BadInput(f"{cfg.where}: unsupported quantization {quant!r} (known: {', '.join(_QUANT_BYTES)})")
     if quant == "mxfp4":  # gpt-oss: only the MoE experts are MXFP4; attention, router, embeddings stay bf16
         return element, element, _QUANT_BYTES[quant]
@@ -216,17 +208,17 @@ def _count_params(cfg: _Config) -> tuple[int, int, dict[str, int]]:
     `attention_bias`), two norms per layer, the MLP (gate, up, down), MoE routers and experts, an
     optional shared expert, the embedding, the LM head unless tied, and the final norm. Not counted:
     per-head q/k norms, attention sinks and expert biases (each < 0.1% of the total)."""
-    hidden = cfg.integer("hidden_size")
-    layers = cfg.integer("num_hidden_layers")
-    heads = cfg.integer("num_attention_heads")
-    kv_heads = cfg.integer("num_key_value_heads", default=heads)
-    head_dim = cfg.integer("head_dim", default=hidden // heads)
+    hidden = cfg.integer("hidden_size", minimum=1)
+    layers = cfg.integer("num_hidden_layers", minimum=1, maximum=100_000)
+    heads = cfg.integer("num_attention_heads", minimum=1)
+    kv_heads = cfg.integer("num_key_value_heads", default=heads, minimum=1)
+    head_dim = cfg.integer("head_dim", default=max(hidden // heads, 1), minimum=1)
     experts = cfg.integer("num_experts", "num_local_experts", default=0)
     top_k = cfg.integer("num_experts_per_tok", "experts_per_token", default=0) if experts else 0
     dense_width = cfg.integer("intermediate_size", default=0)
     expert_width = cfg.integer("moe_intermediate_size", default=dense_width) if experts else 0
     shared_width = cfg.integer("shared_expert_intermediate_size", default=0) if experts else 0
-    vocab = cfg.integer("vocab_size")
+    vocab = cfg.integer("vocab_size", minimum=1)
     if not dense_width and not expert_width:
         raise BadInput(f"{cfg.where}: missing intermediate_size")
 
@@ -240,7 +232,10 @@ def _count_params(cfg: _Config) -> tuple[int, int, dict[str, int]]:
     moe_shared = hidden * experts + shared  # router + shared expert: every token passes through them
 
     sparse_step = cfg.integer("decoder_sparse_step", default=1) or 1
-    mlp_only = set(cfg.data.get("mlp_only_layers") or ())
+    mlp_only_layers = cfg.data.get("mlp_only_layers") or []
+    if not isinstance(mlp_only_layers, list):
+        raise BadInput(f"{cfg.where}: mlp_only_layers must be a list of layer indices")
+    mlp_only = {i for i in mlp_only_layers if isinstance(i, int)}
     moe_layers = sum(1 for i in range(layers) if experts and i not in mlp_only and (i + 1) % sparse_step == 0)
     dense_layers = layers - moe_layers
 

@@ -11,6 +11,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from harness import inputs
+from harness.errors import BadInput
 from harness.engines.sim.engine import SimEngine
 from harness.engines.sim.testbed import SimSetup
 from harness.policy import AdmissionController, AdmitAll, Policy
@@ -67,8 +69,14 @@ def isolated_jcts(sessions: Sequence[Session], setup: SimSetup, cache: Path | No
 
 
 def read_cache(cache: Path | None) -> dict[str, Any]:
-    """A JSON cache of per-session references (empty when there is none)."""
-    return json.loads(cache.read_text()) if cache is not None and cache.exists() else {}
+    """A JSON cache of per-session references (empty when there is none, or when it is corrupt: a cache is
+    rebuilt, never trusted half-read)."""
+    if cache is None or not cache.exists():
+        return {}
+    try:
+        return inputs.read_json_object(cache)
+    except BadInput:
+        return {}
 
 
 def write_cache(cache: Path, known: dict[str, Any]) -> None:
