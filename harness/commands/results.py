@@ -69,7 +69,8 @@ def list_cmd(results_dir: Path, as_json: bool) -> None:
             cfg, summary = run.config, run_summary(run)
         except BadInput as e:  # one corrupt run is one flagged row; the others are listed as usual
             reason = str(e).removeprefix(f"{run.dir}/")  # the row names the run already
-            rows.append({"run_id": run.run_id, "status": f"unreadable: {reason}", **dict.fromkeys(_FIGURES)})
+            rows.append({"run_id": run.run_id, "status": f"unreadable: {reason}", **dict.fromkeys(_FIGURES),
+                         "noisy": None})
             continue
         rows.append({
             "run_id": run.run_id, "status": run.status, "backend": cfg.get("backend"), "engine": cfg.get("engine"),
