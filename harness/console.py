@@ -16,8 +16,9 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-# Piped or captured output has no terminal width; give tables room rather than rich's default 80.
-console = Console(width=None if sys.stdout.isatty() else 160)
+# Piped or captured output has no terminal width; give tables room rather than rich's default 80, and never
+# break a message line (a long path stays whole, for grep and copy-paste).
+console = Console(width=None if sys.stdout.isatty() else 160, soft_wrap=not sys.stdout.isatty())
 NAME_WIDTH = 40  # text columns this narrow hold names (backends, metrics): shown whole, never wrapped
 
 

@@ -75,6 +75,7 @@ def test_burstgpt_keeps_token_counts_and_times_and_leaves_out_failures(run_cli, 
     with (FIXTURES / "burstgpt.csv").open(newline="") as f:
         rows = [r for r in csv.DictReader(f) if int(r["Response tokens"]) > 0]
     assert len(sessions) == len(rows) == 5 and "left out 1 failed request" in stdout
+    assert len(stdout.strip().splitlines()) == 1  # piped, a message longer than the console stays one line
     start = float(rows[0]["Timestamp"])
     for s, row in zip(sessions, rows):
         assert _prompt(s) == int(row["Request tokens"]) and s.turns[0].output_tokens == int(row["Response tokens"])
