@@ -5,7 +5,7 @@ The engine comes from the registry (harness.engines.base): nothing here knows on
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ from harness.errors import BadInput
 from harness.inputs import make_dirs
 from harness.policy.tools import ToolOrder
 from harness.metrics import RunSummary, parse_goodput, summarize
+from harness.runbounds import run_bounds
 from harness.hostload import HostLoad
 from harness.real_tools import RealToolPool
 from harness.results import RunWriter, ending, make_run_id
@@ -37,6 +38,7 @@ class RunResult:
     dir: Path
     summary: RunSummary
     stats: dict[str, Any]
+    bounds: dict[str, Any] = field(default_factory=dict)  # harness.runbounds: cache and capacity bounds
 
 
 class _CountingSink:
@@ -139,11 +141,12 @@ def run_experiment(config: RunConfig, results_dir: Path, progress: Progress | No
             raise
         _stop_host(writer, host)
         summary = summarize(outcome.calls, outcome.sessions, alpha=config.alpha, goodput_slo=slo, end_s=outcome.end_s)
-        payload = {**summary.model_dump(mode="json"), "engine_stats": outcome.stats}
+        bounds = run_bounds(sessions, config, outcome.calls, simulated)
+        payload = {**summary.model_dump(mode="json"), **bounds, "engine_stats": outcome.stats}
         if "load_controls" in outcome.stats:  # warm-up and concurrency cap, flagged beside the figures
             payload["load_controls"] = outcome.stats["load_controls"]
         writer.finish(outcome.calls, outcome.sessions, payload, timeline=outcome.timeline)
-    return RunResult(writer.dir, summary, outcome.stats)
+    return RunResult(writer.dir, summary, outcome.stats, bounds)
 
 
 def _stop_host(writer: RunWriter, host: HostLoad | None) -> None:

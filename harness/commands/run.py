@@ -122,7 +122,7 @@ def run(backend: str, engine: str, vllm_mode: str, workload: str, sessions: int 
                    f"{limits.memory_gib:g} GiB)", err=True)
     with ProgressReport("run", "sessions", enabled=not as_json) as progress:
         result = run_experiment(config, results_dir, progress=progress.update)
-    summary = result.summary.model_dump(mode="json")
+    summary = {**result.summary.model_dump(mode="json"), **result.bounds}
     record = load_run(result.dir)
     if record.noisy:
         click.echo(f"mars-bench: warning: the host was oversubscribed during this run ({record.host_load()}): "
@@ -204,10 +204,14 @@ def result_lines(summary: Mapping[str, Any], failed_calls: int = 0) -> list[str]
         _row("Mean JCT, x of bound:", s.get("x_of_bound"), "x" if s.get("x_of_bound") is not None else ""),
         _row("Mean slowdown (x isolated JCT):", s.get("mean_slowdown")),
         _row("Session throughput (sessions/s):", s.get("session_throughput")),
+        _row("  bound: GPU or tool pool (sessions/s):", s.get("throughput_bound")),
+        _row("  tool pool: busy cores offered / cores:", _offered(s)),
         _row(f"Goodput (sessions/s, slowdown <= {alpha:g}):" if alpha is not None else "Goodput (sessions/s):",
              s.get("goodput")),
         _row("Good sessions (%):", None if good is None else good * 100),
         _row("Prefix cache hit rate (%):", None if hit is None else hit * 100),
+        _row("  bound: Bélády, this call order (%):", _percent(s.get("belady_prefix_hit_rate"))),
+        _row("  bound: infinite cache (%):", _percent(s.get("ideal_prefix_hit_rate"))),
         _row("Preemptions:", s.get("preemptions")),
         _row("Mean tool wait (s):", s.get("mean_tool_wait_s")),
         _row("Mean admission wait (s):", s.get("mean_admission_wait_s")),
@@ -215,6 +219,16 @@ def result_lines(summary: Mapping[str, Any], failed_calls: int = 0) -> list[str]
         "=" * _WIDTH,
     ]
     return lines
+
+
+def _percent(rate: float | None) -> float | None:
+    return None if rate is None else rate * 100
+
+
+def _offered(s: Mapping[str, Any]) -> str | None:
+    """`9.72 / 8` (busy cores the arrival rate asks of the tool pool / its cores), None when unknown."""
+    offered, workers = s.get("tool_offered_cores"), s.get("tool_workers")
+    return None if offered is None or workers is None else f"{offered:.2f} / {workers}"
 
 
 def load_text(load: dict[str, Any]) -> str:

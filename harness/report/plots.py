@@ -1,5 +1,9 @@
 """Figures over the runs of one setup (a workload with its settings, all its load points): JCT distribution,
-JCT against load, the throughput-latency frontier and the slowdown distribution."""
+JCT against load, the throughput-latency frontier and the slowdown distribution.
+
+Every backend keeps its colour, line style and marker (style.looks) in every figure, so seven lines stay
+apart; series that coincide (identical backends at a light load) would still hide each other, so a panel
+names them in a note (`coinciding`)."""
 
 from __future__ import annotations
 
@@ -7,8 +11,9 @@ import hashlib
 import itertools
 import math
 import re
+import textwrap
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,9 +28,10 @@ from matplotlib.ticker import FuncFormatter, LogFormatter
 
 from harness.report.doc import Figure
 from harness.report.load import Run, at_load, load_label, run_frame
-from harness.report.style import Colour, backend_order, legend_outside, new_figure, save, themed
+from harness.report.style import Colour, Look, backend_order, legend_outside, looks, new_figure, save, themed
 
 LOG_SPREAD = 30  # a value axis spanning more than this factor is drawn on a log scale
+COINCIDE_TOLERANCE = 0.02  # CDFs nowhere further apart than this (fraction of sessions) coincide
 
 
 @dataclass(frozen=True)
@@ -58,23 +64,37 @@ class Setup:
         values = {r.rps for r in self.runs}
         return sorted(values, key=lambda v: (math.isnan(v), v))
 
+    @property
+    def looks(self) -> dict[str, Look]:
+        """Every backend's colour, line style and marker (from the whole report's palette: the same in every
+        setup's figures)."""
+        return looks(self.colours)
+
     def finish(self, fig: MplFigure, kind: str, heading: str, caption: str, extra: Sequence[Line2D] = (),
-               backends: Sequence[str] | None = None) -> Figure:
+               backends: Sequence[str] | None = None, legend: bool = True) -> Figure:
         """Legend (`backends`, default all of the setup's, plus `extra`), heading, and the PNG written."""
-        colours = {b: self.colours[b] for b in (self.backends if backends is None else backends)}
-        legend_outside(fig, colours, extra=extra)
+        if legend:
+            every = self.looks
+            legend_outside(fig, {b: every[b] for b in (self.backends if backends is None else backends)},
+                           extra=extra)
         fig.suptitle(f"{heading}: {self.title}", fontweight="bold")
         return save(fig, self.out_dir, f"{kind}-{self.slug}", f"{heading}: {self.title}", caption)
 
 
-def facets(count: int, width: float = 4.4, height: float = 3.4, **shared: bool) -> tuple[MplFigure, list[Axes]]:
-    """A figure with `count` panels, at most three a row; unused panels are hidden."""
-    cols = min(count, 3)
-    rows = math.ceil(count / cols)
-    fig = new_figure(width * cols + 1.6, height * rows + 0.5)
+def grid(count: int) -> tuple[int, int]:
+    """Rows and columns for `count` panels: at most three a row, rows as full as they can be (4 panels: 2 x 2,
+    not 3 + 1), so no row is left mostly empty."""
+    rows = math.ceil(count / 3)
+    return rows, math.ceil(count / rows)
+
+
+def facets(count: int, height: float = 3.4, **shared: bool) -> tuple[MplFigure, list[Axes]]:
+    """A figure with `count` panels in a `grid`; a panel the grid has to spare is removed."""
+    rows, cols = grid(count)
+    fig = new_figure(height * rows + 0.6)
     axes = list(fig.subplots(rows, cols, squeeze=False, **shared).flat)
     for ax in axes[count:]:
-        ax.set_visible(False)
+        fig.delaxes(ax)
     return fig, axes[:count]
 
 
@@ -89,56 +109,126 @@ def auto_log(ax: Axes, values: pd.Series, axis: str = "x") -> None:
         (ax.xaxis if axis == "x" else ax.yaxis).set_minor_formatter(LogFormatter(minor_thresholds=(1, 0.4)))
 
 
+def coinciding(samples: Mapping[str, np.ndarray], tolerance: float = COINCIDE_TOLERANCE) -> list[list[str]]:
+    """Groups (two or more, in `samples`' order) of series whose distributions coincide: their empirical CDFs
+    are nowhere more than `tolerance` apart (the Kolmogorov-Smirnov distance, a fraction of sessions) from
+    the group's first series'. Drawn as CDFs, such curves hide each other."""
+    sorted_ = {name: np.sort(np.asarray(v, dtype=float)) for name, v in samples.items() if len(v)}
+    groups: list[list[str]] = []
+    for name, values in sorted_.items():
+        for group in groups:
+            if ks_distance(sorted_[group[0]], values) <= tolerance:
+                group.append(name)
+                break
+        else:
+            groups.append([name])
+    return [g for g in groups if len(g) > 1]
+
+
+def ks_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """The largest vertical gap between the empirical CDFs of two sorted samples."""
+    at = np.concatenate([a, b])
+    return float(np.max(np.abs(np.searchsorted(a, at, side="right") / len(a)
+                               - np.searchsorted(b, at, side="right") / len(b))))
+
+
+def note_coinciding(ax: Axes, groups: Sequence[Sequence[str]], total: int) -> None:
+    """Name the coinciding series in the panel's lower right corner."""
+    if not groups:
+        return
+    lines = []
+    for group in groups:
+        what = f"all {total} backends" if len(group) == total else " = ".join(group)
+        lines.append(textwrap.fill(f"{what}: same curve", 34))
+    ax.text(0.98, 0.04, "\n".join(lines), transform=ax.transAxes, ha="right", va="bottom", fontsize=8,
+            color="0.2", bbox={"boxstyle": "round,pad=0.3", "facecolor": "white", "edgecolor": "0.7", "alpha": 0.9})
+
+
 def jct_cdf(setup: Setup, sessions: pd.DataFrame) -> Figure:
     done = sessions[sessions["completed"]]
+    style = setup.looks
     with themed():
         fig, axes = facets(len(setup.loads), sharey=True)
         for ax, rps in zip(axes, setup.loads, strict=True):
-            sns.ecdfplot(data=at_load(done, rps), x="jct_s", hue="backend", hue_order=setup.backends,
-                         palette=setup.colours, ax=ax, legend=False, linewidth=2)
+            here = at_load(done, rps)
+            samples = {b: np.sort(here.loc[here["backend"] == b, "jct_s"].dropna().to_numpy(dtype=float))
+                       for b in setup.backends}
+            for backend, x in samples.items():
+                if len(x):
+                    y = np.arange(1, len(x) + 1) / len(x)
+                    ax.plot(x, y, drawstyle="steps-post", lw=1.8, ms=5, markevery=0.12, **style[backend])
+            note_coinciding(ax, coinciding(samples), sum(1 for x in samples.values() if len(x)))
             auto_log(ax, done["jct_s"])
-            ax.set(title=load_label(rps), xlabel="JCT (s)", ylabel="fraction of sessions")
+            ax.set(title=load_label(rps), xlabel="JCT (s)", ylim=(0, 1.02))
+        for ax in axes[::grid(len(axes))[1]]:
+            ax.set_ylabel("fraction of sessions")
         return setup.finish(fig, "jct-cdf", "JCT distribution",
                             "Job completion time (arrival to last token, backlog included) of every completed session, "
-                            "all seeds pooled.")
+                            f"all seeds pooled. Backends whose curves coincide (nowhere more than {COINCIDE_TOLERANCE:.0%} of "
+                            "sessions apart) are named in the panel: only one of them shows.")
+
+
+def _dodge(loads: Sequence[float], count: int) -> list[float]:
+    """Horizontal offsets (in load units) for `count` series, so error bars at the same load stand apart."""
+    steps = np.diff(sorted(set(loads)))
+    width = 0.25 * (float(steps.min()) if len(steps) else max(abs(loads[0]), 1.0) * 0.2)
+    return [width * (i / max(count - 1, 1) - 0.5) if count > 1 else 0.0 for i in range(count)]
 
 
 def jct_vs_load(setup: Setup) -> Figure:
-    frame = run_frame(setup.runs).dropna(subset=["rps"])
-    style = "band" if frame["rps"].nunique() > 1 else "bars"
+    frame = run_frame(setup.runs, ["mean_jct_s", "p95_jct_s", "bound_mean_jct_s"]).dropna(subset=["rps"])
+    style = setup.looks
+    backends = [b for b in setup.backends if b in set(frame["backend"])]
+    offsets = dict(zip(backends, _dodge(list(frame["rps"]), len(backends)), strict=True))
+    extra: list[Line2D] = []
     with themed():
-        fig, axes = facets(2, width=5.2, height=3.8)
+        fig, axes = facets(2, height=4.4)
         for ax, (key, label) in zip(axes, (("mean_jct_s", "mean JCT (s)"), ("p95_jct_s", "p95 JCT (s)")), strict=True):
-            sns.lineplot(data=frame, x="rps", y=key, hue="backend", hue_order=setup.backends, palette=setup.colours,
-                         errorbar=_band, err_style=style, marker="o", linewidth=2, ax=ax, legend=False)
-            auto_log(ax, frame[key], axis="y")
+            for backend in backends:
+                stats = frame[frame["backend"] == backend].groupby("rps")[key].agg(["mean", _spread]).sort_index()
+                ax.errorbar(stats.index + offsets[backend], stats["mean"], yerr=stats["_spread"], lw=1.6, ms=6,
+                            capsize=3, elinewidth=1.1, **style[backend])
+            if key == "mean_jct_s":
+                floor = frame.groupby("rps")["bound_mean_jct_s"].mean().dropna().sort_index()
+                if len(floor):
+                    ax.plot(floor.index, floor.to_numpy(), color="black", ls=(0, (1, 1)), lw=2)
+                    extra = [Line2D([], [], color="black", ls=(0, (1, 1)), lw=2,
+                                    label="bound (no policy\nhas a lower mean)")]
+            auto_log(ax, pd.concat([frame[key], frame["bound_mean_jct_s"]]) if key == "mean_jct_s" else frame[key],
+                     axis="y")
             ax.set(title=f"{label.split(' (')[0]} vs load", xlabel="offered load (sessions/s)", ylabel=label)
+            ax.set_xticks(sorted(frame["rps"].unique()))
         return setup.finish(fig, "jct-vs-load", "JCT vs load",
-                            "Mean over seeds; the shaded band (or bar) is ± 1 standard deviation over seeds.")
+                            "Mean over seeds; error bars: ± 1 standard deviation over seeds. The backends at one load "
+                            "are drawn side by side, a little apart, so their bars do not cover each other. Dotted: "
+                            "the run's physical bound on the mean JCT (harness.bound), where the runs computed one.",
+                            extra=extra)
 
 
 def frontier(setup: Setup) -> Figure:
     frame = run_frame(setup.runs).dropna(subset=["rps"])
     stats = frame.groupby(["backend", "rps"])[["mean_jct_s", "session_throughput"]].agg(["mean", _spread])
     markers = dict(zip(sorted(frame["rps"].unique()), itertools.cycle("osD^vP*X"), strict=False))
+    style = setup.looks
     with themed():
-        fig = new_figure(8.4, 4.8)
+        fig = new_figure(5.2)
         ax = fig.subplots()
         for backend in [b for b in setup.backends if b in stats.index.get_level_values(0)]:
             rows = stats.loc[backend].sort_index()
+            look = style[backend]
             x, y = rows[("mean_jct_s", "mean")], rows[("session_throughput", "mean")]
-            ax.plot(x, y, color=setup.colours[backend], lw=2)
+            ax.plot(x, y, color=look["color"], ls=look["ls"], lw=1.8)
             for rps, row in rows.iterrows():
                 ax.errorbar(row[("mean_jct_s", "mean")], row[("session_throughput", "mean")],
                             xerr=row[("mean_jct_s", "_spread")], yerr=row[("session_throughput", "_spread")],
-                            color=setup.colours[backend], marker=markers[rps], ms=7, capsize=3, lw=1.2)
+                            color=look["color"], marker=markers[rps], ms=7, capsize=3, lw=1.1)
         auto_log(ax, frame["mean_jct_s"])
-        ax.set(title="Throughput vs latency (better: up and left)", xlabel="mean JCT (s)",
-               ylabel="session throughput (sessions/s)")
+        ax.set(xlabel="mean JCT (s)", ylabel="session throughput (sessions/s)")
+        ax.set_title("better: up and left", loc="left", fontsize=10, color="0.3")
         loads = [Line2D([], [], ls="", marker=m, color="0.3", label=f"rps {rps:g}") for rps, m in markers.items()]
         return setup.finish(fig, "frontier", "Throughput vs latency",
-                            "One line per backend through its load points (marker: offered load); error bars: "
-                            "± 1 std over seeds.", extra=loads)
+                            "One line per backend through its load points (line style: backend; marker: offered "
+                            "load); error bars: ± 1 std over seeds.", extra=loads)
 
 
 def _spread(values: pd.Series) -> float:
@@ -146,29 +236,36 @@ def _spread(values: pd.Series) -> float:
     return float(values.std(ddof=0)) if len(values) else 0.0
 
 
-def _band(values: pd.Series) -> tuple[float, float]:
-    """seaborn errorbar: mean ± the same spread as the tables."""
-    return values.mean() - _spread(values), values.mean() + _spread(values)
-
-
 def slowdown(setup: Setup, sessions: pd.DataFrame, alpha: float) -> Figure | None:
-    """Slowdown (JCT / isolated JCT) per backend; None when no session has an isolated JCT."""
+    """Slowdown (JCT / isolated JCT) per backend; None when no session has an isolated JCT. The x axis names
+    the backends, so the figure has no backend legend, only the goodput bound's."""
     done = sessions[sessions["completed"] & sessions["slowdown"].notna()]
     if done.empty:
         return None
     with themed():
-        fig, axes = facets(len(setup.loads), width=max(3.0, 0.9 * len(setup.backends) + 1.4), sharey=True)
+        fig, axes = facets(len(setup.loads), height=3.6, sharey=True)
         for ax, rps in zip(axes, setup.loads, strict=True):
+            here = at_load(done, rps)
+            shown = [b for b in setup.backends if b in set(here["backend"])]
+            if not shown:
+                ax.text(0.5, 0.5, "no session with an isolated JCT", ha="center", transform=ax.transAxes)
+                ax.set(title=load_label(rps), xticks=[])
+                continue
             with warnings.catch_warnings():  # seaborn 0.13 passes matplotlib 3.11's deprecated `vert`
                 warnings.filterwarnings("ignore", "vert: bool", MatplotlibDeprecationWarning)
-                sns.boxplot(data=at_load(done, rps), x="backend", y="slowdown", hue="backend", order=setup.backends,
-                            hue_order=setup.backends, palette=setup.colours, ax=ax, legend=False, width=0.6,
+                sns.boxplot(data=here, x="backend", y="slowdown", hue="backend", order=shown, hue_order=shown,
+                            palette={b: setup.colours[b] for b in shown}, ax=ax, legend=False, width=0.6,
                             fliersize=2, linewidth=1, saturation=1)
             ax.axhline(alpha, ls="--", color="0.3", lw=1.2)
-            ax.set(title=load_label(rps), xlabel="", ylabel="slowdown (JCT / isolated JCT)")
-            ax.tick_params(axis="x", rotation=30 if len(setup.backends) > 3 else 0)
+            ax.set(title=load_label(rps), xlabel="", ylabel="")
+            ax.tick_params(axis="x", rotation=30 if len(shown) > 4 else 0, labelsize=9)
+            for tick in ax.get_xticklabels():
+                tick.set_horizontalalignment("right" if len(shown) > 4 else "center")
         auto_log(axes[0], pd.Series(np.append(done["slowdown"].to_numpy(), alpha)), axis="y")
-        bound = Line2D([], [], ls="--", color="0.3", lw=1.2, label=f"goodput bound α = {alpha:g}")
+        for ax in axes[::grid(len(axes))[1]]:
+            ax.set_ylabel("slowdown (JCT / isolated)")
+        bound = Line2D([], [], ls="--", color="0.3", lw=1.2, label=f"goodput bound\nα = {alpha:g}")
+        fig.legend(handles=[bound], loc="outside right center", frameon=False)
         return setup.finish(fig, "slowdown", "Slowdown distribution",
                             "Per completed session, all seeds pooled; boxes: quartiles, whiskers: 1.5 IQR. Sessions "
-                            "below the dashed line count towards goodput.", extra=[bound])
+                            "below the dashed line count towards goodput.", legend=False)

@@ -1,5 +1,7 @@
-"""One look for every plot: seaborn's theme, one colour per backend in every figure, legends outside the data,
-PNGs written without pyplot (no global figure state, no display needed)."""
+"""One look for every plot: seaborn's theme, one colour, line style and marker per backend in every figure (lines
+stay apart in greyscale and where colours are close), legends outside the data, one width and DPI for every
+image (FIGURE_WIDTH_IN x DPI pixels: figures line up in the page and none is shrunk by the browser), PNGs
+written without pyplot (no global figure state, no display needed)."""
 
 from __future__ import annotations
 
@@ -24,6 +26,21 @@ _COLOURS = {"vllm": "#0072b2", "sglang": "#009e73", "continuum": "#e69f00", "con
             "autellix": "#cc79a7", "infercept": "#56b4e9", "mars": "#d62728", "mars-preview": "#ff9896"}
 _SPARE = ("#7f7f7f", "#bcbd22", "#17becf")
 DPI = 100
+FIGURE_WIDTH_IN = 12.0  # every figure: 1200 px wide at DPI
+MAX_HEIGHT_IN = 12.0  # and at most 1200 px tall; a figure with more to show uses more columns
+_MARKERS = ("o", "s", "D", "^", "v", "P", "X", "*", "h", "<", ">")
+_DASHES = ("-", "--", "-.", ":")
+
+
+class Look(dict):  # type: ignore[type-arg]
+    """A backend's line keywords for `Axes.plot` / `errorbar`: colour, line style, marker."""
+
+
+def looks(colours: dict[str, Colour]) -> dict[str, Look]:
+    """Backend -> its colour, line style and marker; backends in `colours`' order get distinct combinations
+    (markers cycle over 11, line styles over 4)."""
+    return {name: Look(color=colour, ls=_DASHES[i % len(_DASHES)], marker=_MARKERS[i % len(_MARKERS)])
+            for i, (name, colour) in enumerate(colours.items())}
 
 
 def palette(backends: Iterable[str]) -> dict[str, Colour]:
@@ -47,14 +64,16 @@ def themed() -> Iterator[None]:
         yield
 
 
-def new_figure(width: float, height: float) -> MplFigure:
-    return MplFigure(figsize=(width, height), dpi=DPI, layout="constrained")
+def new_figure(height: float, width: float = FIGURE_WIDTH_IN) -> MplFigure:
+    """A figure of the report's width (narrower only when asked) and `height` inches, capped at MAX_HEIGHT_IN."""
+    return MplFigure(figsize=(width, min(height, MAX_HEIGHT_IN)), dpi=DPI, layout="constrained")
 
 
-def legend_outside(fig: MplFigure, colours: dict[str, Colour], title: str = "backend",
+def legend_outside(fig: MplFigure, shown: dict[str, Look], title: str = "backend",
                    extra: Sequence[Line2D] = ()) -> None:
-    """One legend for the whole figure, right of the axes."""
-    handles = [Line2D([], [], color=c, lw=2.5, label=name) for name, c in colours.items()] + list(extra)
+    """One legend for the whole figure, right of the axes: each backend's line as the figures draw it."""
+    handles = [Line2D([], [], lw=2, ms=6, label=name, **look) for name, look in shown.items()]
+    handles += list(extra)
     fig.legend(handles=handles, title=title, loc="outside right center", frameon=False)
 
 

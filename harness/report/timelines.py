@@ -19,7 +19,10 @@ from harness.report.load import Run, load_label
 from harness.report.plots import Setup
 from harness.report.style import backend_order, new_figure, save, themed
 
-MAX_BINS = 150  # timelines are averaged into at most this many time bins (more is unreadable with overlays)
+MAX_BINS = 150  # timelines are averaged into at most this many time bins by default
+PANEL_BINS = 80  # in the engine-state figure's small panels (~250 px wide), at most this many
+MIN_SAMPLES = 2  # a run whose timeline has fewer samples is left out of the engine-state figure (no line)
+SPARSE_SAMPLES = 30  # below this many samples a run's every sample is marked (a short run reads as such)
 
 # Phases of a session in the per-session timeline: (name, colour).
 PHASES = (("admission wait", "#b8b8b8"), ("LLM queue wait", "#f2a541"), ("LLM compute", "#3569b5"),
@@ -27,14 +30,14 @@ PHASES = (("admission wait", "#b8b8b8"), ("LLM queue wait", "#f2a541"), ("LLM co
 _PHASE_COLOUR = dict(PHASES)
 
 
-def binned(timeline: pd.DataFrame) -> pd.DataFrame:
-    """The timeline averaged into equal time bins: KV usage and GPU busy in %, tool calls and sessions as means.
+def binned(timeline: pd.DataFrame, max_bins: int = MAX_BINS) -> pd.DataFrame:
+    """The timeline averaged into at most `max_bins` equal time bins: KV usage and GPU busy in %, tool calls and sessions as means.
 
     GPU busy is the growth of the cumulative `gpu_busy_s` over each bin divided by the bin's width.
     """
     t = timeline["t"].to_numpy(dtype=float)
     end = float(t.max())
-    count = max(1, min(MAX_BINS, len(t)))
+    count = max(1, min(max_bins, len(t)))
     edges = np.linspace(0.0, end if end > 0 else 1.0, count + 1)
     which = np.clip(np.searchsorted(edges, t, side="right") - 1, 0, count - 1)
     columns = [c for c in ("kv_usage", "tool_inflight", "active_sessions", "admission_window") if c in timeline]
@@ -49,39 +52,60 @@ def binned(timeline: pd.DataFrame) -> pd.DataFrame:
 
 
 def engine_state(setup: Setup, runs: Sequence[Run]) -> Figure | None:
-    """KV usage, GPU busy, tool calls in flight and admitted sessions (with MARS's window) over time."""
+    """Small multiples: one row per backend, one column per quantity (KV usage, GPU busy, tool calls in
+    flight, admitted sessions with MARS's window), the same axes down each column. A short timeline (under
+    SPARSE_SAMPLES samples) has each sample marked, and the caption says how few there are; runs with fewer
+    than MIN_SAMPLES are left out (named in the caption); None when no run is left."""
     runs = sorted((r for r in runs if not r.record.timeline().empty), key=lambda r: backend_order(r.backend))
+    short = [r for r in runs if len(r.record.timeline()) < MIN_SAMPLES]
+    runs = [r for r in runs if r not in short]
     if not runs:
         return None
     panels = (("kv_usage", "KV cache used (%)"), ("gpu_busy", "GPU busy (%)"),
               ("tool_inflight", "tool calls (run + queued)"), ("active_sessions", "sessions admitted"))
+    cores = {r.record.config.get("tool_cores") for r in runs} - {None}
     with themed():
-        fig = new_figure(11.5, 9.6)
-        axes = fig.subplots(len(panels), 1, sharex=True)
-        for run in runs:
-            frame, colour = binned(run.record.timeline()), setup.colours[run.backend]
-            for ax, (key, _) in zip(axes, panels, strict=True):
-                ax.plot(frame["t"], frame[key], color=colour, lw=1.4)
+        fig = new_figure(1.3 * len(runs) + 1.0)
+        axes = fig.subplots(len(runs), len(panels), sharex=True, sharey="col", squeeze=False)
+        for row, run in zip(axes, runs, strict=True):
+            frame, colour = binned(run.record.timeline(), PANEL_BINS), setup.colours[run.backend]
+            marker = "o" if len(run.record.timeline()) < SPARSE_SAMPLES else None
+            for ax, (key, _) in zip(row, panels, strict=True):
+                if key in ("kv_usage", "gpu_busy"):
+                    ax.fill_between(frame["t"], frame[key], color=colour, alpha=0.35, lw=0)
+                ax.plot(frame["t"], frame[key], color=colour, lw=1.2, marker=marker, ms=3.5)
+                ax.tick_params(labelsize=8)
             if "admission_window" in frame:
-                axes[3].plot(frame["t"], frame["admission_window"], color=colour, lw=1.4, ls="--")
-        cores = {r.record.config.get("tool_cores") for r in runs} - {None}
-        for value in cores:
-            axes[2].axhline(value, color="0.35", ls=":", lw=1.2)
-        for ax, (_, label) in zip(axes, panels, strict=True):
-            ax.set_ylabel(label)
+                row[3].plot(frame["t"], frame["admission_window"], color="0.2", lw=1.1, ls="--")
+            for value in cores:
+                row[2].axhline(value, color="0.2", ls=":", lw=1.1)
+            row[0].set_ylabel(run.backend, color=colour, fontweight="bold", fontsize=10)
+        for ax, (_, label) in zip(axes[0], panels, strict=True):
+            ax.set_title(label, fontsize=10)
+        for ax in axes[:, 0]:
+            ax.set_ylim(0, 100)
+        for ax in axes[:, 1]:
+            ax.set_ylim(0, 105)
+        for ax in axes[:, 2:].flat:
             ax.set_ylim(bottom=0)
-        axes[0].set_ylim(0, 100)
-        axes[1].set_ylim(0, 105)
-        axes[-1].set_xlabel("time since the run started (s)")
-        extra = [Line2D([], [], color="0.3", ls="--", lw=1.4, label="admission window"),
-                 Line2D([], [], color="0.35", ls=":", lw=1.2, label="tool cores")]
+        for ax in axes[-1]:
+            ax.set_xlabel("time since start (s)", fontsize=9)
+        extra = [Line2D([], [], color="0.2", ls="--", lw=1.1, label="admission window"),
+                 Line2D([], [], color="0.2", ls=":", lw=1.1, label="tool cores")]
+        fig.legend(handles=extra, loc="outside lower center", ncols=2, frameon=False)
         first = runs[0]
-        axes[0].set_title(f"one run per backend: {load_label(first.rps)}, seed {first.seed}", loc="left")
+        left_out = (f" Left out, too few timeline samples (under {MIN_SAMPLES}): "
+                    + ", ".join(f"{r.backend} ({len(r.record.timeline())})" for r in short) + ".") if short else ""
+        sparse = [r for r in runs if len(r.record.timeline()) < SPARSE_SAMPLES]
+        if sparse:
+            left_out += (" Short runs, every sample marked: "
+                         + ", ".join(f"{r.backend} ({len(r.record.timeline())} samples)" for r in sparse) + ".")
         return setup.finish(
             fig, "engine-state", "Engine state over time",
-            f"One run per backend at the highest load point ({load_label(first.rps)}, lowest seed), averaged into at "
-            f"most {MAX_BINS} time bins. Dashed: the admission window of backends with admission control (MARS); "
-            "dotted: the tool pool's cores.", extra=extra, backends=[r.backend for r in runs])
+            f"One run per backend (a row each) at the highest load point ({load_label(first.rps)}, lowest seed), "
+            f"averaged into at most {PANEL_BINS} time bins; every column shares its axes. Dashed: the admission "
+            f"window of backends with admission control (MARS); dotted: the tool pool's cores.{left_out}",
+            legend=False)
 
 
 def longest_sessions(run: Run, count: int = 4) -> list[str]:
@@ -91,28 +115,35 @@ def longest_sessions(run: Run, count: int = 4) -> list[str]:
 
 
 def session_timeline(setup: Setup, runs: Sequence[Run], session_ids: Sequence[str], chosen_from: str) -> Figure:
-    """Gantt bars of the chosen sessions in each backend's representative run (same seed: same sessions)."""
+    """Gantt bars of the chosen sessions in each backend's representative run (same seed: same sessions), a
+    panel per backend, two panels a row. Each panel has its own time axis: a backend whose sessions take
+    30 times longer would squeeze the others into a sliver of a shared one."""
     runs = sorted(runs, key=lambda r: backend_order(r.backend))
     ids = list(session_ids)
+    cols = 1 if len(runs) == 1 else 2
+    rows = math.ceil(len(runs) / cols)
     with themed():
-        fig = new_figure(12, len(runs) * (0.5 * len(ids) + 1.0) + 0.8)
-        axes = fig.subplots(len(runs), 1, sharex=True, squeeze=False)[:, 0]
-        longest = 0.0
-        for ax, run in zip(axes, runs, strict=True):
-            longest = max(longest, _session_bars(ax, run, ids))
-        axes[0].set_xlim(0, max(longest, 1.0) * 1.15)  # broken_barh does not autoscale; room for the JCT labels
-        for ax, run in zip(axes, runs, strict=True):
+        fig = new_figure(rows * (0.36 * len(ids) + 0.75) + 0.9)
+        grid = fig.subplots(rows, cols, sharey=True, squeeze=False)
+        axes = list(grid.flat)
+        for ax in axes[len(runs):]:
+            fig.delaxes(ax)
+        for ax, run in zip(axes, runs, strict=False):
+            longest = _session_bars(ax, run, ids)
+            ax.set_xlim(0, max(longest, 1.0) * 1.22)  # broken_barh does not autoscale; room for the JCT labels
             ax.set_title(f"{run.backend} ({load_label(run.rps)}, seed {run.seed})", color=setup.colours[run.backend],
-                         fontweight="bold", loc="left")
-        axes[-1].set_xlabel("time since the session arrived (s)")
+                         fontweight="bold", loc="left", fontsize=10)
+            ax.tick_params(axis="x", labelsize=8)
+        for ax in axes[max(0, len(runs) - cols):len(runs)]:
+            ax.set_xlabel("time since the session arrived (s)", fontsize=9)
         handles = [Patch(color=colour, label=name) for name, colour in PHASES]
         fig.legend(handles=handles, title="phase", loc="outside right center", frameon=False)
         fig.suptitle(f"Per-session timeline: {setup.title}", fontweight="bold")
         return save(fig, setup.out_dir, f"sessions-{setup.slug}", f"Per-session timeline: {setup.title}",
-                    f"Sessions {chosen_from}, each from its arrival. Admission wait: arrival to admission; LLM "
+                    f"Sessions {chosen_from}, each from its arrival; every backend's panel has its own time axis "
+                    "(compare lengths by the JCT written after each bar). Admission wait: arrival to admission; LLM "
                     "queue wait: a call's arrival to its first scheduled step; LLM compute: first step to last "
-                    "token; tool: a call's end to the next call (tool queue and run). The JCT is written after "
-                    "each bar.")
+                    "token; tool: a call's end to the next call (tool queue and run).")
 
 
 def _session_bars(ax: Axes, run: Run, ids: Sequence[str]) -> float:
