@@ -23,10 +23,10 @@ from __future__ import annotations
 import json
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
@@ -124,11 +124,14 @@ def plan(budget: int, capacity: int, max_seqs: int, max_len: int) -> list[list[R
     return groups
 
 
-def measure(config: RunConfig, cache_dir: Path, repeats: int = 3) -> tuple[list[Sample], dict[str, int]]:
+def measure(config: RunConfig, cache_dir: Path, repeats: int = 3, progress: Progress | None = None,
+            ) -> tuple[list[Sample], dict[str, int]]:
     """Run the plan on a real in-process vLLM engine with the run's engine args; the samples (warm-up steps
     dropped) and the engine's KV geometry (num_gpu_blocks, block_size, max_num_batched_tokens). A forced KV
     block count (`engine_args.num_gpu_blocks`) goes into the geometry, but the measuring engine gets the KV
-    its memory allows, so the plan's batches fit: a step's cost does not depend on the cache's size."""
+    its memory allows, so the plan's batches fit: a step's cost does not depend on the cache's size.
+    `progress("steps", timed, planned)` hears after each batch; Ctrl-C raises Interrupted with the samples
+    measured so far."""
     forced = config.engine_args.num_gpu_blocks
     config = config.model_copy(update={"engine_args": config.engine_args.model_copy(update={"num_gpu_blocks": None})})
     from harness.engines.vllm.engine import prepare_environment, vllm_setup  # noqa: PLC0415
@@ -153,46 +156,126 @@ def measure(config: RunConfig, cache_dir: Path, repeats: int = 3) -> tuple[list[
             llm = LLMEngine.from_engine_args(EngineArgs(**args))
         except Exception as exc:  # vLLM reports bad settings as exceptions deep in its start-up
             raise BadInput(f"the vLLM engine did not start: {str(exc).splitlines()[-1] if str(exc) else exc!r}") from None
+        walls: list[float] = []
+        idle_steps: set[int] = set()
+        groups: list[list[Request]] = []
+        budget = 1
         try:
             sched = llm.engine_core.engine_core.scheduler
             geometry = {"num_gpu_blocks": forced or sched.engine_view.num_total_blocks, "block_size": sched.block_size,
                         "max_num_batched_tokens": sched.max_num_scheduled_tokens}
-            groups = plan(geometry["max_num_batched_tokens"], sched.engine_view.num_total_blocks * sched.block_size,
-                          sched.max_num_running_reqs, args["max_model_len"])
-            rng = np.random.default_rng(0)
-            vocab = llm.model_config.get_vocab_size()
-            walls: list[float] = []
-            idle_steps: set[int] = set()
-            n = 0
-            for group in [groups[0], *[g for _ in range(repeats) for g in groups]]:  # the first group warms up
-                pending = sorted(enumerate(group), key=lambda ir: ir[1].at_step)
-                prompts: dict[int, list[int]] = {}
-                step = 0
-                while pending or llm.has_unfinished_requests():
-                    while pending and pending[0][1].at_step <= step:
-                        i, r = pending.pop(0)
-                        if r.idle_before_s:
-                            time.sleep(r.idle_before_s)
-                            idle_steps.add(len(walls))  # the next logged step follows the idle time
-                        base = prompts[r.extends] if r.extends is not None else []
-                        prompt = prompts[i] = base + rng.integers(16, vocab, size=r.prompt - len(base)).tolist()
-                        llm.add_request(f"c{n}", TokensPrompt(prompt_token_ids=prompt),
-                                        SamplingParams(max_tokens=r.output, ignore_eos=True, temperature=0.0,
-                                                       extra_args={"mars": {"call_id": f"c{n}"}}))
-                        n += 1
-                    logged, t0 = sched.step_log.steps_logged, time.perf_counter()
-                    llm.step()
-                    if sched.step_log.steps_logged > logged:  # it scheduled something (a wait for KV logs nothing)
-                        walls.append(time.perf_counter() - t0)
-                    step += 1
+            budget = geometry["max_num_batched_tokens"]
+            groups = plan(budget, sched.engine_view.num_total_blocks * sched.block_size, sched.max_num_running_reqs,
+                          args["max_model_len"])
+            engine = _VllmSteps(llm, sched, SamplingParams, TokensPrompt)
+            run_plan(engine, groups, repeats, llm.model_config.get_vocab_size(), budget, walls, idle_steps, progress)
+        except KeyboardInterrupt:
+            records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+            raise Interrupted(_samples(records[:len(walls)], walls[:len(records)], idle_steps),
+                              len(walls), _planned(groups, repeats, budget)) from None
         finally:
             llm.engine_core.shutdown()
         records = [json.loads(line) for line in log.read_text().splitlines()]
     if len(records) != len(walls):
         raise RuntimeError(f"calibration: {len(walls)} steps timed but {len(records)} logged")
+    return _samples(records, walls, idle_steps), geometry
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C (or SIGTERM) during the measurement: the steps measured so far (warm-up steps dropped), how many
+    were timed, and how many the plan has (estimated)."""
+
+    def __init__(self, samples: list[Sample], timed: int, planned: int) -> None:
+        super().__init__(f"calibration interrupted after {timed} of ~{planned} steps")
+        self.samples, self.timed, self.planned = samples, timed, planned
+
+
+def _samples(records: Sequence[dict[str, Any]], walls: Sequence[float], idle_steps: set[int]) -> list[Sample]:
+    """The logged steps with their wall times, warm-up steps dropped."""
     samples = [Sample(tuple((n, ctx) for _, n, _, ctx in rec["scheduled"]), wall, rec["duration_s"], i in idle_steps)
                for i, (rec, wall) in enumerate(zip(records, walls, strict=True)) if rec["scheduled"]]
-    return samples[WARMUP_STEPS:], geometry
+    return samples[WARMUP_STEPS:]
+
+
+class StepEngine(Protocol):
+    """What `run_plan` drives: an engine that takes requests and runs one step at a time."""
+
+    def add(self, request_id: str, prompt: list[int], max_tokens: int) -> None: ...
+
+    def step(self) -> bool:
+        """Run one engine step; True when it scheduled something (a step the log has a line for)."""
+        ...
+
+    def busy(self) -> bool: ...
+
+
+class _VllmSteps:
+    """A vLLM `LLMEngine` as a StepEngine (the plugin's step log says whether a step scheduled anything)."""
+
+    def __init__(self, llm: Any, sched: Any, sampling: Any, tokens_prompt: Any) -> None:
+        self.llm, self.sched, self.sampling, self.tokens_prompt = llm, sched, sampling, tokens_prompt
+
+    def add(self, request_id: str, prompt: list[int], max_tokens: int) -> None:
+        self.llm.add_request(request_id, self.tokens_prompt(prompt_token_ids=prompt),
+                             self.sampling(max_tokens=max_tokens, ignore_eos=True, temperature=0.0,
+                                           extra_args={"mars": {"call_id": request_id}}))
+
+    def step(self) -> bool:
+        logged = self.sched.step_log.steps_logged
+        self.llm.step()
+        return self.sched.step_log.steps_logged > logged  # a wait for KV logs nothing
+
+    def busy(self) -> bool:
+        return bool(self.llm.has_unfinished_requests())
+
+
+Progress = Callable[[str, int, int], None]  # (phase, done, total), as harness.console.ProgressReport.update
+
+
+def run_plan(engine: StepEngine, groups: Sequence[list[Request]], repeats: int, vocab: int, budget: int,
+             walls: list[float], idle_steps: set[int], progress: Progress | None = None) -> None:
+    """Run the first group once (it warms the engine up), then every group `repeats` times, each to
+    completion; append every scheduled step's wall time to `walls` (and the index of a step that follows
+    an idle wait to `idle_steps`), so a caller interrupted midway keeps what was timed. `progress("steps",
+    timed, planned)` hears after each group (planned: `_planned`, an estimate; never below what was timed)."""
+    rng = np.random.default_rng(0)
+    planned = _planned(groups, repeats, budget)
+    n = 0
+    if progress is not None:
+        progress("steps", 0, planned)
+    for group in [groups[0], *[g for _ in range(repeats) for g in groups]]:
+        pending = sorted(enumerate(group), key=lambda ir: ir[1].at_step)
+        prompts: dict[int, list[int]] = {}
+        step = 0
+        while pending or engine.busy():
+            while pending and pending[0][1].at_step <= step:
+                i, r = pending.pop(0)
+                if r.idle_before_s:
+                    time.sleep(r.idle_before_s)
+                    idle_steps.add(len(walls))  # the next logged step follows the idle time
+                base = prompts[r.extends] if r.extends is not None else []
+                prompt = prompts[i] = base + rng.integers(16, vocab, size=r.prompt - len(base)).tolist()
+                engine.add(f"c{n}", prompt, r.output)
+                n += 1
+            t0 = time.perf_counter()
+            if engine.step():
+                walls.append(time.perf_counter() - t0)
+            step += 1
+        if progress is not None:
+            progress("steps", len(walls), max(planned, len(walls)))
+
+
+def _planned(groups: Sequence[list[Request]], repeats: int, budget: int) -> int:
+    """About how many steps the plan takes (the warm-up group once, every group `repeats` times): per group,
+    the later of its last request's end (joining step + output tokens) and the steps its prompts need at
+    `budget` tokens a step plus the longest output."""
+    def steps(group: list[Request]) -> int:
+        new = [r.prompt - (group[r.extends].prompt if r.extends is not None else 0) for r in group]
+        prefill = -(-sum(new) // max(budget, 1))
+        return max(max(r.at_step + -(-n // max(budget, 1)) + r.output - 1 for r, n in zip(group, new, strict=True)),
+                   prefill + max(r.output for r in group) - 1)
+
+    return steps(groups[0]) + repeats * sum(steps(g) for g in groups) if groups else 0
 
 
 def _max_len(model: str) -> int:
@@ -303,10 +386,12 @@ def host_label() -> str:
     return f"cpu: {hardware().get('cpu', 'unknown')}"
 
 
-def samples_frame(profile: Profile, samples: Sequence[Sample]) -> pd.DataFrame:
-    """Every measured step: its kind, shape, measured and predicted seconds."""
+def samples_frame(profile: Profile | None, samples: Sequence[Sample]) -> pd.DataFrame:
+    """Every measured step: its kind, shape, measured and predicted seconds (NaN without a fitted profile: an
+    interrupted calibration's partial samples)."""
     return pd.DataFrame([{"kind": s.kind, "after_idle": s.after_idle, **asdict(s.shape), "seconds": s.seconds, "core_seconds": s.core_seconds,
-                          "predicted_s": step_time(profile, s.shape) + (profile.idle_wake_s if s.after_idle else 0.0)}
+                          "predicted_s": float("nan") if profile is None else
+                          step_time(profile, s.shape) + (profile.idle_wake_s if s.after_idle else 0.0)}
                          for s in samples])
 
 
@@ -346,7 +431,8 @@ def check(profile: Profile, samples: Sequence[Sample], host_load: dict[str, Any]
                         f"more --repeats")
 
 
-def calibrate_engine(config: RunConfig, cache_dir: Path, repeats: int = 3) -> Calibration:
+def calibrate_engine(config: RunConfig, cache_dir: Path, repeats: int = 3, progress: Progress | None = None,
+                     ) -> Calibration:
     """Measure the engine of `config` (its model and engine args) and fit the cost model to it; Unfit when
     the measurement cannot be trusted (`check`)."""
     from harness.engines.sim.testbed import build_profile  # noqa: PLC0415
@@ -355,7 +441,7 @@ def calibrate_engine(config: RunConfig, cache_dir: Path, repeats: int = 3) -> Ca
     base = build_profile(config.model_copy(update={"engine_args": unforced}))
     host = HostLoad().start()
     try:
-        samples, geometry = measure(config, cache_dir, repeats=repeats)
+        samples, geometry = measure(config, cache_dir, repeats=repeats, progress=progress)
     finally:
         load = host.stop()
     result = fit(base, samples)

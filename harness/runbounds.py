@@ -7,6 +7,8 @@ config resolves the same workload and testbed), for runs written before the boun
 
 from __future__ import annotations
 
+import json
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -41,51 +43,77 @@ def run_bounds(sessions: Sequence[Session], config: RunConfig, calls: pd.DataFra
     """The bounds of a run of `sessions` under `config`, its calls as measured (None: not run). The KV
     capacity and the GPU's token rate come from the testbed's cost profile, so a real engine without a
     calibrated --profile gets the cache bounds it can (the ideal hit rate) and the tool pool's, no others."""
-    from harness.engines.sim.testbed import build_profile, build_setup  # noqa: PLC0415
+    return {**workload_bounds(sessions, config, simulated), **order_bound(sessions, config, calls, simulated)}
+
+
+def _profiled(config: RunConfig, simulated: bool) -> bool:
+    """Whether the testbed's KV size and GPU speed are known: simulated, or a real engine with a profile."""
+    return simulated or config.profile is not None
+
+
+def workload_bounds(sessions: Sequence[Session], config: RunConfig, simulated: bool) -> dict[str, Any]:
+    """The bounds that do not depend on the schedule: ideal hit rate, throughput bound, tool-pool load."""
+    from harness.engines.sim.testbed import build_profile  # noqa: PLC0415
     from harness.tools import ToolPool  # noqa: PLC0415
 
+    keys = [k for k in BOUND_KEYS if k != "belady_prefix_hit_rate"]
     if not sessions:
-        return dict.fromkeys(BOUND_KEYS)
+        return dict.fromkeys(keys)
     profile = build_profile(config)
-    block_size = profile.block_size
     workers = ToolPool(config.tool_cores, config.tool_mode, stress_cores=config.cpu_stress).workers
-    gpu = simulated or config.profile is not None
-    rate = 0.0
+    gpu = _profiled(config, simulated)
+    rate = math.inf
     if gpu:
         budget = config.engine_args.max_num_batched_tokens
         rate = config.gpu_share * peak_token_rate(lambda n: step_time(profile, StepShape.from_chunks([(n, 0)])), budget)
-    cap = capacity(sessions, block_size, rate if gpu else float("inf"), workers, config.rps or arrival_rate(sessions))
-    out: dict[str, Any] = {
-        "ideal_prefix_hit_rate": ideal_hits(sessions, block_size).rate,
-        "belady_prefix_hit_rate": None,
+    cap = capacity(sessions, profile.block_size, rate, workers, config.rps or arrival_rate(sessions))
+    out = {
+        "ideal_prefix_hit_rate": ideal_hits(sessions, profile.block_size).rate,
         "throughput_bound": cap.sessions_per_s if gpu else None,
         "gpu_capacity": cap.gpu_sessions_per_s if gpu else None,
         "tool_capacity": cap.tool_sessions_per_s,
         "tool_offered_cores": cap.offered_cores,
         "tool_workers": cap.workers,
     }
-    if gpu and calls is not None and not calls.empty and config.engine_args.kv_offload_gib == 0:
-        # a host KV tier serves hits a device cache of this size could not: no Bélády bound for it
-        blocks = build_setup(config).num_blocks
-        out["belady_prefix_hit_rate"] = belady_hits(sessions, block_size, blocks, call_order(calls)).rate
-    return {k: (None if isinstance(v, float) and v == float("inf") else v) for k, v in out.items()}
+    return {k: (None if isinstance(v, float) and math.isinf(v) else v) for k, v in out.items()}
 
 
-def bounds_of_record(config: dict[str, Any], calls: pd.DataFrame | None) -> dict[str, Any]:
+def order_bound(sessions: Sequence[Session], config: RunConfig, calls: pd.DataFrame | None,
+                simulated: bool) -> dict[str, Any]:
+    """The Bélády bound on the hit rate of the run's own call order, on the testbed's KV blocks; None without
+    calls, without a known KV size, or with a host KV tier (it serves hits a device cache of this size could
+    not)."""
+    from harness.engines.sim.testbed import build_setup  # noqa: PLC0415
+
+    rate = None
+    if sessions and _profiled(config, simulated) and calls is not None and not calls.empty \
+            and config.engine_args.kv_offload_gib == 0:
+        setup = build_setup(config)
+        rate = belady_hits(sessions, setup.block_size, setup.num_blocks, call_order(calls)).rate
+    return {"belady_prefix_hit_rate": rate}
+
+
+def bounds_of_record(config: dict[str, Any], calls: pd.DataFrame | None,
+                     memo: dict[str, Any] | None = None) -> dict[str, Any]:
     """`run_bounds` of a stored run: its config (run.json's) resolves the same workload; {} when it no longer
-    can (a workload file gone, a config of another version)."""
+    can (a workload file gone, a config of another version). `memo` keeps each workload and its bounds for the
+    next run of the same workload and testbed (another backend)."""
     from harness.engines.registry import get_engine  # noqa: PLC0415
     from harness.errors import BadInput  # noqa: PLC0415
     from workloads.source import WorkloadRequest, resolve  # noqa: PLC0415
 
+    memo = {} if memo is None else memo
+    key = json.dumps({k: v for k, v in config.items() if k != "backend"}, sort_keys=True, default=str)
     try:
-        known = {k: v for k, v in config.items() if k in RunConfig.model_fields}
-        run = RunConfig.model_validate(known)
-        _, sessions = resolve(WorkloadRequest(
-            source=run.workload, sessions=run.sessions, rps=run.rps, arrival=run.arrival, cv=run.cv,
-            burstiness=run.burstiness, seed=run.seed, sets=run.workload_sets, force=run.force,
-        ))
-        simulated = get_engine(run.engine).simulated
-        return run_bounds(sessions, run, calls, simulated)
+        if key not in memo:
+            run = RunConfig.model_validate({k: v for k, v in config.items() if k in RunConfig.model_fields})
+            _, sessions = resolve(WorkloadRequest(
+                source=run.workload, sessions=run.sessions, rps=run.rps, arrival=run.arrival, cv=run.cv,
+                burstiness=run.burstiness, seed=run.seed, sets=run.workload_sets, force=run.force,
+            ))
+            simulated = get_engine(run.engine).simulated
+            memo[key] = (sessions, run, simulated, workload_bounds(sessions, run, simulated))
+        sessions, run, simulated, fixed = memo[key]
+        return {**fixed, **order_bound(sessions, run, calls, simulated)}
     except (BadInput, ValueError, OSError, KeyError):
         return {}

@@ -155,3 +155,98 @@ def test_a_step_after_an_idle_engine_pays_the_wake_up_time_once() -> None:
     assert ttft.tolist() == pytest.approx([0.01, 0.01])  # both calls find the engine idle
     decode = (woken["finish_s"] - woken["first_token_s"]) - (base["finish_s"] - base["first_token_s"])
     assert decode.abs().max() < 1e-9  # the steps that follow without a gap do not pay it
+
+
+# ------------------------------------------------------------------------ progress and Ctrl-C (no engine)
+class FakeSteps:
+    """A StepEngine without a model: each step prefills up to `budget` prompt tokens (first come first
+    served) and decodes one token of every request past its prompt; `stop_at`: Ctrl-C on that step."""
+
+    def __init__(self, budget: int, step_s: float = 0.0, stop_at: int | None = None) -> None:
+        self.budget, self.step_s, self.stop_at = budget, step_s, stop_at
+        self.requests: list[list[int]] = []  # [prompt tokens left, output tokens left]
+        self.steps = 0
+
+    def add(self, request_id: str, prompt: list[int], max_tokens: int) -> None:
+        self.requests.append([len(prompt), max_tokens])
+
+    def busy(self) -> bool:
+        return any(out > 0 for _, out in self.requests)
+
+    def step(self) -> bool:
+        self.steps += 1
+        if self.stop_at is not None and self.steps == self.stop_at:
+            raise KeyboardInterrupt
+        import time
+
+        time.sleep(self.step_s)
+        room, did = self.budget, False
+        for r in self.requests:
+            if r[0] > 0 and room > 0:
+                take = min(r[0], room)
+                r[0] -= take
+                room -= take
+                did = True
+                if r[0] == 0:
+                    r[1] -= 1  # the prefill's last chunk samples the first token
+            elif r[0] == 0 and r[1] > 0:
+                r[1] -= 1
+                did = True
+        self.requests = [r for r in self.requests if r[1] > 0]
+        return did
+
+
+def test_calibration_progress_counts_the_steps_measured_of_those_planned() -> None:
+    from harness.calibrate import _planned, run_plan
+
+    groups = plan(512, 20000, 64, 4096)
+    heard: list[tuple[str, int, int]] = []
+    walls: list[float] = []
+    run_plan(FakeSteps(512), groups, 2, 1000, 512, walls, set(), lambda *a: heard.append(a))
+    assert heard[0] == ("steps", 0, _planned(groups, 2, 512))
+    assert len(heard) == 1 + 1 + 2 * len(groups)  # the start, the warm-up group, every group twice
+    assert heard[-1][1] == len(walls) and heard[-1][2] >= len(walls)
+    assert [done for _, done, _ in heard] == sorted(done for _, done, _ in heard)
+    assert 0.5 <= len(walls) / _planned(groups, 2, 512) <= 1.5  # the plan's estimate is near what it took
+
+
+def test_calibration_prints_plain_progress_lines_when_not_a_terminal() -> None:
+    from harness.calibrate import run_plan
+    from harness.console import ProgressReport
+
+    lines: list[str] = []
+    groups = plan(512, 20000, 64, 4096)[:16]
+    with ProgressReport("calibrate", "steps", terminal=False, interval_s=0.02, echo=lines.append) as progress:
+        run_plan(FakeSteps(512, step_s=0.002), groups, 1, 1000, 512, [], set(), progress.update)
+    assert lines[0].startswith("[calibrate] 0/") and "steps" in lines[0]
+    assert any("ETA" in line and not line.startswith("[calibrate] 0/") for line in lines)
+    assert lines[-1].endswith(", done")
+
+
+def test_ctrl_c_keeps_the_steps_timed_so_far() -> None:
+    from harness.calibrate import run_plan
+
+    walls: list[float] = []
+    with pytest.raises(KeyboardInterrupt):
+        run_plan(FakeSteps(512, stop_at=40), plan(512, 20000, 64, 4096), 3, 1000, 512, walls, set())
+    assert len(walls) == 39
+
+
+def test_an_interrupted_calibration_writes_its_samples_and_no_profile(tmp_path: Path, monkeypatch) -> None:
+    import harness.commands.calibrate as command
+    from harness.calibrate import Interrupted, Sample
+
+    measured = [Sample(((64, 0),), 0.01, 0.009), Sample(((1, 64), (1, 80)), 0.004, 0.003)]
+
+    def interrupted(*args, **kwargs):
+        raise Interrupted(measured, 10, 400)
+
+    monkeypatch.setattr(command, "calibrate_engine", interrupted)
+    out = tmp_path / "p.json"
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(io.StringIO()):
+        code = main(["calibrate", "--model", "m", "-o", str(out)])
+    assert code == 130 and not out.exists()
+    kept = pd.read_csv(tmp_path / "p.json.partial-samples.csv")
+    assert list(kept["seconds"]) == [0.01, 0.004] and kept["predicted_s"].isna().all()
+    assert "interrupted after 10 of ~400 steps" in printed.getvalue()

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import click
 
-from harness.calibrate import FITTED, calibrate_engine, samples_frame
+from harness.calibrate import FITTED, Interrupted, calibrate_engine, samples_frame
 from harness.commands.extras import require_extra
 from harness.config import make_config
-from harness.console import console, print_json, table
+from harness.console import ProgressReport, console, print_json, table
 from harness.results import DEFAULT_RESULTS_DIR
 
 
@@ -34,7 +34,9 @@ def calibrate(engine: str, model: str, out: Path, sets: tuple[str, ...], repeats
     The profile carries the fitted coefficients and the engine's KV block count and block size: runs with
     `--profile FILE` simulate this engine, and real runs with it report slowdown and goodput. Nothing is
     written (exit 1) when the repeats of a batch disagree or a fitted coefficient is unphysical - the marks
-    of a loaded machine.
+    of a loaded machine. Progress: steps measured of those planned, with an ETA (a plain line every 15 s
+    when stdout is not a terminal); Ctrl-C keeps the steps measured so far in the --samples file (else
+    OUT.partial-samples.csv) and writes no profile.
 
     \b
     Examples:
@@ -47,7 +49,20 @@ def calibrate(engine: str, model: str, out: Path, sets: tuple[str, ...], repeats
     config = make_config(sets, engine=engine, model=model)
     require_extra("calibrate", ("scipy",), "mars-bench calibrate (its least-squares fit)")
     started = time.perf_counter()
-    result = calibrate_engine(config, DEFAULT_RESULTS_DIR / ".cache" / "vllm", repeats=repeats)
+    if not as_json:
+        click.echo("[calibrate] starting the engine (its start-up lines follow; minutes on a CPU)")
+    try:
+        with ProgressReport("calibrate", "steps", enabled=not as_json) as progress:
+            result = calibrate_engine(config, DEFAULT_RESULTS_DIR / ".cache" / "vllm", repeats=repeats,
+                                      progress=progress.update)
+    except Interrupted as stop:
+        keep = samples or out.with_name(out.name + ".partial-samples.csv")
+        keep.parent.mkdir(parents=True, exist_ok=True)
+        samples_frame(None, stop.samples).to_csv(keep, index=False)
+        click.echo(f"interrupted after {stop.timed} of ~{stop.planned} steps: no profile written; the "
+                   f"{len(stop.samples)} steps measured are in {keep}")
+        raise
+
     profile, measured = result.profile, result.samples
     out.parent.mkdir(parents=True, exist_ok=True)
     profile.save(out)

@@ -13,6 +13,7 @@ from pathlib import Path
 from harness.compare import format_ci
 from harness.errors import BadInput
 from harness.report import plots, timelines
+from harness.report.bounds import bounds_text, with_bounds
 from harness.report.doc import Block, Code, Document, Figure, Section, Table, Text
 from harness.report.leaderboard import NOT_LIKE_FOR_LIKE, Leaderboard, leaderboard
 from harness.report.load import ResultSet, Run, common_config, load_results, representatives, session_frame
@@ -57,6 +58,7 @@ def build_report(roots: Sequence[Path], out_dir: Path, compare_to: Path | None =
     results = load_results(roots, include_noisy)
     baseline = load_results([compare_to], include_noisy) if compare_to is not None else None
     step("reading runs", 1, 1)
+    results = with_bounds(results, step)
     if reference is not None and reference not in {r.backend for r in results.runs}:
         ran = ", ".join(sorted({r.backend for r in results.runs}))
         raise BadInput(f"--reference {reference}: no run of that backend under {', '.join(map(str, roots))} "
@@ -126,7 +128,13 @@ def _intro(results: ResultSet, regressions: Regressions | None, boards: Sequence
 def _setup_section(setup: plots.Setup, boards: Sequence[Leaderboard], sessions: Sequence[str] | None,
                    drew: Callable[[], None] = lambda: None) -> Section:
     mine = [b for b in boards if b.point[:2] == (setup.workload, setup.settings)]
-    blocks: list[Block] = [b.table() for b in mine]
+    blocks: list[Block] = []
+    for board in mine:
+        blocks.append(board.table())
+        at_point = [r for r in setup.runs if r.point == board.point or
+                    (r.point[:2] == board.point[:2] and math.isnan(r.rps) and math.isnan(board.point[2]))]
+        if (line := bounds_text(at_point)) is not None:
+            blocks.append(line)
     frame = session_frame(setup.runs)
     alpha = next((r.figure("goodput_alpha") for r in setup.runs if r.summary), 3.0)
     reps = representatives(setup.runs)

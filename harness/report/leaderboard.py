@@ -21,7 +21,10 @@ _KEYS = ("goodput", "mean_jct_s")  # what a ranking is by, in order
 _HEAD = [item for key in (*_KEYS, "x_of_bound") for item in COMPARED if item[0] == key]
 # Columns after rank, backend, seeds (and the speedup, after mean JCT): the ranking figures and x of bound first,
 # then the other compared figures, vLLM's latencies, and the counts.
-SHOWN = [*_HEAD, *(i for i in COMPARED if i not in _HEAD), *LATENCIES,
+_REST = [i for i in COMPARED if i not in _HEAD]
+_HIT = [key for key, _ in _REST].index("prefix_cache_hit_rate") + 1
+# the Bélády bound on the hit rate of the run's own call order, beside the measured one (harness.cachebound)
+SHOWN = [*_HEAD, *_REST[:_HIT], ("belady_prefix_hit_rate", "hit bound"), *_REST[_HIT:], *LATENCIES,
          ("completed_sessions", "sessions done"), ("completed_calls", "calls")]
 DEFAULT_REFERENCE = "vllm"  # the speedup's reference when none is chosen and it ran
 NOT_LIKE_FOR_LIKE = "(not like for like)"  # marks a leaderboard whose backends ran other seeds or workloads
@@ -64,7 +67,8 @@ class Leaderboard:
             note = ("Ranked by mean JCT (lowest first; goodput is undefined here); backends equal as shown share "
                     "a rank.")
         note += (" Values are mean ± std over seeds [95% confidence interval of the mean, Student t]; "
-                 "x of bound is mean JCT over the physical bound (1 = nothing left to gain); latencies per call.")
+                 "x of bound is mean JCT over the physical bound (1 = nothing left to gain); hit bound is the most "
+                 "prefix-cache hits any eviction gets on the run's own call order (Bélády); latencies per call.")
         if self.reference:
             note += (f" Speedup: {self.reference}'s mean JCT over the backend's, paired per seed, "
                      "[95% confidence interval].")

@@ -71,12 +71,15 @@ class Setup:
         return looks(self.colours)
 
     def finish(self, fig: MplFigure, kind: str, heading: str, caption: str, extra: Sequence[Line2D] = (),
-               backends: Sequence[str] | None = None, legend: bool = True) -> Figure:
-        """Legend (`backends`, default all of the setup's, plus `extra`), heading, and the PNG written."""
+               backends: Sequence[str] | None = None, legend: bool = True, markers: bool = True) -> Figure:
+        """Legend (`backends`, default all of the setup's, plus `extra`; `markers`: False where markers mean
+        something else than the backend), heading, and the PNG written."""
         if legend:
             every = self.looks
-            legend_outside(fig, {b: every[b] for b in (self.backends if backends is None else backends)},
-                           extra=extra)
+            shown = {b: every[b] for b in (self.backends if backends is None else backends)}
+            if not markers:
+                shown = {b: Look({**look, "marker": None}) for b, look in shown.items()}
+            legend_outside(fig, shown, extra=extra)
         fig.suptitle(f"{heading}: {self.title}", fontweight="bold")
         return save(fig, self.out_dir, f"{kind}-{self.slug}", f"{heading}: {self.title}", caption)
 
@@ -226,9 +229,15 @@ def frontier(setup: Setup) -> Figure:
         ax.set(xlabel="mean JCT (s)", ylabel="session throughput (sessions/s)")
         ax.set_title("better: up and left", loc="left", fontsize=10, color="0.3")
         loads = [Line2D([], [], ls="", marker=m, color="0.3", label=f"rps {rps:g}") for rps, m in markers.items()]
+        bounds = [v for v in (r.figure("throughput_bound") for r in setup.runs) if not math.isnan(v)]
+        if bounds:  # the testbed's capacity (harness.cachebound), the same at every load
+            ax.axhline(float(np.mean(bounds)), color="black", ls=(0, (1, 1)), lw=2)
+            loads.append(Line2D([], [], color="black", ls=(0, (1, 1)), lw=2, label="throughput bound"))
         return setup.finish(fig, "frontier", "Throughput vs latency",
                             "One line per backend through its load points (line style: backend; marker: offered "
-                            "load); error bars: ± 1 std over seeds.", extra=loads)
+                            "load); error bars: ± 1 std over seeds. Dotted: the throughput bound, the sessions/s the "
+                            "GPU or the tool pool can sustain at most (whichever is less).", extra=loads,
+                            markers=False)
 
 
 def _spread(values: pd.Series) -> float:
