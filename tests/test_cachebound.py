@@ -169,3 +169,49 @@ def test_a_simulated_run_never_hits_more_than_belady_on_its_own_order():
     assert belady.prompt_tokens == int(ran["prompt_tokens"].sum())
     assert 0 < measured <= belady.hit_tokens <= ideal_hits(sessions, setup.block_size).hit_tokens
     assert measured < ideal_hits(sessions, setup.block_size).hit_tokens  # the cache was small enough to evict
+
+
+def test_run_keeps_and_prints_the_bounds_beside_what_it_measured(tmp_path) -> None:
+    """`run` on the sim: summary.json holds the bounds, the measured hit rate is under both cache bounds and
+    the throughput under the throughput bound (every session done), and the summary prints them."""
+    import contextlib
+    import io
+    import json
+
+    from harness.cli import main
+
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(["run", "-b", "vllm", "-w", "swe-smoke", "--results-dir", str(tmp_path)]) == 0
+    summary = json.loads(next(tmp_path.glob("*/summary.json")).read_text())
+    assert summary["completed_sessions"] == summary["num_sessions"]
+    assert summary["prefix_cache_hit_rate"] <= summary["belady_prefix_hit_rate"] <= summary["ideal_prefix_hit_rate"]
+    assert summary["session_throughput"] <= summary["throughput_bound"]
+    assert summary["throughput_bound"] == min(summary["gpu_capacity"], summary["tool_capacity"])
+    text = printed.getvalue()
+    for label in ("bound: Bélády, this call order (%):", "bound: infinite cache (%):",
+                  "bound: GPU or tool pool (sessions/s):", "tool pool: busy cores offered / cores:"):
+        assert label in text
+    assert f"{100 * summary['ideal_prefix_hit_rate']:.2f}" in text
+
+
+def test_report_works_out_the_bounds_of_runs_that_did_not_keep_them(tmp_path) -> None:
+    """A run written before the bounds were kept: the report rebuilds its workload and finds the same."""
+    import json
+
+    from harness.config import RunConfig
+    from harness.experiment import run_experiment
+    from harness.report.bounds import bounds_text, with_bounds
+    from harness.report.load import load_results
+    from harness.runbounds import BOUND_KEYS
+
+    run_experiment(RunConfig(backend="mars", workload="swe-smoke", rps=1.0, seed=3), tmp_path)
+    path = next(tmp_path.glob("*/summary.json"))
+    kept = json.loads(path.read_text())
+    path.write_text(json.dumps({k: v for k, v in kept.items() if k not in BOUND_KEYS}))
+    run = with_bounds(load_results([tmp_path])).included[0]
+    for key in BOUND_KEYS:
+        assert run.summary[key] == pytest.approx(kept[key]), key
+    line = bounds_text([run]).text
+    assert f"ideal prefix-cache hit rate {kept['ideal_prefix_hit_rate']:.1%}" in line
+    assert f"throughput bound {kept['throughput_bound']:.3g} sessions/s" in line

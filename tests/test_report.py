@@ -17,6 +17,7 @@ from harness.cli import main
 from harness.config import RunConfig
 from harness.experiment import run_experiment
 from harness.report.load import load_results
+from harness.report.style import DPI, FIGURE_WIDTH_IN, MAX_HEIGHT_IN
 
 BACKENDS, SEEDS = ("vllm", "mars"), (1, 2)
 CHROMIUM = Path("/usr/bin/chromium")
@@ -182,7 +183,37 @@ def test_every_image_exists_and_is_a_png(report: Path) -> None:
         path = report / src
         assert path.read_bytes()[:8] == PNG_MAGIC
         with Image.open(path) as image:
-            assert image.format == "PNG" and image.width >= 600 and image.height >= 300
+            # one width for every figure, none taller than the cap (the old slowdown image was 2,740 px wide)
+            assert image.format == "PNG" and image.width == FIGURE_WIDTH_IN * DPI
+            assert 300 <= image.height <= MAX_HEIGHT_IN * DPI
+
+
+def test_panels_fill_their_rows() -> None:
+    from harness.report.plots import grid
+
+    assert [grid(n) for n in (1, 2, 3, 4, 5, 6, 7, 8)] == [(1, 1), (1, 2), (1, 3), (2, 2), (2, 3), (2, 3), (3, 3),
+                                                           (3, 3)]
+    assert all(rows * cols - n < cols for n in range(1, 20) for rows, cols in [grid(n)])  # no empty row
+
+
+def test_coinciding_distributions_are_named_and_distinct_ones_not() -> None:
+    from harness.report.plots import coinciding
+
+    rng = np.random.default_rng(0)
+    base = rng.lognormal(3, 1, 400)
+    groups = coinciding({"vllm": base, "sglang": base.copy(), "mars": base * 0.5, "infercept": base * 1.001,
+                         "concur": base * 0.5})
+    assert groups == [["vllm", "sglang", "infercept"], ["mars", "concur"]]
+    assert coinciding({"a": base, "b": base * 1.2}) == []
+
+
+def test_every_backend_has_its_own_line_style_and_marker() -> None:
+    from harness.report.style import looks, palette
+
+    names = ["vllm", "sglang", "continuum", "continuum-dy", "autellix", "infercept", "concur", "mars"]
+    shown = looks(palette(names))
+    assert len({(look["ls"], look["marker"]) for look in shown.values()}) == len(names)
+    assert len({look["marker"] for look in shown.values()}) == len(names)
 
 
 def test_html_is_self_contained(report: Path) -> None:
@@ -302,3 +333,25 @@ def test_report_opens_in_headless_chromium(report: Path, tmp_path: Path) -> None
         pixels = np.asarray(image.convert("RGB"), dtype=float)
     assert pixels.shape[1] == 1280 and pixels.shape[0] > 3000  # the whole page: tables and six figures
     assert pixels.std() > 20 and len(np.unique(pixels.reshape(-1, 3), axis=0)) > 100
+
+
+def test_bounds_stand_beside_every_leaderboard(report: Path) -> None:
+    text = (report / "report.md").read_text()
+    boards = [t for t, _ in md_tables(text) if t.startswith("swe-smoke · rps")]
+    assert len(boards) == 2
+    assert text.count("Bounds from the workload and testbed") == len(boards)
+    assert "ideal prefix-cache hit rate" in text and "throughput bound" in text
+    for _, rows in md_tables(text):
+        if "hit bound" in rows[0]:
+            hit, bound = rows[0].index("cache hit"), rows[0].index("hit bound")
+            for row in rows[1:]:  # the measured rate never above the Bélády bound of the run's own order
+                assert float(row[hit].split()[0]) <= float(row[bound].split()[0]) + 1e-9
+
+
+def test_the_report_draws_without_warnings(sets: dict[str, Path], tmp_path: Path) -> None:
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main(["report", str(sets["base"]), "--out", str(tmp_path)]) == 0
+    assert [str(w.message) for w in caught if "palette" in str(w.message) or w.category is UserWarning] == []
