@@ -48,12 +48,11 @@ def bounds_text(runs: Sequence[Run]) -> Text | None:
     offered, workers = _mean(runs, "tool_offered_cores"), _mean(runs, "tool_workers")
     parts = []
     if not math.isnan(ideal):
-        parts.append(f"ideal prefix-cache hit rate {ideal:.1%} (an infinite cache: every block computed before "
-                     "hits; the hit bound column is Bélády's optimal eviction on each run's own call order)")
+        parts.append(f"ideal prefix-cache hit rate {ideal:.1%} (an infinite cache)")
     if not math.isnan(throughput):
         side = "the tool pool" if not math.isnan(tool) and tool <= gpu else "the GPU"
         capacities = f"GPU {gpu:.3g}" + ("" if math.isnan(tool) else f", tool pool {tool:.3g}")
-        parts.append(f"throughput bound {throughput:.3g} sessions/s ({capacities}: {side} limits)")
+        parts.append(f"throughput bound {throughput:.3g} sessions/s, set by {side} ({capacities})")
     if not math.isnan(offered) and not math.isnan(workers):
         load = offered / workers if workers else math.nan
         verdict = " - overloaded: its queue grows while sessions arrive" if load > 1 else ""
@@ -61,5 +60,5 @@ def bounds_text(runs: Sequence[Run]) -> Text | None:
     if not parts:
         return None
     seeds = len({r.seed for r in runs})
-    over = f", mean over {seeds} seeds" if seeds > 1 else ""
+    over = f" (mean over {seeds} seeds)" if seeds > 1 else ""
     return Text(f"Bounds from the workload and testbed{over}: " + "; ".join(parts) + ".")

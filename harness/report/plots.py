@@ -267,9 +267,9 @@ def slowdown(setup: Setup, sessions: pd.DataFrame, alpha: float) -> Figure | Non
                             fliersize=2, linewidth=1, saturation=1)
             ax.axhline(alpha, ls="--", color="0.3", lw=1.2)
             ax.set(title=load_label(rps), xlabel="", ylabel="")
-            ax.tick_params(axis="x", rotation=30 if len(shown) > 4 else 0, labelsize=9)
-            for tick in ax.get_xticklabels():
-                tick.set_horizontalalignment("right" if len(shown) > 4 else "center")
+            tilted = len(shown) > 4  # names end under their box, none running into the next
+            ax.set_xticks(range(len(shown)), shown, fontsize=9, rotation=30 if tilted else 0,
+                          ha="right" if tilted else "center", rotation_mode="anchor")
         auto_log(axes[0], pd.Series(np.append(done["slowdown"].to_numpy(), alpha)), axis="y")
         for ax in axes[::grid(len(axes))[1]]:
             ax.set_ylabel("slowdown (JCT / isolated)")
