@@ -355,3 +355,25 @@ def test_the_report_draws_without_warnings(sets: dict[str, Path], tmp_path: Path
         warnings.simplefilter("always")
         assert main(["report", str(sets["base"]), "--out", str(tmp_path)]) == 0
     assert [str(w.message) for w in caught if "palette" in str(w.message) or w.category is UserWarning] == []
+
+
+def test_runs_with_trace_arrivals_get_the_figures_that_need_no_load(tmp_path: Path) -> None:
+    """A workload file replayed at its own timestamps has no offered load: no JCT-vs-load or frontier figure
+    (not an empty one, nor a crash), the rest drawn, the bounds beside the leaderboard."""
+    import warnings
+
+    from workloads.model import Session, ToolCall, Turn, save_sessions
+
+    trace = tmp_path / "trace.jsonl"
+    save_sessions([Session(id=f"t{i}", arrival_s=0.4 * i, prefix_id="sys", prefix_tokens=64,
+                           turns=(Turn(new_tokens=80, output_tokens=8, tool=ToolCall(name="t", cpu_seconds=0.2)),
+                                  Turn(new_tokens=40, output_tokens=8))) for i in range(4)], trace)
+    for backend in BACKENDS:
+        run_experiment(RunConfig(backend=backend, workload=str(trace), seed=1), tmp_path / "runs")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main(["report", str(tmp_path / "runs"), "--out", str(tmp_path / "out")]) == 0
+    assert [str(w.message) for w in caught if w.category is UserWarning] == []
+    images = " ".join(page(tmp_path / "out").images)
+    assert "jct-cdf" in images and "jct-vs-load" not in images and "frontier" not in images
+    assert "Bounds from the workload and testbed" in (tmp_path / "out" / "report.md").read_text()

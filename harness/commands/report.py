@@ -76,8 +76,12 @@ def _show(t: Table) -> None:
 
 
 def _print(result: Report) -> None:
-    for board in result.leaderboards:
+    from harness.report.bounds import bounds_text  # noqa: PLC0415
+
+    for board, (_, runs) in zip(result.leaderboards, result.results.points(), strict=True):
         _show(board.table())
+        if (line := bounds_text(runs)) is not None:
+            console.print(line.text, highlight=False)
     if result.regressions is not None:
         for t in result.regressions.tables():
             if t.rows:
@@ -101,6 +105,8 @@ def _finite(value: Any) -> Any:
 
 
 def _as_json(result: Report) -> dict:
+    from harness.report.bounds import point_bounds  # noqa: PLC0415
+
     regressions = result.regressions
     return {
         "out_dir": str(result.out_dir), "report_md": str(result.markdown_path), "index_html": str(result.html_path),
@@ -108,8 +114,9 @@ def _as_json(result: Report) -> dict:
         "runs": result.results.frame().to_dict(orient="records"),
         "leaderboards": [{"workload": b.point[0], "settings": b.point[1], "rps": b.point[2],
                           "ranked_by": "goodput" if b.by_goodput else "mean_jct_s", "not_like_for_like": b.mismatch,
-                          "reference": b.reference,
-                          "ranking": b.ranking.to_dict(orient="records")} for b in result.leaderboards],
+                          "reference": b.reference, "bounds": point_bounds(runs),
+                          "ranking": b.ranking.to_dict(orient="records")}
+                         for b, (_, runs) in zip(result.leaderboards, result.results.points(), strict=True)],
         "regressions": None if regressions is None else {
             kind: [{"workload": c.point[0], "settings": c.point[1], "rps": c.point[2], "backend": c.backend,
                     "metric": c.metric, "baseline": c.baseline, "current": c.current, "change": c.delta,

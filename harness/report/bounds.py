@@ -40,10 +40,16 @@ def _mean(runs: Sequence[Run], key: str) -> float:
     return float(np.mean(values)) if values else math.nan
 
 
+def point_bounds(runs: Sequence[Run]) -> dict[str, float | None]:
+    """The bounds of one load point: each BOUND_KEYS figure's mean over its runs (None where no run has it)."""
+    means = {key: _mean(runs, key) for key in BOUND_KEYS}
+    return {key: None if math.isnan(v) else v for key, v in means.items()}
+
+
 def bounds_text(runs: Sequence[Run]) -> Text | None:
     """One line under a load point's leaderboard: the ideal hit rate, the throughput bound and what limits it,
     the tool pool's offered load; None when no run has them."""
-    ideal, throughput = _mean(runs, "ideal_prefix_hit_rate"), _mean(runs, "throughput_bound")
+    ideal, throughput = _mean(runs, "ideal_prefix_hit_rate"), _mean(runs, "throughput_bound")  # NaN: none
     gpu, tool = _mean(runs, "gpu_capacity"), _mean(runs, "tool_capacity")
     offered, workers = _mean(runs, "tool_offered_cores"), _mean(runs, "tool_workers")
     parts = []

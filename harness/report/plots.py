@@ -178,8 +178,11 @@ def _dodge(loads: Sequence[float], count: int) -> list[float]:
     return [width * (i / max(count - 1, 1) - 0.5) if count > 1 else 0.0 for i in range(count)]
 
 
-def jct_vs_load(setup: Setup) -> Figure:
+def jct_vs_load(setup: Setup) -> Figure | None:
+    """Mean and p95 JCT against the offered load; None when no run had one (trace arrivals only)."""
     frame = run_frame(setup.runs, ["mean_jct_s", "p95_jct_s", "bound_mean_jct_s"]).dropna(subset=["rps"])
+    if frame.empty:
+        return None
     style = setup.looks
     backends = [b for b in setup.backends if b in set(frame["backend"])]
     offsets = dict(zip(backends, _dodge(list(frame["rps"]), len(backends)), strict=True))
@@ -208,8 +211,12 @@ def jct_vs_load(setup: Setup) -> Figure:
                             extra=extra)
 
 
-def frontier(setup: Setup) -> Figure:
+def frontier(setup: Setup) -> Figure | None:
+    """Throughput against mean JCT through each backend's load points; None without a load point (trace
+    arrivals only)."""
     frame = run_frame(setup.runs).dropna(subset=["rps"])
+    if frame.empty:
+        return None
     stats = frame.groupby(["backend", "rps"])[["mean_jct_s", "session_throughput"]].agg(["mean", _spread])
     markers = dict(zip(sorted(frame["rps"].unique()), itertools.cycle("osD^vP*X"), strict=False))
     style = setup.looks
