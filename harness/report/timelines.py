@@ -67,6 +67,7 @@ def engine_state(setup: Setup, runs: Sequence[Run]) -> Figure | None:
     with themed():
         fig = new_figure(1.3 * len(runs) + 1.0)
         axes = fig.subplots(len(runs), len(panels), sharex=True, sharey="col", squeeze=False)
+        windowed = False
         for row, run in zip(axes, runs, strict=True):
             frame, colour = binned(run.record.timeline(), PANEL_BINS), setup.colours[run.backend]
             marker = "o" if len(run.record.timeline()) < SPARSE_SAMPLES else None
@@ -75,8 +76,9 @@ def engine_state(setup: Setup, runs: Sequence[Run]) -> Figure | None:
                     ax.fill_between(frame["t"], frame[key], color=colour, alpha=0.35, lw=0)
                 ax.plot(frame["t"], frame[key], color=colour, lw=1.2, marker=marker, ms=3.5)
                 ax.tick_params(labelsize=8)
-            if "admission_window" in frame:
+            if "admission_window" in frame and frame["admission_window"].notna().any():
                 row[3].plot(frame["t"], frame["admission_window"], color="0.2", lw=1.1, ls="--")
+                windowed = True
             for value in cores:
                 row[2].axhline(value, color="0.2", ls=":", lw=1.1)
             row[0].set_ylabel(run.backend, color=colour, fontweight="bold", fontsize=10)
@@ -90,9 +92,10 @@ def engine_state(setup: Setup, runs: Sequence[Run]) -> Figure | None:
             ax.set_ylim(bottom=0)
         for ax in axes[-1]:
             ax.set_xlabel("time since start (s)", fontsize=9)
-        extra = [Line2D([], [], color="0.2", ls="--", lw=1.1, label="admission window"),
-                 Line2D([], [], color="0.2", ls=":", lw=1.1, label="tool cores")]
-        fig.legend(handles=extra, loc="outside lower center", ncols=2, frameon=False)
+        extra = [Line2D([], [], color="0.2", ls="--", lw=1.1, label="admission window")] if windowed else []
+        extra += [Line2D([], [], color="0.2", ls=":", lw=1.1, label="tool cores")] if cores else []
+        if extra:  # only what the figure draws
+            fig.legend(handles=extra, loc="outside lower center", ncols=len(extra), frameon=False)
         first = runs[0]
         left_out = (f" Left out, too few timeline samples (under {MIN_SAMPLES}): "
                     + ", ".join(f"{r.backend} ({len(r.record.timeline())})" for r in short) + ".") if short else ""
