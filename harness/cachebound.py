@@ -1,6 +1,6 @@
 """What the prefix cache and the testbed's capacity allow, from the workload and the testbed alone: bounds a
 run's measured hit rate and throughput are read against. Sans-IO and pure: sessions and numbers in, numbers
-out (harness.bounds_io feeds it a run's workload and testbed).
+out (harness.runbounds feeds it a run's workload and testbed).
 
 The cache is modelled as the sim's (harness.engines.sim.kv_cache) sees it, at its block granularity: a call
 with a prompt of P tokens can hit at most (P - 1) // block_size leading blocks of its context (the engine
