@@ -141,7 +141,10 @@ def run_experiment(config: RunConfig, results_dir: Path, progress: Progress | No
             raise
         _stop_host(writer, host)
         summary = summarize(outcome.calls, outcome.sessions, alpha=config.alpha, goodput_slo=slo, end_s=outcome.end_s)
-        bounds = run_bounds(sessions, config, outcome.calls, simulated)
+        try:
+            bounds = run_bounds(sessions, config, outcome.calls, simulated)
+        except (BadInput, ValueError) as exc:  # figures beside the measurement: never lose the run for them
+            bounds = {"bounds_unavailable": str(exc)}
         payload = {**summary.model_dump(mode="json"), **bounds, "engine_stats": outcome.stats}
         if "load_controls" in outcome.stats:  # warm-up and concurrency cap, flagged beside the figures
             payload["load_controls"] = outcome.stats["load_controls"]

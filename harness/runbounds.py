@@ -19,6 +19,7 @@ from harness.config import RunConfig
 from harness.engines.sim.cost_model import StepShape, step_time
 from workloads.model import Session
 
+DEFAULT_BLOCK_SIZE = 16  # vLLM's KV block size when none is set
 # summary.json keys, in the order `run` prints them
 BOUND_KEYS = ("ideal_prefix_hit_rate", "belady_prefix_hit_rate", "throughput_bound", "gpu_capacity",
               "tool_capacity", "tool_offered_cores", "tool_workers")
@@ -59,16 +60,19 @@ def workload_bounds(sessions: Sequence[Session], config: RunConfig, simulated: b
     keys = [k for k in BOUND_KEYS if k != "belady_prefix_hit_rate"]
     if not sessions:
         return dict.fromkeys(keys)
-    profile = build_profile(config)
     workers = ToolPool(config.tool_cores, config.tool_mode, stress_cores=config.cpu_stress).workers
     gpu = _profiled(config, simulated)
     rate = math.inf
+    # a real engine without a profile: its block size as configured (vLLM's default 16), no cost model
+    block_size = config.engine_args.block_size or DEFAULT_BLOCK_SIZE
     if gpu:
+        profile = build_profile(config)
+        block_size = profile.block_size
         budget = config.engine_args.max_num_batched_tokens
         rate = config.gpu_share * peak_token_rate(lambda n: step_time(profile, StepShape.from_chunks([(n, 0)])), budget)
-    cap = capacity(sessions, profile.block_size, rate, workers, config.rps or arrival_rate(sessions))
+    cap = capacity(sessions, block_size, rate, workers, config.rps or arrival_rate(sessions))
     out = {
-        "ideal_prefix_hit_rate": ideal_hits(sessions, profile.block_size).rate,
+        "ideal_prefix_hit_rate": ideal_hits(sessions, block_size).rate,
         "throughput_bound": cap.sessions_per_s if gpu else None,
         "gpu_capacity": cap.gpu_sessions_per_s if gpu else None,
         "tool_capacity": cap.tool_sessions_per_s,
