@@ -171,6 +171,12 @@ def jct_cdf(setup: Setup, sessions: pd.DataFrame) -> Figure:
                             "sessions apart) are named in the panel: only one of them shows.")
 
 
+def _with_load(frame: pd.DataFrame) -> pd.DataFrame:
+    """The runs at a finite offered load: trace arrivals (NaN) and all-at-once arrivals (inf) have no place on
+    a load axis."""
+    return frame[np.isfinite(frame["rps"].astype(float))]
+
+
 def _dodge(loads: Sequence[float], count: int) -> list[float]:
     """Horizontal offsets (in load units) for `count` series, so error bars at the same load stand apart."""
     steps = np.diff(sorted(set(loads)))
@@ -179,8 +185,9 @@ def _dodge(loads: Sequence[float], count: int) -> list[float]:
 
 
 def jct_vs_load(setup: Setup) -> Figure | None:
-    """Mean and p95 JCT against the offered load; None when no run had one (trace arrivals only)."""
-    frame = run_frame(setup.runs, ["mean_jct_s", "p95_jct_s", "bound_mean_jct_s"]).dropna(subset=["rps"])
+    """Mean and p95 JCT against the offered load; None when no run had a finite one (trace or all-at-once
+    arrivals only)."""
+    frame = _with_load(run_frame(setup.runs, ["mean_jct_s", "p95_jct_s", "bound_mean_jct_s"]))
     if frame.empty:
         return None
     style = setup.looks
@@ -212,9 +219,9 @@ def jct_vs_load(setup: Setup) -> Figure | None:
 
 
 def frontier(setup: Setup) -> Figure | None:
-    """Throughput against mean JCT through each backend's load points; None without a load point (trace
-    arrivals only)."""
-    frame = run_frame(setup.runs).dropna(subset=["rps"])
+    """Throughput against mean JCT through each backend's load points; None without a finite load point
+    (trace or all-at-once arrivals only)."""
+    frame = _with_load(run_frame(setup.runs))
     if frame.empty:
         return None
     stats = frame.groupby(["backend", "rps"])[["mean_jct_s", "session_throughput"]].agg(["mean", _spread])
