@@ -28,6 +28,7 @@ from matplotlib.ticker import FuncFormatter, LogFormatter
 
 from harness.report.doc import Figure
 from harness.report.load import Run, at_load, load_label, run_frame
+from harness.report import style
 from harness.report.style import Colour, Look, backend_order, legend_outside, looks, new_figure, save, themed
 
 LOG_SPREAD = 30  # a value axis spanning more than this factor is drawn on a log scale
@@ -80,7 +81,7 @@ class Setup:
             if not markers:
                 shown = {b: Look({**look, "marker": None}) for b, look in shown.items()}
             legend_outside(fig, shown, extra=extra)
-        fig.suptitle(f"{heading}: {self.title}", fontweight="bold")
+        style.heading(fig, f"{heading}: {self.title}")
         return save(fig, self.out_dir, f"{kind}-{self.slug}", f"{heading}: {self.title}", caption)
 
 
@@ -203,9 +204,9 @@ def jct_vs_load(setup: Setup) -> Figure | None:
                             capsize=3, elinewidth=1.1, **style[backend])
             if key == "mean_jct_s":
                 floor = frame.groupby("rps")["bound_mean_jct_s"].mean().dropna().sort_index()
-                if len(floor):
-                    ax.plot(floor.index, floor.to_numpy(), color="black", ls=(0, (1, 1)), lw=2)
-                    extra = [Line2D([], [], color="black", ls=(0, (1, 1)), lw=2,
+                if len(floor):  # a marker at each load, so one load point shows too
+                    ax.plot(floor.index, floor.to_numpy(), color="black", ls=(0, (1, 1)), lw=2, marker="_", ms=16)
+                    extra = [Line2D([], [], color="black", ls=(0, (1, 1)), lw=2, marker="_", ms=16,
                                     label="bound (no policy\nhas a lower mean)")]
             auto_log(ax, pd.concat([frame[key], frame["bound_mean_jct_s"]]) if key == "mean_jct_s" else frame[key],
                      axis="y")
@@ -215,7 +216,7 @@ def jct_vs_load(setup: Setup) -> Figure | None:
                             "Mean over seeds; error bars: ± 1 standard deviation over seeds. The backends at one load "
                             "are drawn side by side, a little apart, so their bars do not cover each other. Dotted: "
                             "the run's physical bound on the mean JCT (harness.bound), where the runs computed one.",
-                            extra=extra)
+                            extra=extra, backends=backends)
 
 
 def frontier(setup: Setup) -> Figure | None:
@@ -230,7 +231,8 @@ def frontier(setup: Setup) -> Figure | None:
     with themed():
         fig = new_figure(5.2)
         ax = fig.subplots()
-        for backend in [b for b in setup.backends if b in stats.index.get_level_values(0)]:
+        drawn = [b for b in setup.backends if b in stats.index.get_level_values(0)]
+        for backend in drawn:
             rows = stats.loc[backend].sort_index()
             look = style[backend]
             x, y = rows[("mean_jct_s", "mean")], rows[("session_throughput", "mean")]
@@ -251,7 +253,7 @@ def frontier(setup: Setup) -> Figure | None:
                             "One line per backend through its load points (line style: backend; marker: offered "
                             "load); error bars: ± 1 std over seeds. Dotted: the throughput bound, the sessions/s the "
                             "GPU or the tool pool can sustain at most (whichever is less).", extra=loads,
-                            markers=False)
+                            markers=False, backends=drawn)
 
 
 def _spread(values: pd.Series) -> float:

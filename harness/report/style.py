@@ -77,6 +77,16 @@ def legend_outside(fig: MplFigure, shown: dict[str, Look], title: str = "backend
     fig.legend(handles=handles, title=title, loc="outside right center", frameon=False)
 
 
+TITLE_CHARS = 110  # a heading wider than this wraps (long settings would run off a 1,200 px image)
+
+
+def heading(fig: MplFigure, text: str) -> None:
+    """The figure's bold title, wrapped to fit its width."""
+    import textwrap  # noqa: PLC0415
+
+    fig.suptitle(textwrap.fill(text, TITLE_CHARS), fontweight="bold")
+
+
 def save(fig: MplFigure, out_dir: Path, name: str, title: str, caption: str = "") -> Figure:
     """Write `out_dir/img/<name>.png`; the report's figure, with its path relative to `out_dir`."""
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-")

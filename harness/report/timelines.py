@@ -17,7 +17,7 @@ from harness.metrics import per_session_metrics
 from harness.report.doc import Figure
 from harness.report.load import Run, load_label
 from harness.report.plots import Setup
-from harness.report.style import backend_order, new_figure, save, themed
+from harness.report.style import backend_order, heading, new_figure, save, themed
 
 MAX_BINS = 150  # timelines are averaged into at most this many time bins by default
 PANEL_BINS = 80  # in the engine-state figure's small panels (~250 px wide), at most this many
@@ -141,7 +141,7 @@ def session_timeline(setup: Setup, runs: Sequence[Run], session_ids: Sequence[st
             ax.set_xlabel("time since the session arrived (s)", fontsize=9)
         handles = [Patch(color=colour, label=name) for name, colour in PHASES]
         fig.legend(handles=handles, title="phase", loc="outside right center", frameon=False)
-        fig.suptitle(f"Per-session timeline: {setup.title}", fontweight="bold")
+        heading(fig, f"Per-session timeline: {setup.title}")
         return save(fig, setup.out_dir, f"sessions-{setup.slug}", f"Per-session timeline: {setup.title}",
                     f"Sessions {chosen_from}, each from its arrival; every backend's panel has its own time axis "
                     "(compare lengths by the JCT written after each bar). Admission wait: arrival to admission; LLM "
