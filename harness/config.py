@@ -61,9 +61,11 @@ class ToolLimits(BaseModel):
 
 
 LOAD_CONTROLS = ("burstiness", "max_concurrency", "warmup_sessions")
+# what a run reports and exports, as vllm bench serve's flags of the same names (harness.exports)
+EXPORT_SETTINGS = ("percentile_metrics", "metric_percentiles", "label", "metadata", "save_detailed", "result_format")
 # written to run.json only when not at their default: a run that does not use them has the run.json (and the
 # sweep id) it had before they existed
-OMITTED_AT_DEFAULT = (*LOAD_CONTROLS, "force", "request_timeout")
+OMITTED_AT_DEFAULT = (*LOAD_CONTROLS, *EXPORT_SETTINGS, "force", "request_timeout")
 
 
 class RunConfig(BaseModel):
@@ -127,6 +129,36 @@ class RunConfig(BaseModel):
     goodput: tuple[str, ...] = Field(default=(), description="vLLM-style SLOs, e.g. ttft:500 tpot:50")
     timeline_interval_s: float = Field(default=1.0, ge=1e-3)
     engine_args: EngineSettings = EngineSettings()
+    # reporting and exports (vllm bench serve's flags of the same names)
+    percentile_metrics: tuple[str, ...] = Field(
+        default=("ttft", "tpot", "itl"), description="per-call metrics the summary gives percentiles of "
+                                                     "(ttft, tpot, itl, e2el)")
+    metric_percentiles: tuple[float, ...] = Field(default=(99.0,), description="those percentiles, 0-100")
+    label: str | None = Field(default=None, description="the run's label (vllm bench's --label)")
+    metadata: dict[str, str] = Field(default_factory=dict, description="KEY=VALUE notes kept with the run")
+    save_detailed: bool = Field(default=False, description="write calls_detailed.jsonl, one line per call")
+    result_format: Literal["mars", "vllm"] = Field(
+        default="mars", description="vllm: also write vllm_result.json as `vllm bench serve --save-result` does")
+
+    @field_validator("percentile_metrics", mode="before")
+    @classmethod
+    def _metrics(cls, value: Any) -> Any:
+        from harness.metrics import parse_percentile_metrics  # noqa: PLC0415 - numpy: not at CLI start
+
+        try:
+            return parse_percentile_metrics(value if isinstance(value, str) else list(value))
+        except BadInput as exc:
+            raise ValueError(str(exc).removeprefix("--percentile-metrics: ")) from None
+
+    @field_validator("metric_percentiles", mode="before")
+    @classmethod
+    def _percentiles(cls, value: Any) -> Any:
+        from harness.metrics import parse_metric_percentiles  # noqa: PLC0415
+
+        try:
+            return parse_metric_percentiles(value if isinstance(value, str) else list(value))
+        except BadInput as exc:
+            raise ValueError(str(exc).removeprefix("--metric-percentiles: ")) from None
 
     @model_validator(mode="before")
     @classmethod

@@ -22,7 +22,7 @@ _HEAD = [item for key in (*_KEYS, "x_of_bound") for item in COMPARED if item[0] 
 # Columns after rank, backend, seeds (and the speedup, after mean JCT): the ranking figures and x of bound first,
 # then the other compared figures, vLLM's latencies, and the counts.
 SHOWN = [*_HEAD, *(i for i in COMPARED if i not in _HEAD), *LATENCIES,
-         ("completed_sessions", "sessions done"), ("completed_calls", "calls")]
+         ("completed_sessions", "sessions done"), ("completed", "calls")]
 DEFAULT_REFERENCE = "vllm"  # the speedup's reference when none is chosen and it ran
 NOT_LIKE_FOR_LIKE = "(not like for like)"  # marks a leaderboard whose backends ran other seeds or workloads
 
