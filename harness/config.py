@@ -194,7 +194,8 @@ class RunConfig(BaseModel):
         if info.mode != "json":
             return data
         for key in OMITTED_AT_DEFAULT:
-            if key in data and data[key] == type(self).model_fields[key].default:
+            default = type(self).model_fields[key].get_default(call_default_factory=True)
+            if key in data and data[key] == (list(default) if isinstance(default, tuple) else default):
                 del data[key]
         return data
 

@@ -109,11 +109,18 @@ def show(run: str, results_dir: Path, as_json: bool) -> None:
     summary = run_summary(record)
     if as_json:
         print_json({"run_id": record.run_id, "status": record.status, "noisy": record.noisy,
+                    "label": record.config.get("label"), "metadata": record.config.get("metadata") or {},
                     "host_load": record.meta.get("host_load"), "config": record.config, "summary": summary})
         return
     cfg = record.config
     header = [("run", record.run_id), ("status", record.status), ("backend", cfg.get("backend")),
               ("engine", cfg.get("engine")), ("workload", cfg.get("workload")), ("seed", record.meta.get("seed"))]
+    if cfg.get("label"):
+        header.append(("label", str(cfg["label"])))
+    if cfg.get("metadata"):
+        header.append(("metadata", ", ".join(f"{k}={v}" for k, v in dict(cfg["metadata"]).items())))
+    if record.meta.get("exports"):
+        header.append(("exports", ", ".join(record.meta["exports"])))
     if record.meta.get("error"):
         header.append(("error", record.meta["error"]))
     tools = summary.get("engine_stats") or {}
