@@ -221,3 +221,17 @@ def test_compare_and_sweep_runs_take_the_export_flags(run_cli, tmp_path: Path) -
     out = json.loads((summary_path.parent / "vllm_result.json").read_text())
     assert set(out) == expected_keys(("ttft",), (90.0,), detailed=False)
     assert not math.isnan(out["p90_ttft_ms"])
+
+
+def test_a_summary_rebuilt_from_the_tables_keeps_the_runs_choices(run_cli, tmp_path: Path) -> None:
+    """A run that wrote no summary.json (killed): `results show` computes one with the run's percentiles and
+    its benchmark start (the warm-up's end), the figures summary.json would have held."""
+    assert run_cli(*RUN, "--results-dir", str(tmp_path), "--warmup-sessions", "1", "--metric-percentiles", "90",
+                   "--percentile-metrics", "e2el").exit_code == 0
+    path = run_dir(tmp_path)
+    written = json.loads((path / "summary.json").read_text())
+    (path / "summary.json").unlink()
+    rebuilt = json.loads(run_cli("results", "show", "latest", "--results-dir", str(tmp_path), "--json").stdout)
+    for key in ("duration", "p90_e2el_ms", "request_throughput"):
+        assert rebuilt["summary"][key] == pytest.approx(written[key]), key
+    assert "p99_ttft_ms" not in rebuilt["summary"]

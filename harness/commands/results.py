@@ -9,7 +9,7 @@ import click
 from harness.commands.options import json_option, results_dir_option
 from harness.errors import BadInput
 from harness.console import console, print_json, table
-from harness.metrics import summarize, summary_table_rows
+from harness.metrics import DEFAULT_PERCENTILE_METRICS, DEFAULT_PERCENTILES, summarize, summary_table_rows
 from harness.results import RunRecord, find_run, list_runs
 
 
@@ -26,9 +26,19 @@ def run_summary(run: RunRecord) -> dict:
         status, cfg = run.status, run.config
         stopped = status if status in ("interrupted", "failed") else None
         planned = cfg.get("num_sessions")
+        chosen = {key: cfg[key] for key in ("metric_percentiles", "percentile_metrics") if cfg.get(key)}
         summary = summarize(run.calls(), run.sessions(), stopped=stopped,
-                            planned_sessions=planned if isinstance(planned, int) else None).model_dump(mode="json")
+                            planned_sessions=planned if isinstance(planned, int) else None,
+                            percentiles=chosen.get("metric_percentiles", DEFAULT_PERCENTILES),
+                            percentile_metrics=chosen.get("percentile_metrics", DEFAULT_PERCENTILE_METRICS),
+                            start_s=_benchmark_start(run)).model_dump(mode="json")
     return summary
+
+
+def _benchmark_start(run: RunRecord) -> float:
+    """When the measured sessions started on the run's clock: the end of its warm-up (its event), else 0."""
+    ends = [float(e["t"]) for e in run.events() if e.get("kind") == "warmup_done" and "t" in e]
+    return ends[-1] if ends else 0.0
 
 
 def tool_failures(stats: dict) -> str:

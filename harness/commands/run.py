@@ -103,6 +103,7 @@ def run(backend: str, engine: str, vllm_mode: str, workload: str, sessions: int 
       mars-bench run -b mars -w paper --sessions 100 --rps 0.2 --burstiness 0.5
       mars-bench run -b vllm -w swe --sessions 50 --gpu h200 --tool-cores 16 --tool-mode timeshare
       mars-bench run -b vllm -w swe-smoke --set engine_args.num_gpu_blocks=1000 --json
+      mars-bench run -b vllm -w swe-smoke --metric-percentiles 50,99 --result-format vllm --save-detailed
       mars-bench run --engine http --base-url http://127.0.0.1:8000 -b mars-admission -w tiny
     """
     if kv_offload_gib:
@@ -173,7 +174,7 @@ def _heading(title: str, fill: str = "-") -> str:
     return "{s:{c}^{n}}".format(s=title, c=fill, n=_WIDTH)
 
 
-def result_lines(summary: Mapping[str, Any], failed_calls: int | None = None) -> list[str]:
+def result_lines(summary: Mapping[str, Any]) -> list[str]:
     """A run's summary as `vllm bench serve` prints its result: the per-call figures in its block layout and
     labels (a call is vLLM's request), a block per chosen --percentile-metrics with a row per chosen
     --metric-percentiles, then the agent sessions' figures in the same layout."""
@@ -181,7 +182,7 @@ def result_lines(summary: Mapping[str, Any], failed_calls: int | None = None) ->
     lines = [
         _heading(" Serving Benchmark Result ", "="),
         _row("Successful requests:", s.get("completed")),
-        _row("Failed requests:", s.get("failed", 0) if failed_calls is None else failed_calls),
+        _row("Failed requests:", s.get("failed", 0)),
         _row("Benchmark duration (s):", s.get("duration")),
         _row("Total input tokens:", s.get("total_input_tokens")),
         _row("Total generated tokens:", s.get("total_output_tokens")),
