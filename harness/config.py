@@ -6,7 +6,7 @@ from typing import Any, Literal, get_args
 
 import math
 
-from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_serializer, field_validator, model_serializer,
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_serializer, field_validator, model_serializer,
                       model_validator)
 
 from harness.backends import settings_sections
@@ -140,25 +140,18 @@ class RunConfig(BaseModel):
     result_format: Literal["mars", "vllm"] = Field(
         default="mars", description="vllm: also write vllm_result.json as `vllm bench serve --save-result` does")
 
-    @field_validator("percentile_metrics", mode="before")
+    @field_validator("percentile_metrics", "metric_percentiles", mode="before")
     @classmethod
-    def _metrics(cls, value: Any) -> Any:
-        from harness.metrics import parse_percentile_metrics  # noqa: PLC0415 - numpy: not at CLI start
+    def _vllm_lists(cls, value: Any, info: ValidationInfo) -> Any:
+        """vLLM's comma-separated lists (or a sequence), parsed as its flags of the same names."""
+        from harness.metrics import parse_metric_percentiles, parse_percentile_metrics  # noqa: PLC0415 - numpy
 
+        parse = parse_percentile_metrics if info.field_name == "percentile_metrics" else parse_metric_percentiles
         try:
-            return parse_percentile_metrics(value if isinstance(value, str) else list(value))
+            return parse(value if isinstance(value, str) else list(value) if isinstance(value, (list, tuple))
+                         else [value])
         except BadInput as exc:
-            raise ValueError(str(exc).removeprefix("--percentile-metrics: ")) from None
-
-    @field_validator("metric_percentiles", mode="before")
-    @classmethod
-    def _percentiles(cls, value: Any) -> Any:
-        from harness.metrics import parse_metric_percentiles  # noqa: PLC0415
-
-        try:
-            return parse_metric_percentiles(value if isinstance(value, str) else list(value))
-        except BadInput as exc:
-            raise ValueError(str(exc).removeprefix("--metric-percentiles: ")) from None
+            raise ValueError(str(exc).split(": ", 1)[-1]) from None
 
     @model_validator(mode="before")
     @classmethod

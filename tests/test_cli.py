@@ -122,7 +122,8 @@ def test_run_writes_results_and_prints_summary(run_cli, tmp_path: Path) -> None:
     for label, key in (("Successful requests:", "completed"), ("Benchmark duration (s):", "duration"),
                        ("Request throughput (req/s):", "request_throughput"), ("Mean TTFT (ms):", "mean_ttft_ms"),
                        ("P99 TPOT (ms):", "p99_tpot_ms"), ("Median ITL (ms):", "median_itl_ms"),
-                       ("Peak output token throughput (tok/s):", "max_output_tokens_per_s"), ("Mean JCT (s):", "mean_jct_s"),
+                       ("Peak output token throughput (tok/s):", "max_output_tokens_per_s"),
+                       ("Mean JCT (s):", "mean_jct_s"),
                        ("Bound on mean JCT (s):", "bound_mean_jct_s")):
         value = summary[key]
         text = f"{value:.2f}" if isinstance(value, float) else str(value)

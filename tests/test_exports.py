@@ -72,7 +72,8 @@ def vllm_layout() -> dict[str, Any]:
     stats = [n.slice.values[0].value for n in ast.walk(funcs["process_one_metric"])
              if isinstance(n, ast.Subscript) and isinstance(n.ctx, ast.Store) and isinstance(n.slice, ast.JoinedStr)]
     metrics = [c.args[0].value for c in ast.walk(bench) if isinstance(c, ast.Call)
-               and isinstance(c.func, ast.Name) and c.func.id == "process_one_metric" and isinstance(c.args[0], ast.Constant)]
+               and isinstance(c.func, ast.Name) and c.func.id == "process_one_metric"
+               and isinstance(c.args[0], ast.Constant)]
     defaults = {}
     for node in ast.walk(tree):
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "add_argument" \
@@ -235,3 +236,12 @@ def test_a_summary_rebuilt_from_the_tables_keeps_the_runs_choices(run_cli, tmp_p
     for key in ("duration", "p90_e2el_ms", "request_throughput"):
         assert rebuilt["summary"][key] == pytest.approx(written[key]), key
     assert "p99_ttft_ms" not in rebuilt["summary"]
+
+
+def test_the_settings_take_set_too(run_cli, tmp_path: Path) -> None:
+    one_line(run_cli(*RUN, "--set", "metric_percentiles=200", "--results-dir", str(tmp_path)),
+             "metric_percentiles: 200 is not between 0 and 100")
+    one_line(run_cli(*RUN, "--set", "percentile_metrics=ttft,jct", "--results-dir", str(tmp_path)),
+             "percentile_metrics: unknown metric 'jct'")
+    assert run_cli(*RUN, "--set", "metric_percentiles=90", "--results-dir", str(tmp_path)).exit_code == 0
+    assert "p90_ttft_ms" in json.loads((run_dir(tmp_path) / "summary.json").read_text())
