@@ -24,7 +24,7 @@ from typing import Any
 import pandas as pd
 
 from harness.config import RunConfig
-from harness.metrics import CALL_METRICS, percentile_word, per_call_metrics
+from harness.metrics import CALL_METRICS, flatten_gaps, per_call_metrics, percentile_word
 from workloads.source import offered_rps
 
 DETAILED_FILE = "calls_detailed.jsonl"
@@ -53,7 +53,7 @@ def detailed_calls(calls: pd.DataFrame, sessions: pd.DataFrame) -> list[dict[str
     rows = []
     for call in c.itertuples(index=False):
         done = bool(call.completed)
-        itl = [float(v) for v in (call.itl_s if call.itl_s is not None else [])] if done else []
+        itl = flatten_gaps([call.itl_s]) if done else []
         rows.append({
             "session_id": str(call.session_id), "turn": int(call.turn),
             "input_len": int(call.prompt_tokens), "output_len": int(call.output_tokens) if done else 0,

@@ -185,7 +185,7 @@ def _ratio(numerator: float, denominator: float | None) -> float | None:
     return float(numerator) / float(denominator)
 
 
-def _flatten(lists: Iterable[Any]) -> list[float]:
+def flatten_gaps(lists: Iterable[Any]) -> list[float]:
     """ITL gaps of many calls as one list (vLLM pools every gap); cells may be lists, arrays or missing."""
     out: list[float] = []
     for cell in lists:
@@ -453,7 +453,7 @@ def _call_fields(c: pd.DataFrame, duration: float | None, slo: SloSpec | None, p
         "recomputed_tokens": int(c["recomputed_tokens"].sum()),
     }
     for name in CALL_METRICS:
-        values = _flatten(done["itl_s"]) if name == "itl" else done[f"{name}_s"]
+        values = flatten_gaps(done["itl_s"]) if name == "itl" else done[f"{name}_s"]
         fields |= _stats(values, f"{name}_ms", ps if name in metrics else (), scale=MS)
     return fields
 
@@ -473,7 +473,7 @@ def _peaks(done: pd.DataFrame) -> dict[str, Any]:
     spans = np.zeros(buckets + 1, dtype=np.int64)
     np.add.at(spans, first, 1)
     np.add.at(spans, last + 1, -1)
-    chunk_times = [np.concatenate(([ft], ft + np.cumsum(_flatten([gaps]))))
+    chunk_times = [np.concatenate(([ft], ft + np.cumsum(flatten_gaps([gaps]))))
                    for ft, gaps in zip(done["first_token_s"].astype(float), done["itl_s"], strict=True)]
     times = np.concatenate(chunk_times) - origin if chunk_times else np.zeros(0)
     tokens = np.bincount(times[(times >= 0) & (times < buckets)].astype(int), minlength=buckets)
