@@ -125,6 +125,21 @@ class CallRecord:
         self.last_token_s = t
         self.num_output_tokens += 1
 
+    def sample_chunk(self, t: float, tokens: int) -> None:
+        """`tokens` output tokens streamed together at time `t` (one chunk of a stream, one engine step).
+
+        As `vllm bench serve` records a stream: one inter-token gap per chunk, never a 0 s gap between tokens
+        that arrived together (TPOT still divides by every token). With one token per chunk this is
+        `sample_token`."""
+        if tokens <= 0:
+            return
+        if self.num_output_tokens == 0:
+            self.first_token_s = t
+        else:
+            self.itl_s.append(t - self.last_token_s)
+        self.last_token_s = t
+        self.num_output_tokens += tokens
+
     def row(self) -> dict[str, Any]:
         """This call as a row of the calls table (harness.tables.CALL_COLUMNS)."""
         return {

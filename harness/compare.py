@@ -32,12 +32,14 @@ COMPARED: tuple[tuple[str, str], ...] = (
     ("preemptions", "preemptions"),
 )
 
-# Per-call latencies as `vllm bench serve` reports them, in milliseconds: (summary key, column label).
+# Per-call latencies as `vllm bench serve` reports them, in milliseconds: (summary key, column label); the
+# median is its p50 (and always in the summary), p99 its default --metric-percentiles.
 LATENCIES: tuple[tuple[str, str], ...] = tuple(
-    (f"{p}_{name}_ms", f"{name.upper()} {p} ms") for name in ("ttft", "tpot", "itl") for p in ("p50", "p99"))
+    (f"{key}_{name}_ms", f"{name.upper()} {p} ms") for name in ("ttft", "tpot", "itl")
+    for key, p in (("median", "p50"), ("p99", "p99")))
 
 # Figures that count things: a run's value is an integer, and a mean over seeds prints as one when it is one.
-COUNTS = frozenset({"preemptions", "completed_sessions", "num_sessions", "completed_calls", "recomputed_tokens"})
+COUNTS = frozenset({"preemptions", "completed_sessions", "num_sessions", "completed", "recomputed_tokens"})
 
 
 # Student t quantiles t(0.975, df) for df = 1..30 (scipy.stats.t.ppf(0.975, df), 6 decimals; scipy is not a

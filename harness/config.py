@@ -6,7 +6,7 @@ from typing import Any, Literal, get_args
 
 import math
 
-from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_serializer, field_validator, model_serializer,
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_serializer, field_validator, model_serializer,
                       model_validator)
 
 from harness.backends import settings_sections
@@ -61,9 +61,11 @@ class ToolLimits(BaseModel):
 
 
 LOAD_CONTROLS = ("burstiness", "max_concurrency", "warmup_sessions")
+# what a run reports and exports, as vllm bench serve's flags of the same names (harness.exports)
+EXPORT_SETTINGS = ("percentile_metrics", "metric_percentiles", "label", "metadata", "save_detailed", "result_format")
 # written to run.json only when not at their default: a run that does not use them has the run.json (and the
 # sweep id) it had before they existed
-OMITTED_AT_DEFAULT = (*LOAD_CONTROLS, "force", "request_timeout")
+OMITTED_AT_DEFAULT = (*LOAD_CONTROLS, *EXPORT_SETTINGS, "force", "request_timeout")
 
 
 class RunConfig(BaseModel):
@@ -127,6 +129,29 @@ class RunConfig(BaseModel):
     goodput: tuple[str, ...] = Field(default=(), description="vLLM-style SLOs, e.g. ttft:500 tpot:50")
     timeline_interval_s: float = Field(default=1.0, ge=1e-3)
     engine_args: EngineSettings = EngineSettings()
+    # reporting and exports (vllm bench serve's flags of the same names)
+    percentile_metrics: tuple[str, ...] = Field(
+        default=("ttft", "tpot", "itl"), description="per-call metrics the summary gives percentiles of "
+                                                     "(ttft, tpot, itl, e2el)")
+    metric_percentiles: tuple[float, ...] = Field(default=(99.0,), description="those percentiles, 0-100")
+    label: str | None = Field(default=None, description="the run's label (vllm bench's --label)")
+    metadata: dict[str, str] = Field(default_factory=dict, description="KEY=VALUE notes kept with the run")
+    save_detailed: bool = Field(default=False, description="write calls_detailed.jsonl, one line per call")
+    result_format: Literal["mars", "vllm"] = Field(
+        default="mars", description="vllm: also write vllm_result.json as `vllm bench serve --save-result` does")
+
+    @field_validator("percentile_metrics", "metric_percentiles", mode="before")
+    @classmethod
+    def _vllm_lists(cls, value: Any, info: ValidationInfo) -> Any:
+        """vLLM's comma-separated lists (or a sequence), parsed as its flags of the same names."""
+        from harness.metrics import parse_metric_percentiles, parse_percentile_metrics  # noqa: PLC0415 - numpy
+
+        parse = parse_percentile_metrics if info.field_name == "percentile_metrics" else parse_metric_percentiles
+        try:
+            return parse(value if isinstance(value, str) else list(value) if isinstance(value, (list, tuple))
+                         else [value])
+        except BadInput as exc:
+            raise ValueError(str(exc).split(": ", 1)[-1]) from None
 
     @model_validator(mode="before")
     @classmethod
@@ -162,7 +187,8 @@ class RunConfig(BaseModel):
         if info.mode != "json":
             return data
         for key in OMITTED_AT_DEFAULT:
-            if key in data and data[key] == type(self).model_fields[key].default:
+            default = type(self).model_fields[key].get_default(call_default_factory=True)
+            if key in data and data[key] == (list(default) if isinstance(default, tuple) else default):
                 del data[key]
         return data
 

@@ -16,6 +16,7 @@ from harness.engines.base import BuildContext
 from harness.engines.registry import get_engine
 from harness.engines.sim.run import isolated_jcts
 from harness.engines.sim.testbed import build_setup
+from harness.exports import write_exports
 from harness.errors import BadInput
 from harness.inputs import make_dirs
 from harness.policy.tools import ToolOrder
@@ -140,7 +141,8 @@ def run_experiment(config: RunConfig, results_dir: Path, progress: Progress | No
             _keep_partial(writer, lambda: run.outcome(isolated, bound), config, slo, exc)
             raise
         _stop_host(writer, host)
-        summary = summarize(outcome.calls, outcome.sessions, alpha=config.alpha, goodput_slo=slo, end_s=outcome.end_s)
+        summary = summarize(outcome.calls, outcome.sessions, alpha=config.alpha, goodput_slo=slo, end_s=outcome.end_s,
+                            **reporting(config, outcome))
         try:
             bounds = run_bounds(sessions, config, outcome.calls, simulated)
         except (BadInput, ValueError) as exc:  # figures beside the measurement: never lose the run for them
@@ -148,8 +150,18 @@ def run_experiment(config: RunConfig, results_dir: Path, progress: Progress | No
         payload = {**summary.model_dump(mode="json"), **bounds, "engine_stats": outcome.stats}
         if "load_controls" in outcome.stats:  # warm-up and concurrency cap, flagged beside the figures
             payload["load_controls"] = outcome.stats["load_controls"]
+        if exported := write_exports(writer.dir, config, payload, outcome.calls, outcome.sessions):
+            writer.meta["exports"] = exported
         writer.finish(outcome.calls, outcome.sessions, payload, timeline=outcome.timeline)
     return RunResult(writer.dir, summary, outcome.stats, bounds)
+
+
+def reporting(config: RunConfig, outcome: Outcome) -> dict[str, Any]:
+    """summarize's vLLM reporting arguments: the chosen percentiles, and the benchmark's start (after any
+    warm-up) that `duration` runs from."""
+    load = outcome.stats.get("load_controls") or {}
+    return {"percentiles": config.metric_percentiles, "percentile_metrics": config.percentile_metrics,
+            "start_s": float(load.get("warmup_end_s") or 0.0)}
 
 
 def _stop_host(writer: RunWriter, host: HostLoad | None) -> None:
@@ -167,7 +179,7 @@ def _keep_partial(writer: RunWriter, measured: Callable[[], Outcome], config: Ru
     try:
         outcome = measured()
         summary = summarize(outcome.calls, outcome.sessions, alpha=config.alpha, goodput_slo=slo,
-                            end_s=outcome.end_s, stopped=status)
+                            end_s=outcome.end_s, stopped=status, **reporting(config, outcome))
         payload = {**summary.model_dump(mode="json"), "engine_stats": outcome.stats}
         writer.finish(outcome.calls, outcome.sessions, payload, timeline=outcome.timeline, status=status,
                       error=error)

@@ -20,8 +20,16 @@ from harness.console import fmt
 from harness.errors import BadInput
 
 SLO_METRICS = ("ttft", "tpot", "e2el")
-DEFAULT_PERCENTILES: tuple[float, ...] = (50, 90, 95, 99)
+# `vllm bench serve`'s --percentile-metrics (those of its generative runs we measure) and their default, and
+# its --metric-percentiles default: the summary carries pNN_<metric>_ms for exactly these
+CALL_METRICS = ("ttft", "tpot", "itl", "e2el")
+DEFAULT_PERCENTILE_METRICS: tuple[str, ...] = ("ttft", "tpot", "itl")
+DEFAULT_PERCENTILES: tuple[float, ...] = (99,)
+# the session figures (JCT, slowdown, admission wait) are ours: always these percentiles, plus any chosen
+SESSION_PERCENTILES: tuple[float, ...] = (50, 90, 95, 99)
 MS = 1000.0
+# summary.json names before they followed vLLM's (a run written then is read with today's names)
+LEGACY_NAMES = {"duration_s": "duration", "completed_calls": "completed", "failed_calls": "failed"}
 
 SloSpec = dict[str, float]
 """A vLLM `--goodput` spec: metric name (ttft, tpot, e2el) -> limit in milliseconds."""
@@ -68,6 +76,47 @@ def _as_slo(goodput_slo: SloSpec | str | Sequence[str] | None) -> SloSpec | None
     return parse_goodput(goodput_slo)
 
 
+# ------------------------------------------------------------------------------- percentile selection
+def parse_percentile_metrics(text: str | Sequence[str]) -> tuple[str, ...]:
+    """`--percentile-metrics ttft,tpot,itl` (vLLM's name and syntax) as ("ttft", "tpot", "itl")."""
+    items = [x.strip().lower() for x in (text.split(",") if isinstance(text, str) else text)]
+    if not items or not all(items):
+        raise BadInput(f"--percentile-metrics: {text!r} is not a comma-separated list of {', '.join(CALL_METRICS)}")
+    for name in items:
+        if name not in CALL_METRICS:
+            raise BadInput(f"--percentile-metrics: unknown metric {name!r} (expected {', '.join(CALL_METRICS)})")
+    repeated = sorted({x for x in items if items.count(x) > 1})
+    if repeated:
+        raise BadInput(f"--percentile-metrics: {', '.join(repeated)} given more than once")
+    return tuple(items)
+
+
+def parse_metric_percentiles(text: str | Sequence[float]) -> tuple[float, ...]:
+    """`--metric-percentiles 50,90,99.9` (vLLM's name and syntax) as (50.0, 90.0, 99.9)."""
+    items = [x.strip() for x in text.split(",")] if isinstance(text, str) else list(text)
+    values: list[float] = []
+    for item in items:
+        try:
+            value = float(item)
+        except (TypeError, ValueError):
+            raise BadInput(f"--metric-percentiles: {item!r} is not a number (e.g. --metric-percentiles 50,90,99)") \
+                from None
+        if not 0 <= value <= 100:  # also refuses nan
+            raise BadInput(f"--metric-percentiles: {item} is not between 0 and 100")
+        values.append(value)
+    if not values:
+        raise BadInput("--metric-percentiles: give a comma-separated list, e.g. 50,90,99")
+    repeated = sorted({v for v in values if values.count(v) > 1})
+    if repeated:
+        raise BadInput(f"--metric-percentiles: {', '.join(f'{v:g}' for v in repeated)} given more than once")
+    return tuple(values)
+
+
+def percentile_word(p: float) -> str:
+    """vLLM's spelling of a percentile in a key or label: 99 -> "99", 99.9 -> "99.9"."""
+    return str(int(p)) if int(p) == p else str(p)
+
+
 # ---------------------------------------------------------------------------------- per-row derivations
 def per_call_metrics(calls: pd.DataFrame) -> pd.DataFrame:
     """The calls table plus ttft_s, e2el_s, tpot_s, queue_s (seconds), completed and failed.
@@ -107,7 +156,7 @@ def per_session_metrics(sessions: pd.DataFrame) -> pd.DataFrame:
 # --------------------------------------------------------------------------------------------- helpers
 def _percentile_key(p: float) -> str:
     """vLLM's naming: p99, p99.9."""
-    return f"p{int(p)}" if float(p).is_integer() else f"p{p}"
+    return f"p{percentile_word(float(p))}"
 
 
 def _stats(values: Iterable[float], name: str, percentiles: Sequence[float], scale: float = 1.0) -> dict[str, float | None]:
@@ -136,7 +185,7 @@ def _ratio(numerator: float, denominator: float | None) -> float | None:
     return float(numerator) / float(denominator)
 
 
-def _flatten(lists: Iterable[Any]) -> list[float]:
+def flatten_gaps(lists: Iterable[Any]) -> list[float]:
     """ITL gaps of many calls as one list (vLLM pools every gap); cells may be lists, arrays or missing."""
     out: list[float] = []
     for cell in lists:
@@ -168,8 +217,10 @@ def _check_percentiles(percentiles: Iterable[float]) -> tuple[float, ...]:
 class RunSummary(BaseModel):
     """Every per-run figure; the content of summary.json. A figure undefined for the run is None, never NaN.
 
-    Distributions carry mean/median/std and one pNN field per requested percentile; the fields below are those
-    of the default percentiles (50, 90, 95, 99), others (e.g. p99.9_ttft_ms) are kept as extra fields.
+    Session distributions carry mean/median/std and p50/p90/p95/p99 (plus any other chosen percentile). The
+    per-call figures follow `vllm bench serve`: mean/median/std of ttft, tpot, itl and e2el, and pNN_<metric>_ms
+    for exactly the chosen `percentile_metrics` x `metric_percentiles` (default p99 of ttft, tpot and itl),
+    kept as extra fields.
     """
 
     model_config = ConfigDict(extra="allow")
@@ -178,7 +229,8 @@ class RunSummary(BaseModel):
     num_sessions: int = 0
     completed_sessions: int = 0
     incomplete_sessions: int = 0
-    duration_s: float | None = None
+    # seconds from the benchmark's start (after any warm-up) to the last finished work, as vLLM's
+    duration: float | None = None
     # job completion time over completed sessions, seconds
     mean_jct_s: float | None = None
     median_jct_s: float | None = None
@@ -204,44 +256,32 @@ class RunSummary(BaseModel):
     goodput: float | None = None
     goodput_alpha: float | None = None
     goodput_fraction: float | None = None
-    # vLLM bench serve compatible, over completed calls
-    completed_calls: int = 0
-    failed_calls: int = 0  # `vllm bench serve`'s failed requests: no token, or not ended within the timeout
+    # `vllm bench serve`'s figures under its names, a call being its request
+    completed: int = 0  # completed calls
+    failed: int = 0  # failed calls: no token, or not ended within the timeout
     total_input_tokens: int = 0
     total_output_tokens: int = 0
     request_throughput: float | None = None
     output_throughput: float | None = None
     total_token_throughput: float | None = None
+    max_output_tokens_per_s: float | None = None  # the busiest whole second's streamed chunks, as vLLM counts
+    max_concurrent_requests: int = 0  # most calls in flight within one whole second, as vLLM counts
     request_goodput: float | None = None
     goodput_slo: dict[str, float] | None = None
+    percentile_metrics: list[str] = Field(default_factory=lambda: list(DEFAULT_PERCENTILE_METRICS))
+    metric_percentiles: list[float] = Field(default_factory=lambda: list(DEFAULT_PERCENTILES))
     mean_ttft_ms: float | None = None
     median_ttft_ms: float | None = None
     std_ttft_ms: float | None = None
-    p50_ttft_ms: float | None = None
-    p90_ttft_ms: float | None = None
-    p95_ttft_ms: float | None = None
-    p99_ttft_ms: float | None = None
     mean_tpot_ms: float | None = None
     median_tpot_ms: float | None = None
     std_tpot_ms: float | None = None
-    p50_tpot_ms: float | None = None
-    p90_tpot_ms: float | None = None
-    p95_tpot_ms: float | None = None
-    p99_tpot_ms: float | None = None
     mean_itl_ms: float | None = None
     median_itl_ms: float | None = None
     std_itl_ms: float | None = None
-    p50_itl_ms: float | None = None
-    p90_itl_ms: float | None = None
-    p95_itl_ms: float | None = None
-    p99_itl_ms: float | None = None
     mean_e2el_ms: float | None = None
     median_e2el_ms: float | None = None
     std_e2el_ms: float | None = None
-    p50_e2el_ms: float | None = None
-    p90_e2el_ms: float | None = None
-    p95_e2el_ms: float | None = None
-    p99_e2el_ms: float | None = None
     # engine
     prefix_cache_hit_rate: float | None = None
     preemptions: int = 0
@@ -264,10 +304,21 @@ class RunSummary(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _no_nan(cls, data: Any) -> Any:
-        """NaN and inf become None, so summary.json stays strict JSON and 'undefined' has one spelling."""
+        """NaN and inf become None, so summary.json stays strict JSON and 'undefined' has one spelling; a summary
+        written before the names followed vLLM's is read with today's names."""
         if isinstance(data, dict):
-            return {key: _finite_or_none(value) for key, value in data.items()}
+            return {key: _finite_or_none(value) for key, value in with_vllm_names(data).items()}
         return data
+
+
+def with_vllm_names(summary: Mapping[str, Any]) -> dict[str, Any]:
+    """A summary.json's content under today's names (LEGACY_NAMES: duration_s -> duration, ...)."""
+    out = dict(summary)
+    for old, new in LEGACY_NAMES.items():
+        if old in out:
+            value = out.pop(old)
+            out.setdefault(new, value)
+    return out
 
 
 def _finite_or_none(value: Any) -> Any:
@@ -284,6 +335,8 @@ def summarize(
     goodput_slo: SloSpec | str | Sequence[str] | None = None,
     end_s: float | None = None,
     percentiles: Sequence[float] = DEFAULT_PERCENTILES,
+    percentile_metrics: Sequence[str] = DEFAULT_PERCENTILE_METRICS,
+    start_s: float = 0.0,
     stopped: str | None = None,
     planned_sessions: int | None = None,
 ) -> RunSummary:
@@ -291,41 +344,49 @@ def summarize(
 
     alpha: a session is good when its slowdown is at most alpha. goodput_slo: vLLM `--goodput` limits for
     request_goodput. end_s: when the run was stopped; with sessions still running the span runs to it.
+    percentiles, percentile_metrics: vLLM's --metric-percentiles and --percentile-metrics, the pNN_<metric>_ms
+    the summary carries. start_s: the benchmark's start on the tables' clock (0, the run's start; after a
+    warm-up, its end): `duration` runs from it, as vLLM's from its benchmark's start.
     stopped: how a run that did not run to its end stopped ("interrupted", "failed"): it is invalid, saying
     how far it got. planned_sessions: the run's number of sessions, when the table lacks some (a table
     rebuilt from the event log has only the sessions that ended).
     """
     alpha = _check_alpha(alpha)
     ps = _check_percentiles(percentiles)
+    metrics = parse_percentile_metrics(list(percentile_metrics))
     slo = _as_slo(goodput_slo)
     c, s = per_call_metrics(calls), per_session_metrics(sessions)
     total = max(len(s), planned_sessions or 0)
-    duration = _duration(c, s, end_s)
+    duration = _duration(c, s, end_s, start_s)
+    session_ps = tuple(sorted(set(SESSION_PERCENTILES) | set(ps)))
     fields = {
-        "duration_s": duration,
-        **_session_fields(s, total, duration, alpha, ps),
-        **_call_fields(c, duration, slo, ps),
+        "duration": duration,
+        **_session_fields(s, total, duration, alpha, session_ps),
+        **_call_fields(c, duration, slo, ps, metrics),
         **_validity(s, total, int(c["failed"].sum()), stopped),
     }
     return RunSummary(**fields)
 
 
-def _duration(c: pd.DataFrame, s: pd.DataFrame, end_s: float | None) -> float | None:
-    """From the first arrival to the last finished work; to end_s when the run was stopped with work running.
+def _duration(c: pd.DataFrame, s: pd.DataFrame, end_s: float | None, start_s: float) -> float | None:
+    """From the benchmark's start to the last finished work; to end_s when the run was stopped with work
+    running. vLLM's duration runs from its benchmark's start too, not from the first arrival (with Poisson
+    arrivals the first comes after a gap). Should a table hold arrivals before start_s, the span starts with them.
 
     Finished calls of unfinished sessions count too, so a run read back from a crash log spans all it did.
     """
     arrivals = s["arrival_s"] if len(s) else c["arrival_s"]
-    start = arrivals.astype(float).min()
-    if math.isnan(start):
+    first = arrivals.astype(float).min()
+    if math.isnan(first):
         return None
+    start = min(float(start_s), float(first))
     finishes = pd.concat([s.loc[s["completed"], "finish_s"], c.loc[c["completed"], "finish_s"]]).astype(float)
     last = finishes.max() if len(finishes) else math.nan
     if end_s is not None and not s["completed"].all():
         last = end_s if math.isnan(last) else max(float(end_s), last)
     if math.isnan(last):
         return None
-    return max(float(last) - float(start), 0.0)
+    return max(float(last) - start, 0.0)
 
 
 def _session_fields(s: pd.DataFrame, total: int, duration: float | None, alpha: float,
@@ -369,28 +430,54 @@ def _bound_fields(s: pd.DataFrame, done: pd.DataFrame) -> dict[str, Any]:
     return {"bound_mean_jct_s": bound, "x_of_bound": jct / bound if bound > 0 else None}
 
 
-def _call_fields(c: pd.DataFrame, duration: float | None, slo: SloSpec | None, ps: tuple[float, ...]) -> dict[str, Any]:
+def _call_fields(c: pd.DataFrame, duration: float | None, slo: SloSpec | None, ps: tuple[float, ...],
+                 metrics: tuple[str, ...]) -> dict[str, Any]:
     done = c[c["completed"]]
     scheduled = c[c["first_scheduled_s"].notna()]
     input_tokens, output_tokens = int(done["prompt_tokens"].sum()), int(done["output_tokens"].sum())
     fields: dict[str, Any] = {
-        "completed_calls": len(done),
-        "failed_calls": int(c["failed"].sum()),
+        "completed": len(done),
+        "failed": int(c["failed"].sum()),
         "total_input_tokens": input_tokens,
         "total_output_tokens": output_tokens,
         "request_throughput": _ratio(len(done), duration),
         "output_throughput": _ratio(output_tokens, duration),
         "total_token_throughput": _ratio(input_tokens + output_tokens, duration),
+        **_peaks(done),
         "request_goodput": _ratio(int(_meets_slo(done, slo).sum()), duration) if slo else None,
         "goodput_slo": slo,
+        "percentile_metrics": list(metrics),
+        "metric_percentiles": list(ps),
         "prefix_cache_hit_rate": _ratio(scheduled["cached_tokens"].sum(), scheduled["prompt_tokens"].sum()),
         "preemptions": int(c["preemptions"].sum()),
         "recomputed_tokens": int(c["recomputed_tokens"].sum()),
     }
-    for name in ("ttft", "tpot", "e2el"):
-        fields |= _stats(done[f"{name}_s"], f"{name}_ms", ps, scale=MS)
-    fields |= _stats(_flatten(done["itl_s"]), "itl_ms", ps, scale=MS)
+    for name in CALL_METRICS:
+        values = flatten_gaps(done["itl_s"]) if name == "itl" else done[f"{name}_s"]
+        fields |= _stats(values, f"{name}_ms", ps if name in metrics else (), scale=MS)
     return fields
+
+
+def _peaks(done: pd.DataFrame) -> dict[str, Any]:
+    """max_output_tokens_per_s and max_concurrent_requests as `vllm bench serve` counts them: whole-second
+    buckets from the first completed call's start; a call counts in every bucket from its start's to its end's,
+    and each streamed chunk (its first token, then one per ITL gap) in the bucket of its time."""
+    if done.empty:
+        return {"max_output_tokens_per_s": None, "max_concurrent_requests": 0}
+    start = done["arrival_s"].to_numpy(dtype=float)
+    end = done["finish_s"].to_numpy(dtype=float)
+    origin = float(start.min())
+    buckets = int(np.ceil(end.max() - origin)) + 1
+    first = (start - origin).astype(int)
+    last = np.minimum((end - origin).astype(int), buckets - 1)
+    spans = np.zeros(buckets + 1, dtype=np.int64)
+    np.add.at(spans, first, 1)
+    np.add.at(spans, last + 1, -1)
+    chunk_times = [np.concatenate(([ft], ft + np.cumsum(flatten_gaps([gaps]))))
+                   for ft, gaps in zip(done["first_token_s"].astype(float), done["itl_s"], strict=True)]
+    times = np.concatenate(chunk_times) - origin if chunk_times else np.zeros(0)
+    tokens = np.bincount(times[(times >= 0) & (times < buckets)].astype(int), minlength=buckets)
+    return {"max_output_tokens_per_s": float(tokens.max()), "max_concurrent_requests": int(np.cumsum(spans).max())}
 
 
 def _meets_slo(done: pd.DataFrame, slo: SloSpec) -> pd.Series:
@@ -435,7 +522,7 @@ def _percent(v: Any) -> str:
 
 _ROWS: tuple[tuple[str, str, Any], ...] = (
     # (label, summary field, formatter)
-    ("duration", "duration_s", _seconds),
+    ("duration", "duration", _seconds),
     ("mean JCT", "mean_jct_s", _seconds),
     ("p50 JCT", "p50_jct_s", _seconds),
     ("p95 JCT", "p95_jct_s", _seconds),
@@ -449,7 +536,7 @@ _ROWS: tuple[tuple[str, str, Any], ...] = (
     ("good sessions", "goodput_fraction", _percent),
     ("request goodput", "request_goodput", lambda v: f"{fmt(v)} calls/s"),
     ("mean TTFT", "mean_ttft_ms", _ms),
-    ("p99 TTFT", "p99_ttft_ms", _ms),
+    ("pNN TTFT", "pNN_ttft_ms", _ms),  # one row per chosen percentile, when ttft is a chosen metric
     ("mean TPOT", "mean_tpot_ms", _ms),
     ("prefix cache hit rate", "prefix_cache_hit_rate", _percent),
     ("preemptions", "preemptions", fmt),
@@ -463,10 +550,13 @@ def summary_table_rows(summary: RunSummary | Mapping[str, Any]) -> list[tuple[st
 
     Missing or None values print as "-"; request goodput is shown only when an SLO was given.
     """
-    data = summary.model_dump() if isinstance(summary, RunSummary) else dict(summary)
+    data = summary.model_dump() if isinstance(summary, RunSummary) else with_vllm_names(summary)
     rows = [("sessions completed", f"{fmt(data.get('completed_sessions'))}/{fmt(data.get('num_sessions'))}"),
-            ("calls completed", fmt(data.get("completed_calls"))), ("calls failed", fmt(data.get("failed_calls")))]
+            ("calls completed", fmt(data.get("completed"))), ("calls failed", fmt(data.get("failed")))]
     for label, key, show in _ROWS:
+        if key == "pNN_ttft_ms":
+            rows += _percentile_rows(data, "ttft", "TTFT")
+            continue
         value = data.get(key)
         if key == "request_goodput" and not data.get("goodput_slo"):
             continue
@@ -475,6 +565,19 @@ def summary_table_rows(summary: RunSummary | Mapping[str, Any]) -> list[tuple[st
         rows.append((label, "-" if value is None else show(value)))
     rows.append(("valid", _validity_text(data)))
     return rows
+
+
+def _percentile_rows(data: Mapping[str, Any], metric: str, name: str) -> list[tuple[str, str]]:
+    """pNN rows of a metric for the run's chosen percentiles (a summary from before they were chosen: its pNN
+    fields of the metric)."""
+    chosen = data.get("metric_percentiles")
+    if chosen is None:
+        keys = [k for k in data if k.startswith("p") and k.endswith(f"_{metric}_ms")]
+    elif metric in (data.get("percentile_metrics") or ()):
+        keys = [f"p{percentile_word(float(p))}_{metric}_ms" for p in chosen]
+    else:
+        keys = []
+    return [(f"{k.split('_')[0]} {name}", "-" if data.get(k) is None else _ms(data[k])) for k in keys]
 
 
 def _validity_text(data: Mapping[str, Any]) -> str:

@@ -310,8 +310,11 @@ class RunRecord:
         return describe(load) if isinstance(load, dict) and load else None
 
     def summary(self) -> dict[str, Any] | None:
+        """summary.json, under today's names (a run written before they followed vLLM's is read with them)."""
+        from harness.metrics import with_vllm_names  # noqa: PLC0415 - numpy; only readers of a summary need it
+
         path = self.dir / "summary.json"
-        return inputs.read_json_object(path) if path.exists() else None
+        return with_vllm_names(inputs.read_json_object(path)) if path.exists() else None
 
     def check(self) -> None:
         """BadInput when a file a report reads is corrupt: run.json, summary.json, a parquet table's footer

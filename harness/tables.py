@@ -22,7 +22,7 @@ CALL_COLUMNS: dict[str, str] = {
     "recomputed_tokens": "int64",  # tokens computed again after preemption
     "preemptions": "int64",  # times this call was preempted
     "itl_s": "object",  # list[float]: gaps between consecutive output tokens
-    "error": "string",  # why the call failed (a failed call counts in `failed_calls`); null when it ended well
+    "error": "string",  # why the call failed (a failed call counts in the summary's `failed`); null when it ended well
 }
 
 # One row per session (one agent task).

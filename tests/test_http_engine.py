@@ -54,8 +54,9 @@ class FakeServer(ThreadingHTTPServer):
     probe), then answers every completion with `then_status`, or stops answering at all."""
 
     def __init__(self, good_calls: int, then_status: int | None, text_only: bool = False, flaky: int = 0,
-                 usage: bool = True) -> None:
+                 usage: bool = True, chunk: int = 1) -> None:
         self.good_calls, self.then_status, self.completions = good_calls, then_status, 0
+        self.chunk = chunk  # output tokens per streamed chunk
         self.text_only, self.prompts = text_only, []
         self.flaky, self.usage = flaky, usage  # the first `flaky` streamed calls get a 503; usage chunk or not
         super().__init__(("127.0.0.1", 0), _Handler)
@@ -96,8 +97,9 @@ class _Handler(OpenAIHandler):
                 return
             self._send(server.then_status, json.dumps({"error": {"message": "model overloaded"}}).encode())
             return
-        chunks = [{"choices": [{"text": "a", **({} if server.text_only else {"token_ids": [17]})}]}
-                  for _ in range(body["max_tokens"])]
+        sizes = [min(server.chunk, body["max_tokens"] - i) for i in range(0, body["max_tokens"], server.chunk)]
+        chunks = [{"choices": [{"text": "a" * n, **({} if server.text_only else {"token_ids": [17] * n})}]}
+                  for n in sizes]
         if server.usage:
             chunks.append({"choices": [], "usage": {"prompt_tokens": len(body["prompt"]),
                                                     "completion_tokens": body["max_tokens"]}})
@@ -233,3 +235,15 @@ def test_a_refused_call_is_sent_again_and_a_stream_without_usage_still_ends(fake
     assert out["completed_sessions"] == 3
     stats = json.loads((Path(out["run_dir"]) / "summary.json").read_text())["engine_stats"]
     assert stats["calls_retried"] == 2 and stats["metrics"] == "missing"  # the fake has no /metrics page
+
+
+def test_itl_is_one_gap_per_streamed_chunk_as_vllm_bench_records_it(fake: Any, tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture) -> None:
+    server = fake(good_calls=10_000, then_status=None, chunk=4)
+    assert main(["run", "--engine", "http", "--base-url", server.url, "-b", "vllm", "-w", "tiny", "--sessions", "2",
+                 "--results-dir", str(tmp_path), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    calls = pd.read_parquet(Path(out["run_dir"]) / "calls.parquet")
+    assert (calls["output_tokens"] > 4).any()
+    for tokens, gaps in zip(calls["output_tokens"], calls["itl_s"], strict=True):
+        assert len(gaps) == -(-tokens // 4) - 1  # one per chunk after the first, none inside a chunk

@@ -190,7 +190,7 @@ def test_a_stream_without_tokens_is_a_failed_call_and_the_run_is_invalid(faulty:
     summary = _summary(run_dir)
     calls = pd.read_parquet(run_dir / "calls.parquet")
     failed = calls[calls["error"].notna()]
-    assert summary["failed_calls"] == len(failed) > 0 and summary["completed_calls"] == 6
+    assert summary["failed"] == len(failed) > 0 and summary["completed"] == 6
     assert (failed["error"] == "the server's stream ended without a token").all()
     assert failed["first_token_s"].isna().all() and failed["finish_s"].isna().all()
     assert summary["mean_ttft_ms"] is not None  # over the 6 calls that streamed, not the failed ones
@@ -217,10 +217,10 @@ def test_request_timeout_fails_a_hung_call_at_the_timeout_and_the_run_goes_on(fa
     assert result.exit_code == 0, result.stderr
     run_dir = Path(json.loads(result.stdout)["run_dir"])
     summary = _summary(run_dir)
-    assert summary["failed_calls"] >= 1 and summary["valid"] is False and took < 60
+    assert summary["failed"] >= 1 and summary["valid"] is False and took < 60
     events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
     failed = [e for e in events if e["kind"] == "call" and e.get("error")]
-    assert len(failed) == summary["failed_calls"]
+    assert len(failed) == summary["failed"]
     for call in failed:  # each failed when its time ran out: not before, and not much later
         assert "within 1.5 s (--request-timeout)" in call["error"]
         assert 1.5 <= call["t"] - call["arrival_s"] < 3.0, call
@@ -237,10 +237,10 @@ def test_a_failed_run_writes_its_tables_and_a_summary_of_what_it_measured(faulty
     run = find_run(tmp_path, "latest")
     assert run.status == "failed" and "answered 400" in run.meta["error"]
     summary = run.summary()
-    assert summary is not None and summary["completed_calls"] >= 6 and summary["num_sessions"] == 16
+    assert summary is not None and summary["completed"] >= 6 and summary["num_sessions"] == 16
     done = summary["completed_sessions"]
     assert summary["valid"] is False and summary["invalid_reasons"] == [f"failed after {done} of 16 sessions"]
-    assert len(pd.read_parquet(run.dir / "calls.parquet")) == summary["completed_calls"]
+    assert len(pd.read_parquet(run.dir / "calls.parquet")) == summary["completed"]
     assert len(pd.read_parquet(run.dir / "sessions.parquet")) == 16
 
 

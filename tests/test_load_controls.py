@@ -84,7 +84,7 @@ def test_warmup_sessions_run_first_and_are_not_measured(run_cli, tmp_path: Path)
     assert not sessions["session_id"].str.startswith("warmup").any()
     assert not calls["session_id"].str.startswith("warmup").any()
     assert sorted(sessions["session_id"]) == sorted(plain_sessions["session_id"])
-    assert warm["num_sessions"] == plain["num_sessions"] and warm["completed_calls"] == plain["completed_calls"]
+    assert warm["num_sessions"] == plain["num_sessions"] and warm["completed"] == plain["completed"]
     end = warm["load_controls"]["warmup_end_s"]
     assert end > 0 and warm["load_controls"]["warmup_sessions"] == 3
     assert np.allclose(sessions["arrival_s"], end, atol=1e-6)  # the measured burst starts after the warm-up

@@ -16,6 +16,8 @@ from harness.errors import BadInput
 from harness.metrics import (
     RunSummary,
     parse_goodput,
+    parse_metric_percentiles,
+    parse_percentile_metrics,
     per_call_metrics,
     per_session_metrics,
     summarize,
@@ -120,7 +122,7 @@ def test_per_session_columns() -> None:
 
 def test_session_counts_and_duration(run: RunSummary) -> None:
     assert (run.num_sessions, run.completed_sessions, run.incomplete_sessions) == (3, 2, 1)
-    assert run.duration_s == 22.0  # first arrival 0 -> last completed finish 22
+    assert run.duration == 22.0  # the benchmark's start 0 -> last completed finish 22
 
 
 def test_jct(run: RunSummary) -> None:
@@ -147,7 +149,7 @@ def test_slowdown_and_goodput(run: RunSummary) -> None:
 
 
 def test_vllm_call_fields(run: RunSummary) -> None:
-    assert run.completed_calls == 4
+    assert run.completed == 4 and run.failed == 0
     assert run.total_input_tokens == 100 + 300 + 200 + 150
     assert run.total_output_tokens == 5 + 1 + 11 + 3
     assert run.request_throughput == pytest.approx(4 / 22)
@@ -171,7 +173,7 @@ def test_tpot_itl_e2el_ms(run: RunSummary) -> None:
     # itl pooled over calls: 4 x 500, 10 x 1700, 2 x 1500 -> 16 gaps
     assert run.mean_itl_ms == pytest.approx((4 * 500 + 10 * 1700 + 2 * 1500) / 16)
     assert run.median_itl_ms == pytest.approx(1700)
-    assert run.p50_itl_ms == pytest.approx(1700)
+    assert run.p99_itl_ms == pytest.approx(1700)  # 16 gaps, rank 14.85: between two 1700s
     # e2el [3000, 3000, 20000, 4000]
     assert run.mean_e2el_ms == pytest.approx(7500)
     assert run.median_e2el_ms == pytest.approx(3500)
@@ -216,11 +218,11 @@ def test_request_goodput_against_slo() -> None:
 
 def test_end_s_extends_duration_while_sessions_run() -> None:
     s = summarize(calls_table(*CALLS), sessions_table(*SESSIONS), end_s=30.0)
-    assert s.duration_s == 30.0
+    assert s.duration == 30.0
     assert s.session_throughput == pytest.approx(2 / 30)
     assert s.mean_jct_s == pytest.approx(15.5)  # C is not in JCT
     done = summarize(calls_table(*CALLS[:4]), sessions_table(*SESSIONS[:2]), end_s=30.0)
-    assert done.duration_s == 22.0  # nothing was running: the span ends at the last finish
+    assert done.duration == 22.0  # nothing was running: the span ends at the last finish
 
 
 def test_custom_percentiles_follow_vllm_names() -> None:
@@ -228,13 +230,84 @@ def test_custom_percentiles_follow_vllm_names() -> None:
     dump = s.model_dump(mode="json")
     assert dump["p25_jct_s"] == pytest.approx(11 + 0.25 * 9)
     assert dump["p99.9_ttft_ms"] == pytest.approx(1000 + 0.999 * 3 % 1 * 2000)  # rank 2.997
-    assert dump["p99_jct_s"] is None  # not asked for
+    assert dump["p99_jct_s"] == pytest.approx(19.91)  # the session figures keep theirs
+    assert "p99_ttft_ms" not in dump  # not asked for
+    assert (dump["metric_percentiles"], dump["percentile_metrics"]) == ([25.0, 99.9], ["ttft", "tpot", "itl"])
     with pytest.raises(BadInput):
         summarize(calls_table(), sessions_table(), percentiles=(50, 101))
 
 
-def test_default_percentiles_need_no_extra_fields(run: RunSummary) -> None:
-    assert not run.model_extra
+def call_percentile_keys(dump: dict[str, Any]) -> set[str]:
+    return {k for k in dump if k.startswith("p") and k.endswith("_ms")}
+
+
+def test_default_percentiles_are_vllms_p99_of_ttft_tpot_itl(run: RunSummary) -> None:
+    assert call_percentile_keys(run.model_dump()) == {"p99_ttft_ms", "p99_tpot_ms", "p99_itl_ms"}
+    assert set(run.model_extra or {}) == {"p99_ttft_ms", "p99_tpot_ms", "p99_itl_ms"}
+
+
+def test_percentile_metrics_choose_which_metrics_get_percentiles() -> None:
+    s = summarize(calls_table(*CALLS), sessions_table(*SESSIONS), percentiles=(50, 90),
+                  percentile_metrics=("e2el", "ttft"))
+    dump = s.model_dump()
+    assert call_percentile_keys(dump) == {"p50_e2el_ms", "p90_e2el_ms", "p50_ttft_ms", "p90_ttft_ms"}
+    assert dump["p50_e2el_ms"] == pytest.approx(3500) and dump["p90_ttft_ms"] == pytest.approx(1000 + 0.7 * 2000)
+    assert dump["mean_itl_ms"] is not None  # mean, median and std stay for every metric
+    rows = dict(summary_table_rows(s))
+    assert rows["p50 TTFT"] == "1,000 ms" and "p99 TTFT" not in rows
+    assert "p50 TTFT" not in dict(summary_table_rows(summarize(calls_table(*CALLS), sessions_table(*SESSIONS),
+                                                               percentile_metrics=("e2el",))))
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("ttft,bogus", "unknown metric 'bogus'"), ("ttft,,itl", "not a comma-separated list"),
+    ("itl,itl", "itl given more than once"), ("", "not a comma-separated list"),
+])
+def test_bad_percentile_metrics(text: str, message: str) -> None:
+    with pytest.raises(BadInput, match=message):
+        parse_percentile_metrics(text)
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("99,x", "'x' is not a number"), ("101", "101 is not between 0 and 100"), ("nan", "nan is not between"),
+    ("50,50", "50 given more than once"), ("-1", "-1 is not between"),
+])
+def test_bad_metric_percentiles(text: str, message: str) -> None:
+    with pytest.raises(BadInput, match=message):
+        parse_metric_percentiles(text)
+
+
+def test_metric_percentiles_parse_as_vllm() -> None:
+    assert parse_metric_percentiles("25, 50,99.9") == (25.0, 50.0, 99.9)
+    assert parse_percentile_metrics("TTFT,e2el") == ("ttft", "e2el")
+
+
+def test_peak_figures_count_as_vllm() -> None:
+    # whole seconds from the first start (a0's, 1 s): a0 spans buckets 0-3, b0 1-21, c0 5-9, a1 7-10 -> 3 in 7-9
+    s = summarize(calls_table(*CALLS), sessions_table(*SESSIONS))
+    assert s.max_concurrent_requests == 3
+    # chunks, as seconds after 1: a0 1, 1.5, 2, 2.5, 3; a1 7.2; b0 4, 5.7, 7.4, 9.1, ...; c0 6, 7.5, 9
+    # -> bucket 7 holds a1's 7.2, b0's 7.4 and c0's 7.5, every other at most 2
+    assert s.max_output_tokens_per_s == 3.0
+    burst = summarize(calls_table({"first_token_s": 0.1, "itl_s": [0.1] * 4, "output_tokens": 5, "finish_s": 0.6}),
+                      sessions_table({"finish_s": 0.6}))
+    assert burst.max_output_tokens_per_s == 5.0 and burst.max_concurrent_requests == 1
+
+
+def test_duration_runs_from_the_benchmark_start() -> None:
+    calls = calls_table({"arrival_s": 5.0, "first_token_s": 5.5, "finish_s": 6.0})
+    sessions = sessions_table({"arrival_s": 5.0, "finish_s": 6.0})
+    assert summarize(calls, sessions).duration == 6.0  # the first arrival came 5 s after the start
+    assert summarize(calls, sessions, start_s=4.0).duration == 2.0  # e.g. a warm-up ended at 4 s
+    assert summarize(calls, sessions, start_s=5.5).duration == 1.0  # never after the first arrival
+
+
+def test_a_summary_written_with_the_old_names_reads_with_vllms() -> None:
+    old = {"duration_s": 9.0, "completed_calls": 4, "failed_calls": 1, "p99_ttft_ms": 3.0}
+    s = RunSummary(**old)
+    assert (s.duration, s.completed, s.failed) == (9.0, 4, 1)
+    rows = dict(summary_table_rows(old))
+    assert rows["duration"] == "9.00 s" and rows["calls completed"] == "4" and rows["p99 TTFT"] == "3.00 ms"
 
 
 @pytest.mark.parametrize("alpha", [0, -1.0, NAN, "x"])
@@ -248,14 +321,14 @@ def test_no_completed_sessions() -> None:
     calls = calls_table({"finish_s": NAN, "first_token_s": NAN})
     sessions = sessions_table(running(), running(session_id="s1", arrival_s=1.0))
     s = summarize(calls, sessions)
-    assert s.duration_s is None and s.session_throughput is None and s.goodput is None
+    assert s.duration is None and s.session_throughput is None and s.goodput is None
     assert s.request_throughput is None
     assert s.mean_jct_s is None and s.p99_jct_s is None and s.mean_slowdown is None and s.mean_ttft_ms is None
-    assert (s.completed_sessions, s.incomplete_sessions, s.completed_calls) == (0, 2, 0)
+    assert (s.completed_sessions, s.incomplete_sessions, s.completed) == (0, 2, 0)
     assert s.valid is False and s.invalid_reasons == ["no session completed"]
     assert s.goodput_fraction == 0.0
     stopped = summarize(calls, sessions, end_s=10.0)
-    assert stopped.duration_s == 10.0
+    assert stopped.duration == 10.0
     assert stopped.session_throughput == 0.0 and stopped.goodput == 0.0 and stopped.request_throughput == 0.0
 
 
@@ -263,7 +336,7 @@ def test_a_failed_call_counts_as_failed_not_completed_and_makes_the_run_invalid(
     calls = calls_table({}, {"session_id": "s1", "first_token_s": NAN, "finish_s": NAN, "output_tokens": 0,
                              "itl_s": [], "error": "the server's stream ended without a token"})
     s = summarize(calls, sessions_table({}, running(session_id="s1")))
-    assert (s.completed_calls, s.failed_calls) == (1, 1)
+    assert (s.completed, s.failed) == (1, 1)
     assert s.mean_ttft_ms == 500.0  # over the call that streamed only
     assert s.valid is False and s.invalid_reasons == ["1 of 2 sessions did not complete", "1 call failed"]
     assert dict(summary_table_rows(s))["calls failed"] == "1"
@@ -280,7 +353,7 @@ def test_a_run_that_stopped_early_says_how_far_it_got() -> None:
 
 def test_empty_tables() -> None:
     s = summarize(calls_table(), sessions_table(), end_s=5.0)
-    assert s.num_sessions == 0 and s.duration_s is None and s.goodput_fraction is None
+    assert s.num_sessions == 0 and s.duration is None and s.goodput_fraction is None
     assert s.prefix_cache_hit_rate is None
     assert s.valid is False and s.invalid_reasons == ["no sessions"]
 
@@ -288,9 +361,9 @@ def test_empty_tables() -> None:
 def test_one_session() -> None:
     s = summarize(calls_table({"arrival_s": 1.0, "first_token_s": 1.5, "finish_s": 3.0}),
                   sessions_table({"arrival_s": 1.0, "finish_s": 3.0, "isolated_jct_s": 1.0}))
-    assert s.duration_s == 2.0
+    assert s.duration == 3.0  # from the benchmark's start (0), not the first arrival (1), as vLLM's
     assert s.mean_jct_s == s.p50_jct_s == s.p99_jct_s == 2.0 and s.std_jct_s == 0.0
-    assert s.mean_slowdown == 2.0 and s.goodput == 0.5 and s.session_throughput == 0.5
+    assert s.mean_slowdown == 2.0 and s.goodput == pytest.approx(1 / 3) and s.session_throughput == pytest.approx(1 / 3)
     assert s.valid is True
 
 
@@ -317,7 +390,7 @@ def test_running_calls_count_in_engine_figures_only() -> None:
     s = summarize(calls, sessions_table({}, running(session_id="s1")))
     assert s.preemptions == 3 and s.recomputed_tokens == 40  # the work was done even if the call never ended
     assert s.mean_itl_ms == 500.0 and s.mean_ttft_ms == 500.0  # like vLLM: finished calls only
-    assert s.completed_calls == 1 and s.total_output_tokens == 2
+    assert s.completed == 1 and s.total_output_tokens == 2
 
 
 def test_session_flags_and_finish_times_must_agree() -> None:
@@ -325,14 +398,14 @@ def test_session_flags_and_finish_times_must_agree() -> None:
     finish_only = {"session_id": "s2", "finish_s": 3.0, "completed": False}
     s = summarize(calls_table(), sessions_table({}, flagged_only, finish_only))
     assert (s.completed_sessions, s.incomplete_sessions) == (1, 2)
-    assert s.mean_jct_s == 1.0 and s.duration_s == 1.0
+    assert s.mean_jct_s == 1.0 and s.duration == 1.0
 
 
 def test_finished_calls_of_running_sessions_extend_duration() -> None:
     # s0 finished at 1; s1 still runs but its first call finished at 7: the run did work until at least 7
     calls = calls_table({}, {"session_id": "s1", "arrival_s": 2.0, "first_token_s": 3.0, "finish_s": 7.0})
     s = summarize(calls, sessions_table({}, running(session_id="s1", arrival_s=2.0)))
-    assert s.duration_s == 7.0 and s.request_throughput == pytest.approx(2 / 7)
+    assert s.duration == 7.0 and s.request_throughput == pytest.approx(2 / 7)
 
 
 def test_itl_cells_read_back_as_arrays() -> None:
@@ -439,7 +512,8 @@ FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthChe
 @given(runs(), st.floats(min_value=0.5, max_value=10), st.sampled_from(["ttft:100", "tpot:10 e2el:500", "e2el:1e5"]))
 def test_properties(run_tables: tuple[pd.DataFrame, pd.DataFrame], alpha: float, slo: str) -> None:
     calls, sessions = run_tables
-    s = summarize(calls, sessions, alpha=alpha, goodput_slo=slo, end_s=2e4)
+    s = summarize(calls, sessions, alpha=alpha, goodput_slo=slo, end_s=2e4, percentiles=(50, 90, 95, 99),
+                  percentile_metrics=("ttft", "e2el"))
     for name in ("jct_s", "ttft_ms", "e2el_ms", "slowdown"):
         p = [getattr(s, f"p{q}_{name}") for q in (50, 90, 95, 99)]
         if name == "slowdown" and p[0] is None:  # no completed session with a known isolated JCT
@@ -455,6 +529,8 @@ def test_properties(run_tables: tuple[pd.DataFrame, pd.DataFrame], alpha: float,
     assert 0 <= s.prefix_cache_hit_rate <= 1
     assert s.completed_sessions + s.incomplete_sessions == s.num_sessions
     assert s.valid == (s.incomplete_sessions == 0)
+    assert 1 <= s.max_concurrent_requests <= s.completed
+    assert 1 <= s.max_output_tokens_per_s <= s.total_output_tokens  # one chunk per token here
     json.dumps(s.model_dump(mode="json"), allow_nan=False)  # raises on NaN or inf
 
 

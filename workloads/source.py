@@ -3,8 +3,10 @@ the shared workload flags into a list of sessions."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -114,3 +116,19 @@ def resolve(req: WorkloadRequest) -> tuple[str, list[Session]]:
         return Path(req.source).stem, _retime(sessions, req)
     spec = preset_spec(req)
     return spec.name, list(generate(spec))
+
+
+def offered_rps(config: dict[str, Any]) -> float:
+    """The session arrival rate a run (its run.json config) asked for: --rps, else the preset's own rate; NaN
+    for a file's or a trace's timestamps."""
+    if config.get("rps") is not None:
+        return float(config["rps"])
+    source = str(config.get("workload", ""))
+    if source in DATA_PRESETS:
+        return float(DEFAULT_RPS)
+    if source in PRESETS:
+        try:
+            return float(preset_spec(WorkloadRequest(source, sets=tuple(config.get("workload_sets") or ()))).rps)
+        except (BadInput, ValueError):
+            return math.nan
+    return math.nan

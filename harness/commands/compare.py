@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 from datetime import datetime
 from pathlib import Path
 
@@ -11,7 +12,8 @@ import pandas as pd
 
 from harness.backends import get_backend
 from harness.commands.options import (DEFAULT_SEEDS, json_option, parse_list, parse_seeds, results_dir_option,
-                                      load_options, seeds_option, workload_options)
+                                      load_options, seeds_option, workload_options,
+                                      export_options)
 from harness.commands.run import hardware_options
 from harness.config import make_config
 from harness.engines.registry import ENGINES
@@ -35,13 +37,14 @@ from harness.inputs import check_writable_dir, make_dirs
 @click.option("--jobs", "-j", type=click.IntRange(min=1), default=1, show_default=True, help="Runs in parallel.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Where comparison.csv/.md go (default: RESULTS_DIR/compare-<time>).")
+@export_options
 @results_dir_option
 @json_option
 def compare(backend_list: str, engine: str, workload: str, sessions: int | None, rps: float | None,
             arrival: str | None, burstiness: float | None, cv: float | None, sets: tuple[str, ...], force: bool,
             max_concurrency: int | None, warmup_sessions: int, seeds: str, gpu: str,
             model: str, tp: int, profile: str | None, tool_cores: int, tool_mode: str, reference: str | None,
-            jobs: int, out_dir: Path | None, results_dir: Path, as_json: bool) -> None:
+            jobs: int, out_dir: Path | None, results_dir: Path, as_json: bool, exports: dict[str, Any]) -> None:
     """Run several backends on the identical workload and seeds and compare them: each figure as the mean
     ± 95% confidence interval over the seeds (five by default), the speedup paired per seed.
 
@@ -59,7 +62,7 @@ def compare(backend_list: str, engine: str, workload: str, sessions: int | None,
     configs = [
         make_config(sets, backend=name, engine=engine, workload=workload, sessions=sessions, rps=rps, arrival=arrival,
                     cv=cv, burstiness=burstiness, max_concurrency=max_concurrency, warmup_sessions=warmup_sessions, seed=s, gpu=gpu, model=model, tp=tp, profile=profile, tool_cores=tool_cores,
-                    tool_mode=tool_mode, force=force)
+                    tool_mode=tool_mode, force=force, **exports)
         for name in names for s in seed_list
     ]
     for name in names:

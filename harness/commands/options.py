@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -70,6 +71,55 @@ def load_options(func: F) -> F:
     ]):
         func = option(func)
     return func
+
+
+def export_options(func: F) -> F:
+    """--percentile-metrics/--metric-percentiles/--label/--metadata/--save-detailed/--result-format, vllm bench
+    serve's reporting and export flags; the command receives them as one `exports` dict of RunConfig fields."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, percentile_metrics: str, metric_percentiles: str, label: str | None,
+                metadata: tuple[str, ...], save_detailed: bool, result_format: str, **kwargs: Any) -> Any:
+        from harness.metrics import parse_metric_percentiles, parse_percentile_metrics  # noqa: PLC0415
+
+        kwargs["exports"] = {
+            "percentile_metrics": parse_percentile_metrics(percentile_metrics),
+            "metric_percentiles": parse_metric_percentiles(metric_percentiles),
+            "label": label, "metadata": parse_metadata(metadata), "save_detailed": save_detailed,
+            "result_format": result_format,
+        }
+        return func(*args, **kwargs)
+
+    for option in reversed([
+        click.option("--percentile-metrics", default="ttft,tpot,itl", show_default=True, metavar="LIST",
+                     help="Per-call metrics to give percentiles of: ttft, tpot, itl, e2el (vllm bench's flag)."),
+        click.option("--metric-percentiles", default="99", show_default=True, metavar="LIST",
+                     help="Those percentiles, comma-separated, e.g. 50,90,99.9 (vllm bench's flag)."),
+        click.option("--label", help="A label for the run, kept in run.json (vllm bench's --label)."),
+        click.option("--metadata", multiple=True, metavar="KEY=VALUE",
+                     help="A note kept in run.json and the vLLM result (repeatable)."),
+        click.option("--save-detailed", is_flag=True,
+                     help="Also write calls_detailed.jsonl: one line per call with vllm bench's per-request "
+                          "fields (and the per-request lists in the vLLM result)."),
+        click.option("--result-format", type=click.Choice(["mars", "vllm"]), default="mars", show_default=True,
+                     help="vllm: also write vllm_result.json, the JSON `vllm bench serve --save-result` writes."),
+    ]):
+        wrapper = option(wrapper)
+    return wrapper  # type: ignore[return-value]
+
+
+def parse_metadata(items: tuple[str, ...] | list[str]) -> dict[str, str]:
+    """`--metadata KEY=VALUE` items as a dict, split at the first `=` and stripped, as vllm bench does."""
+    out: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise BadInput(f"--metadata: {item!r} is not KEY=VALUE")
+        if key in out:
+            raise BadInput(f"--metadata: {key} given twice")
+        out[key] = value.strip()
+    return out
 
 
 def workload_options(default: str | None = "swe-smoke", seed: bool = True) -> Callable[[F], F]:

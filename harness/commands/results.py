@@ -9,7 +9,7 @@ import click
 from harness.commands.options import json_option, results_dir_option
 from harness.errors import BadInput
 from harness.console import console, print_json, table
-from harness.metrics import summarize, summary_table_rows
+from harness.metrics import DEFAULT_PERCENTILE_METRICS, DEFAULT_PERCENTILES, summarize, summary_table_rows
 from harness.results import RunRecord, find_run, list_runs
 
 
@@ -26,9 +26,19 @@ def run_summary(run: RunRecord) -> dict:
         status, cfg = run.status, run.config
         stopped = status if status in ("interrupted", "failed") else None
         planned = cfg.get("num_sessions")
+        chosen = {key: cfg[key] for key in ("metric_percentiles", "percentile_metrics") if cfg.get(key)}
         summary = summarize(run.calls(), run.sessions(), stopped=stopped,
-                            planned_sessions=planned if isinstance(planned, int) else None).model_dump(mode="json")
+                            planned_sessions=planned if isinstance(planned, int) else None,
+                            percentiles=chosen.get("metric_percentiles", DEFAULT_PERCENTILES),
+                            percentile_metrics=chosen.get("percentile_metrics", DEFAULT_PERCENTILE_METRICS),
+                            start_s=_benchmark_start(run)).model_dump(mode="json")
     return summary
+
+
+def _benchmark_start(run: RunRecord) -> float:
+    """When the measured sessions started on the run's clock: the end of its warm-up (its event), else 0."""
+    ends = [float(e["t"]) for e in run.events() if e.get("kind") == "warmup_done" and "t" in e]
+    return ends[-1] if ends else 0.0
 
 
 def tool_failures(stats: dict) -> str:
@@ -109,11 +119,18 @@ def show(run: str, results_dir: Path, as_json: bool) -> None:
     summary = run_summary(record)
     if as_json:
         print_json({"run_id": record.run_id, "status": record.status, "noisy": record.noisy,
+                    "label": record.config.get("label"), "metadata": record.config.get("metadata") or {},
                     "host_load": record.meta.get("host_load"), "config": record.config, "summary": summary})
         return
     cfg = record.config
     header = [("run", record.run_id), ("status", record.status), ("backend", cfg.get("backend")),
               ("engine", cfg.get("engine")), ("workload", cfg.get("workload")), ("seed", record.meta.get("seed"))]
+    if cfg.get("label"):
+        header.append(("label", str(cfg["label"])))
+    if cfg.get("metadata"):
+        header.append(("metadata", ", ".join(f"{k}={v}" for k, v in dict(cfg["metadata"]).items())))
+    if record.meta.get("exports"):
+        header.append(("exports", ", ".join(record.meta["exports"])))
     if record.meta.get("error"):
         header.append(("error", record.meta["error"]))
     tools = summary.get("engine_stats") or {}

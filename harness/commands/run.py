@@ -12,11 +12,13 @@ from click.core import ParameterSource
 
 from harness.backends import BACKENDS
 from harness.engines.registry import ENGINES
-from harness.commands.options import json_option, load_options, results_dir_option, workload_options
+from harness.commands.options import (export_options, json_option, load_options, results_dir_option,
+                                      workload_options)
 from harness.config import make_config
 from harness.console import ProgressReport, console, plural, print_json, table
 from harness.engines.sim.cost_model import describe
 from harness.experiment import run_experiment
+from harness.metrics import percentile_word, with_vllm_names
 from harness.results import load_run
 from harness.engines.sim.testbed import build_profile
 
@@ -81,12 +83,13 @@ def _finite(value: float) -> float:
               help="Background chat requests per second sharing the engine (GPU contention, not measured).")
 @click.option("--goodput", multiple=True, metavar="KEY:MS", help="vLLM-style SLOs for request goodput, e.g. ttft:500.")
 @click.option("--alpha", type=float, default=3.0, show_default=True, help="Goodput: sessions with slowdown <= alpha.")
+@export_options
 @results_dir_option
 @json_option
 def run(backend: str, engine: str, vllm_mode: str, workload: str, sessions: int | None, rps: float | None, arrival: str | None,
         burstiness: float | None, cv: float | None, seed: int, max_concurrency: int | None, warmup_sessions: int, sets: tuple[str, ...], force: bool, gpu: str, model: str, tp: int, profile: str | None,
         tool_cores: int, tool_mode: str, base_url: str | None, api_key_env: str | None, tokenizer: str | None, request_timeout: float, tools: str, allow_commands: bool, tool_limit_factor: float, tool_limit_floor: float, tool_memory_gib: float, cpu_stress: int, gpu_share: float, kv_offload_gib: float, chat_rps: float, goodput: tuple[str, ...], alpha: float,
-        results_dir: Path, as_json: bool) -> None:
+        results_dir: Path, as_json: bool, exports: dict[str, Any]) -> None:
     """Run one backend on one workload; write results/<run_id>/ and print the summary.
 
     `--set KEY=VALUE` reaches any run setting (e.g. engine_args.max_num_seqs=64,
@@ -100,6 +103,7 @@ def run(backend: str, engine: str, vllm_mode: str, workload: str, sessions: int 
       mars-bench run -b mars -w paper --sessions 100 --rps 0.2 --burstiness 0.5
       mars-bench run -b vllm -w swe --sessions 50 --gpu h200 --tool-cores 16 --tool-mode timeshare
       mars-bench run -b vllm -w swe-smoke --set engine_args.num_gpu_blocks=1000 --json
+      mars-bench run -b vllm -w swe-smoke --metric-percentiles 50,99 --result-format vllm --save-detailed
       mars-bench run --engine http --base-url http://127.0.0.1:8000 -b mars-admission -w tiny
     """
     if kv_offload_gib:
@@ -113,7 +117,7 @@ def run(backend: str, engine: str, vllm_mode: str, workload: str, sessions: int 
         base_url=base_url, api_key_env=api_key_env, served_model=served_model, tokenizer=tokenizer,
         request_timeout=request_timeout, tools=tools, allow_commands=allow_commands, cpu_stress=cpu_stress,
         tool_limits={"factor": tool_limit_factor, "floor_s": tool_limit_floor, "memory_gib": tool_memory_gib}, gpu_share=gpu_share, chat_rps=chat_rps, goodput=goodput, alpha=alpha,
-        force=force,
+        force=force, **exports,
     )
     if config.allow_commands and config.tools == "real":
         limits = config.tool_limits
@@ -133,7 +137,7 @@ def run(backend: str, engine: str, vllm_mode: str, workload: str, sessions: int 
                     **({"load_controls": load} if load else {})})
         return
     click.echo(f"{config.backend} on {config.engine}: {workload}")
-    click.echo("\n".join(result_lines(summary, failed_calls=int(summary.get("failed_calls") or 0))))
+    click.echo("\n".join(result_lines(summary)))
     if "tool_calls_failed" in result.stats:
         from harness.commands.results import tool_failures  # noqa: PLC0415
 
@@ -161,19 +165,25 @@ def _row(label: str, value: Any, unit: str = "") -> str:
     return "{:<40} {:<10}".format(label, text + unit).rstrip()
 
 
+def _float(value: Any) -> Any:
+    """vLLM prints its peak concurrency with `{:<10.2f}`."""
+    return float(value) if isinstance(value, int) else value
+
+
 def _heading(title: str, fill: str = "-") -> str:
     return "{s:{c}^{n}}".format(s=title, c=fill, n=_WIDTH)
 
 
-def result_lines(summary: Mapping[str, Any], failed_calls: int = 0) -> list[str]:
+def result_lines(summary: Mapping[str, Any]) -> list[str]:
     """A run's summary as `vllm bench serve` prints its result: the per-call figures in its block layout and
-    labels (a call is vLLM's request), then the agent sessions' figures in the same layout."""
-    s = summary
+    labels (a call is vLLM's request), a block per chosen --percentile-metrics with a row per chosen
+    --metric-percentiles, then the agent sessions' figures in the same layout."""
+    s = with_vllm_names(summary)
     lines = [
         _heading(" Serving Benchmark Result ", "="),
-        _row("Successful requests:", s.get("completed_calls")),
-        _row("Failed requests:", failed_calls),
-        _row("Benchmark duration (s):", s.get("duration_s")),
+        _row("Successful requests:", s.get("completed")),
+        _row("Failed requests:", s.get("failed", 0)),
+        _row("Benchmark duration (s):", s.get("duration")),
         _row("Total input tokens:", s.get("total_input_tokens")),
         _row("Total generated tokens:", s.get("total_output_tokens")),
         _row("Request throughput (req/s):", s.get("request_throughput")),
@@ -182,12 +192,19 @@ def result_lines(summary: Mapping[str, Any], failed_calls: int = 0) -> list[str]
         lines.append(_row("Request goodput (req/s):", s.get("request_goodput")))
     lines += [
         _row("Output token throughput (tok/s):", s.get("output_throughput")),
+        _row("Peak output token throughput (tok/s):", s.get("max_output_tokens_per_s")),
+        _row("Peak concurrent requests:", _float(s.get("max_concurrent_requests"))),
         _row("Total token throughput (tok/s):", s.get("total_token_throughput")),
     ]
+    chosen = s.get("percentile_metrics")
+    percentiles = s.get("metric_percentiles")
     for key, name, header in _LATENCIES:
+        if chosen is not None and key not in chosen:
+            continue
         lines += [_heading(header), _row(f"Mean {name} (ms):", s.get(f"mean_{key}_ms")),
-                  _row(f"Median {name} (ms):", s.get(f"median_{key}_ms")),
-                  _row(f"P99 {name} (ms):", s.get(f"p99_{key}_ms"))]
+                  _row(f"Median {name} (ms):", s.get(f"median_{key}_ms"))]
+        words = [percentile_word(float(p)) for p in percentiles] if percentiles is not None else ["99"]
+        lines += [_row(f"P{word} {name} (ms):", s.get(f"p{word}_{key}_ms")) for word in words]
     alpha = s.get("goodput_alpha")
     hit = s.get("prefix_cache_hit_rate")
     good = s.get("goodput_fraction")

@@ -12,7 +12,7 @@ import click
 import pandas as pd
 
 from harness.backends import get_backend
-from harness.commands.options import (SESSIONS, json_option, load_options, parse_list, parse_seeds,
+from harness.commands.options import (SESSIONS, export_options, json_option, load_options, parse_list, parse_seeds,
                                       results_dir_option, seeds_option)
 from harness.commands.run import hardware_options
 from harness.config import make_config
@@ -60,13 +60,15 @@ SHOWN = (("mean_jct_s", "mean JCT s"), ("p95_jct_s", "p95 JCT s"), ("session_thr
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Sweep directory (default: RESULTS_DIR/sweep-<workload>-<grid hash>; the same command resumes).")
 @click.option("--dry-run", is_flag=True, help="List the grid and what is already done; run nothing.")
+@export_options
 @results_dir_option
 @json_option
 def sweep(backend_list: str, engine: str, workload: str, rps_list: str | None, seeds: str, sessions: int | None,
           arrival: str | None, burstiness: float | None, cv: float | None, max_concurrency: int | None,
           warmup_sessions: int, sets: tuple[str, ...], gpu: str, model: str, tp: int,
           profile: str | None, tool_cores: int, tool_mode: str, jobs: int, executor: str, address: str | None,
-          out_dir: Path | None, dry_run: bool, results_dir: Path, as_json: bool) -> None:
+          out_dir: Path | None, dry_run: bool, results_dir: Path, as_json: bool,
+          exports: dict[str, Any]) -> None:
     """Run a grid of runs: every backend x load x seed x `--set` value. Resumable: a finished run is never
     run again, so an interrupted sweep continues where it stopped when the same command runs again (and a
     wider grid into the same --out runs only what is new).
@@ -94,7 +96,7 @@ def sweep(backend_list: str, engine: str, workload: str, rps_list: str | None, s
         return make_config(tuple(run_sets), engine=engine, workload=workload, sessions=sessions, arrival=arrival,
                            cv=cv, burstiness=burstiness, max_concurrency=max_concurrency,
                            warmup_sessions=warmup_sessions, gpu=gpu, model=model, tp=tp, profile=profile, tool_cores=tool_cores,
-                           tool_mode=tool_mode, **values)
+                           tool_mode=tool_mode, **exports, **values)
 
     points = grid_points(make, names, loads, seed_list, sets)
     check_workloads(points)

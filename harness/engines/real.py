@@ -158,8 +158,7 @@ class RealEngine:
     def _tokens_arrived(self, call: _Call, new: Sequence[int], start: float, end: float) -> None:
         """New output ids of a call, produced by the step [start, end] (harness clock)."""
         record = call.record
-        for _ in new:
-            record.sample_token(end)
+        record.sample_chunk(end, len(new))  # one ITL gap per chunk, as vllm bench serve records a stream
         call.output_ids.extend(int(t) for t in new)
         if math.isnan(record.first_scheduled_s):
             record.first_scheduled_s = start

@@ -25,7 +25,7 @@ _REST = [i for i in COMPARED if i not in _HEAD]
 _HIT = [key for key, _ in _REST].index("prefix_cache_hit_rate") + 1
 # the Bélády bound on the hit rate of the run's own call order, beside the measured one (harness.cachebound)
 SHOWN = [*_HEAD, *_REST[:_HIT], ("belady_prefix_hit_rate", "hit bound"), *_REST[_HIT:], *LATENCIES,
-         ("completed_sessions", "sessions done"), ("completed_calls", "calls")]
+         ("completed_sessions", "sessions done"), ("completed", "calls")]
 DEFAULT_REFERENCE = "vllm"  # the speedup's reference when none is chosen and it ran
 NOT_LIKE_FOR_LIKE = "(not like for like)"  # marks a leaderboard whose backends ran other seeds or workloads
 

@@ -23,6 +23,7 @@ from harness.compare import COMPARED
 from harness.errors import BadInput
 from harness.metrics import per_session_metrics
 from harness.results import RunRecord, read_run
+from workloads.source import offered_rps
 
 # Config keys a report compares along, or that follow from others; never part of a run's settings.
 NOT_SETTINGS = frozenset({"backend", "seed", "rps", "workload_name", "num_sessions", "force"})
@@ -211,25 +212,6 @@ def _started(run: Run) -> tuple[str, str, str]:
 def workload_name(config: dict[str, Any]) -> str:
     name = config.get("workload_name")
     return str(name) if name else Path(str(config.get("workload", "?"))).stem
-
-
-def offered_rps(config: dict[str, Any]) -> float:
-    """The session arrival rate asked for: --rps, else the preset's own rate; NaN for a trace's timestamps."""
-    if config.get("rps") is not None:
-        return float(config["rps"])
-    from workloads.source import WorkloadRequest, preset_spec  # noqa: PLC0415 (workloads pull in much)
-    from workloads.swebench import DATA_PRESETS, DEFAULT_RPS  # noqa: PLC0415
-    from workloads.synthetic import PRESETS  # noqa: PLC0415
-
-    source = str(config.get("workload", ""))
-    if source in DATA_PRESETS:
-        return float(DEFAULT_RPS)
-    if source in PRESETS:
-        try:
-            return float(preset_spec(WorkloadRequest(source, sets=tuple(config.get("workload_sets") or ()))).rps)
-        except (BadInput, ValueError):
-            return math.nan
-    return math.nan
 
 
 def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, str]:
