@@ -22,6 +22,7 @@ import pytest
 
 from harness.cli import main
 from harness.errors import stop_requested
+from harness.report.load import load_results
 from harness.results import find_run
 from tests.fake_openai import OpenAIHandler
 from tests.processes import processes_with, wait_for_calls
@@ -200,6 +201,9 @@ def test_a_stream_without_tokens_is_a_failed_call_and_the_run_is_invalid(faulty:
     assert summary["engine_stats"]["calls_failed"] == len(failed)
     shown = run_cli("results", "show", "latest", "--results-dir", str(tmp_path))
     assert "calls failed" in shown.stdout and f"{len(failed)} calls failed" in shown.stdout
+    listed = load_results([tmp_path]).runs  # a report lists it, never ranks it
+    assert len(listed) == 1 and listed[0].excluded.startswith("invalid: ")
+    assert listed[0].excluded.endswith(f"; {len(failed)} calls failed")
 
 
 def test_request_timeout_fails_a_hung_call_at_the_timeout_and_the_run_goes_on(faulty: Any, tmp_path: Path,
