@@ -36,7 +36,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from harness.engines.sim.run import read_cache, simulate, write_cache
+from harness.engines.sim.run import kept_cache, read_cache, simulate
 from harness.engines.sim.testbed import SimSetup
 from harness.policy import Policy
 from harness.tools import ToolPool
@@ -94,17 +94,15 @@ def call_floors(sessions: Sequence[Session], setup: SimSetup, cache: Path | None
     warm = warm_prefix(sessions)
     known: dict[str, list[float] | None] = read_cache(cache)
     out: dict[str, list[float]] = {}
-    dirty = False
-    for session in sessions:
-        key = _floor_key(session, session.id in warm, bare)
-        if key not in known:
-            known[key] = session_floors(session, session.id in warm, bare)
-            dirty = True
-        floors = known[key]
-        if floors is not None:
-            out[session.id] = floors
-    if cache is not None and dirty:
-        write_cache(cache, known)
+    with kept_cache(cache, known) as added:
+        for session in sessions:
+            key = _floor_key(session, session.id in warm, bare)
+            if key not in known:
+                known[key] = session_floors(session, session.id in warm, bare)
+                added()
+            floors = known[key]
+            if floors is not None:
+                out[session.id] = floors
     return out
 
 

@@ -22,6 +22,7 @@ import pytest
 
 from harness.cli import main
 from harness.errors import stop_requested
+from harness.report.load import load_results
 from harness.results import find_run
 from tests.fake_openai import OpenAIHandler
 from tests.processes import processes_with, wait_for_calls
@@ -200,6 +201,9 @@ def test_a_stream_without_tokens_is_a_failed_call_and_the_run_is_invalid(faulty:
     assert summary["engine_stats"]["calls_failed"] == len(failed)
     shown = run_cli("results", "show", "latest", "--results-dir", str(tmp_path))
     assert "calls failed" in shown.stdout and f"{len(failed)} calls failed" in shown.stdout
+    listed = load_results([tmp_path]).runs  # a report lists it, never ranks it
+    assert len(listed) == 1 and listed[0].excluded.startswith("invalid: ")
+    assert listed[0].excluded.endswith(f"; {len(failed)} calls failed")
 
 
 def test_request_timeout_fails_a_hung_call_at_the_timeout_and_the_run_goes_on(faulty: Any, tmp_path: Path,
@@ -282,3 +286,51 @@ def test_an_interrupted_sim_run_reads_as_interrupted(monkeypatch: pytest.MonkeyP
         (run.dir / name).unlink()
     shown = run_cli("results", "show", "latest", "--results-dir", str(tmp_path)).stdout
     assert "5/40" in shown and "no (interrupted after 5 of 40 sessions)" in shown
+
+
+# --------------------------------------------------------------------- interrupted isolated reference
+def test_ctrl_c_during_the_isolated_reference_keeps_the_references_computed(monkeypatch: pytest.MonkeyPatch,
+                                                                           tmp_path: Path, run_cli: Any) -> None:
+    from harness import bound
+    from harness.engines.sim import run as sim_run
+
+    simulate, alone = sim_run.simulate, []
+    monkeypatch.setattr(bound, "simulate", simulate)  # the bound's floors are not counted below
+
+    def ctrl_c_at_the_6th(*args: Any, **kwargs: Any) -> Any:
+        alone.append(1)
+        if len(alone) == 6:
+            raise KeyboardInterrupt  # what the CLI's SIGINT handler raises
+        return simulate(*args, **kwargs)
+
+    monkeypatch.setattr(sim_run, "simulate", ctrl_c_at_the_6th)
+    argv = ("run", "-b", "vllm", "-w", "swe-smoke", "--sessions", "12", "--results-dir", str(tmp_path))
+    result = run_cli(*argv)
+    assert result.exit_code == 130 and result.stderr.strip().splitlines()[-1] == "mars-bench: error: aborted"
+    cache = tmp_path / ".cache" / "isolated.json"
+    assert len(json.loads(cache.read_text())) == 5  # the five computed before the Ctrl-C
+    alone.clear()
+    monkeypatch.setattr(sim_run, "simulate", lambda *a, **k: alone.append(1) or simulate(*a, **k))
+    assert run_cli(*argv).exit_code == 0
+    assert len(alone) == 7  # only the references still missing
+    assert len(json.loads(cache.read_text())) == 12
+
+
+def test_a_long_isolated_reference_is_kept_as_it_grows(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from harness.config import RunConfig
+    from harness.engines.sim import run as sim_run
+    from harness.engines.sim.testbed import build_setup
+    from workloads.source import WorkloadRequest, resolve
+
+    _, sessions = resolve(WorkloadRequest("swe-smoke", sessions=4))
+    cache = tmp_path / "isolated.json"
+    simulate, on_disk = sim_run.simulate, []
+
+    def look_at_the_cache(*args: Any, **kwargs: Any) -> Any:  # what a kill -9 now would leave
+        on_disk.append(len(json.loads(cache.read_text())) if cache.exists() else 0)
+        return simulate(*args, **kwargs)
+
+    monkeypatch.setattr(sim_run, "simulate", look_at_the_cache)
+    monkeypatch.setattr(sim_run, "KEEP_EVERY_S", 0.0)
+    sim_run.isolated_jcts(sessions, build_setup(RunConfig(workload="swe-smoke")), cache=cache)
+    assert on_disk == [0, 1, 2, 3] and len(json.loads(cache.read_text())) == 4

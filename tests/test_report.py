@@ -244,6 +244,25 @@ def test_runs_not_completed_are_listed_but_not_ranked(sets: dict[str, Path], tmp
     assert "9 runs under" in md and "8 ranked. 1 left out of rankings" in md
 
 
+
+@pytest.mark.parametrize("reasons", [["3 calls failed"], ["4 of 16 sessions did not complete"]])
+def test_an_invalid_run_is_listed_but_not_ranked_even_when_newer(sets: dict[str, Path], tmp_path: Path, run_cli,
+                                                                 reasons: list[str]) -> None:
+    mixed = tmp_path / "mixed"
+    shutil.copytree(sets["base"], mixed)
+    victim = next(d for d in sorted(mixed.iterdir()) if "mars" in d.name)
+    meta = json.loads((victim / "run.json").read_text())
+    invalid = mixed / "invalid-run"  # the same point, backend and seed, run again later: calls failed in it
+    shutil.copytree(victim, invalid)
+    (invalid / "run.json").write_text(json.dumps({**meta, "run_id": "invalid-run", "started": "9999-01-01T00:00:00"}))
+    summary = json.loads((invalid / "summary.json").read_text())
+    (invalid / "summary.json").write_text(json.dumps({**summary, "valid": False, "invalid_reasons": reasons}))
+    result = run_cli("report", str(mixed), "--out", str(tmp_path / "out"), "--json")
+    assert result.exit_code == 0, result.stderr
+    runs = {r["run_id"]: r for r in json.loads(result.stdout, parse_constant=_not_json)["runs"]}
+    assert runs["invalid-run"]["excluded"] == f"invalid: {reasons[0]}"
+    assert runs[meta["run_id"]]["excluded"] == ""  # the valid run of the point stays ranked
+
 def test_compare_to_flags_a_worse_setting_with_its_size(sets: dict[str, Path], tmp_path: Path, run_cli) -> None:
     result = run_cli("report", str(sets["slow"]), "--out", str(tmp_path / "out"), "--compare-to", str(sets["base"]),
                      "--json")

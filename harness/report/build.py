@@ -114,8 +114,8 @@ def _intro(results: ResultSet, regressions: Regressions | None, boards: Sequence
     roots = ", ".join(f"`{r}`" for r in results.roots)
     text = f"{total} runs under {roots}; {ranked} ranked."
     if ranked < total:
-        text += (f" {total - ranked} left out of rankings and plots (not completed, or superseded by a newer run "
-                 "of the same point): see Runs.")
+        text += (f" {total - ranked} left out of rankings and plots (not completed or invalid, or superseded by a "
+                 "newer run of the same point): see Runs.")
     blocks: list[Block] = [Text(text)]
     if warning := mismatch_warning(boards):
         blocks.append(Text(f"Warning: {warning}."))
@@ -194,7 +194,8 @@ def _runs_section(results: ResultSet) -> Section:
          format_ci(r.figure("goodput"), 0), r.run_id, _relative(r, results.roots))
         for r in results.runs
     )
-    note = "Every run found; runs not completed, or superseded by a newer run of the same point, are not ranked."
+    note = ("Every run found; runs not completed or invalid, or superseded by a newer run of the same point, are "
+            "not ranked.")
     return Section("Runs", [Table(f"{len(rows)} runs", columns, rows, numeric_from=6, note=note,
                                           numeric_to=11)])
 

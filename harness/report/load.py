@@ -3,8 +3,8 @@
 A run belongs to a *load point*: its workload, its settings and its offered load (rps). "Settings" are the
 config values that set a run apart from other runs of the same workload in the same result set (e.g.
 `tool_cores=2`), leaving out what a report compares along (backend, seed, rps). Within one load point each
-backend has one run per seed; runs that did not complete, and older runs of a point run again, are listed
-but left out of rankings and plots.
+backend has one run per seed; runs that did not complete or are invalid (failed calls), and older runs of a
+point run again, are listed but left out of rankings and plots.
 """
 
 from __future__ import annotations
@@ -175,6 +175,8 @@ def _place(record: RunRecord, workload: str, settings: str, include_noisy: bool 
     excluded = "" if status == "completed" else f"status {status}"
     if not excluded and summary is None:
         excluded = "no summary.json"
+    if not excluded and summary is not None and summary.get("valid") is False:  # e.g. calls failed: its figures are not the backend's
+        excluded = f"invalid: {'; '.join(summary.get('invalid_reasons') or []) or 'see summary.json'}"
     if not excluded and record.noisy and not include_noisy:
         excluded = f"noisy host: {record.host_load()} (--include-noisy ranks it)"
     return Run(record, workload, settings, offered_rps(config), str(config.get("backend", "?")), int(seed),

@@ -7,7 +7,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -52,20 +54,48 @@ def isolated_jcts(sessions: Sequence[Session], setup: SimSetup, cache: Path | No
     idle = setup.idle()
     known: dict[str, float] = read_cache(cache)
     out: dict[str, float] = {}
-    dirty = False
-    for session in sessions:
-        key = _session_key(session, idle)
-        if key not in known:
-            alone = session.with_arrival(0.0)
-            result = simulate([alone], Policy(), idle)
-            known[key] = float(result.sessions["finish_s"].iloc[0] - alone.arrival_s)
-            dirty = True
-        out[session.id] = known[key]
-        if progress is not None:
-            progress(1)
+    with kept_cache(cache, known) as added:
+        for session in sessions:
+            key = _session_key(session, idle)
+            if key not in known:
+                alone = session.with_arrival(0.0)
+                result = simulate([alone], Policy(), idle)
+                known[key] = float(result.sessions["finish_s"].iloc[0] - alone.arrival_s)
+                added()
+            out[session.id] = known[key]
+            if progress is not None:
+                progress(1)
+    return out
+
+
+KEEP_EVERY_S = 10.0  # a growing cache is written at least this often, so a kill loses at most this much work
+
+
+@contextmanager
+def kept_cache(cache: Path | None, known: dict[str, Any]) -> Iterator[Callable[[], None]]:
+    """Keep `known` in `cache` while it grows (the caller calls the yielded function after each entry it
+    adds): written every KEEP_EVERY_S and at the end, also when a Ctrl-C or an error ends the computation,
+    so a reference computed for minutes is never lost (the next run starts where this one stopped)."""
+    dirty, written = False, time.monotonic()
+
+    def added() -> None:
+        nonlocal dirty, written
+        dirty = True
+        if cache is not None and time.monotonic() - written >= KEEP_EVERY_S:
+            write_cache(cache, known)
+            dirty, written = False, time.monotonic()
+
+    try:
+        yield added
+    except BaseException:
+        if cache is not None and dirty:
+            try:
+                write_cache(cache, known)
+            except OSError:
+                pass  # the error that ended the computation is what the user must see
+        raise
     if cache is not None and dirty:
         write_cache(cache, known)
-    return out
 
 
 def read_cache(cache: Path | None) -> dict[str, Any]:
