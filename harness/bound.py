@@ -50,7 +50,7 @@ import hashlib
 import heapq
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -279,41 +279,58 @@ def gpu_pieces(session: Session, floors: Sequence[float], workers: int, bounds: 
     prefill before all of them; within a step the work is spread evenly, so half a least-step more;
     after the call the session still needs its tool alone and the floors of calls k+1..."""
     b = bounds
+    if kv_tokens_held:
+        def costs(prompt: int, computed: int) -> tuple[float, float, float]:
+            # decode at p: kv (p + 1) + resident (p + 1 - prefix) = (kv + resident) p + kv + resident (1 - prefix)
+            prefill = b.kv_token_s * prompt + b.resident_token_s * max(0, prompt - session.prefix_tokens)
+            return (prefill, b.kv_token_s + b.resident_token_s,
+                    b.kv_token_s + b.resident_token_s * (1 - session.prefix_tokens))
+    else:
+        def costs(prompt: int, computed: int) -> tuple[float, float, float]:
+            return _compute_costs(b, prompt, computed)
+    return _call_pieces(session, floors, workers, b.step_s, costs)
+
+
+def _compute_costs(b: GpuLowerBounds, prompt: int, computed: int) -> tuple[float, float, float]:
+    """A call's least compute work: (its prefill's, then per position and constant of a decode at p)."""
+    first = prompt - computed  # position of the first computed token
+    prefill = b.token_s * computed + b.pair_s * (computed * (first + 1) + computed * (computed - 1) / 2)
+    return prefill, b.pair_s, b.token_s + b.pair_s
+
+
+def _call_pieces(session: Session, floors: Sequence[float], workers: int, step_s: float,
+                 costs: Callable[[int, int], tuple[float, float, float]]) -> list[Piece]:
+    """One piece per call, its work `costs(prompt, computed)` = (prefill work, a, c): a decode at position p
+    costs a p + c. Release and tail as `gpu_pieces` says."""
     runs = [0.0 if t.tool is None else tool_seconds(t.tool, workers) for t in session.turns]
-    after = [0.0] * len(session.turns)  # after[k]: tool k + calls k+1.. + tools k+1.. alone
-    for k in range(len(session.turns) - 1, -1, -1):
-        after[k] = runs[k] + (after[k + 1] + floors[k + 1] if k + 1 < len(session.turns) else 0.0)
+    after = _after_calls(session, floors, runs)
     out = []
     start = session.arrival_s
     for k, turn in enumerate(session.turns):
         prompt = session.prompt_tokens(k)
-        computed = max(turn.new_tokens, 1)
-        decodes = turn.output_tokens - 1
-        # decode i (1 = the first) sits at position prompt + i - 1 and is the (decodes - i + 1)-th last
-        if kv_tokens_held:
-            prefill = b.kv_token_s * prompt + b.resident_token_s * max(0, prompt - session.prefix_tokens)
-            per_pos = b.kv_token_s + b.resident_token_s
-            # work of decode i: kv (p + 1) + resident (p + 1 - prefix) = per_pos * p + kv + resident (1 - prefix)
-            const = b.kv_token_s + b.resident_token_s * (1 - session.prefix_tokens)
-        else:
-            first = prompt - computed  # position of the first computed token
-            prefill = b.token_s * computed + b.pair_s * (computed * (first + 1) + computed * (computed - 1) / 2)
-            per_pos, const = b.pair_s, b.token_s + b.pair_s
-        # sums over i = 1..n (n decodes) of the work w_i = per_pos * (prompt + i - 1) + const and of w_i x its
-        # distance from the call's end, (n - i + 1/2) least-steps
-        n = decodes
+        prefill, per_pos, const = costs(prompt, max(turn.new_tokens, 1))
+        # decode i (1 = the first) sits at position prompt + i - 1 and is the (n - i + 1)-th last of n: its
+        # work w_i = a0 + per_pos i and its distance from the call's end (n - i + 1/2) least steps
+        n = turn.output_tokens - 1
         s0 = n * (n + 1) / 2  # sum of i
         s1 = n * (n + 1) * (2 * n + 1) / 6  # sum of i^2
-        decode_work = (per_pos * (prompt - 1) + const) * n + per_pos * s0
-        a0 = per_pos * (prompt - 1) + const  # w_i = a0 + per_pos * i
-        # sum w_i (n + 1/2 - i) = a0 ((n + 1/2) n - s0) + per_pos ((n + 1/2) s0 - s1)
-        decode_moment = b.step_s * (a0 * ((n + 0.5) * n - s0) + per_pos * ((n + 0.5) * s0 - s1))
+        a0 = per_pos * (prompt - 1) + const
+        decode_work = a0 * n + per_pos * s0
+        decode_moment = step_s * (a0 * ((n + 0.5) * n - s0) + per_pos * ((n + 0.5) * s0 - s1))
         work = prefill + decode_work
-        moment = prefill * (n + 0.5) * b.step_s + decode_moment
-        tail = after[k] + moment / work
-        out.append(Piece(start, work, tail))
+        moment = prefill * (n + 0.5) * step_s + decode_moment
+        out.append(Piece(start, work, after[k] + (moment / work if work > 0 else 0.0)))
         start += floors[k] + runs[k]
     return out
+
+
+def _after_calls(session: Session, floors: Sequence[float], runs: Sequence[float]) -> list[float]:
+    """after[k]: what the session needs at least after call k ends: tool k alone, calls k+1.. at their floors
+    and tools k+1.. alone."""
+    after = [0.0] * len(session.turns)
+    for k in range(len(session.turns) - 1, -1, -1):
+        after[k] = runs[k] + (after[k + 1] + floors[k + 1] if k + 1 < len(session.turns) else 0.0)
+    return after
 
 
 def bound_jcts(sessions: Sequence[Session], setup: SimSetup, cache: Path | None = None,
