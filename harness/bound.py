@@ -6,8 +6,9 @@ The bound is the largest of several relaxations, each a valid lower bound on the
 
 * **the floor** (per session): every LLM call takes its time alone on the idle testbed (the run's
   cost model, chunked prefill under the engine's token budget, one token per decode step, no wake-up
-  after idle), with its session's earlier context in the prefix cache and, unless its session is the first
-  of its prefix group to arrive, the shared prefix too (the only cross-session hit a workload allows); every
+  after idle), with its session's earlier context in the prefix cache and the shared prefix too (the only
+  cross-session hit a workload allows; even the first session of a group to arrive may find it computed
+  by a later one that admission let in first, or by a warm-up session); every
   tool call runs at once on its own cores. In any backend a call shares each step with other calls, so each
   of its prefill chunks is at most the token budget and each step at least as long as the same chunk alone
   (the cost model is monotone in a step's tokens); its cached prefix is at most the floor's; waiting for
@@ -63,13 +64,10 @@ from workloads.model import Session, ToolCall, Turn
 
 
 def warm_prefix(sessions: Sequence[Session]) -> set[str]:
-    """Ids of the sessions whose shared prefix another session has computed before they arrive: every
-    session of a prefix group but the first to arrive (ties: workload order)."""
-    first: dict[str, str] = {}
-    for session in sorted(sessions, key=lambda s: s.arrival_s):  # stable: ties keep workload order
-        if session.prefix_id is not None and session.prefix_tokens > 0:
-            first.setdefault(session.prefix_id, session.id)
-    return {s.id for s in sessions if s.prefix_id is not None and s.prefix_tokens > 0 and first[s.prefix_id] != s.id}
+    """Ids of the sessions whose floor finds their shared prefix cached: every session of a prefix group.
+    Not only the later arrivals: the first to arrive may be held back (admission) while a later one, or a
+    warm-up session, computes the prefix, so no session is sure to find it cold."""
+    return {s.id for s in sessions if s.prefix_id is not None and s.prefix_tokens > 0}
 
 
 def floor_setup(setup: SimSetup) -> SimSetup:
