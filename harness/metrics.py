@@ -415,7 +415,7 @@ def _session_fields(s: pd.DataFrame, total: int, duration: float | None, alpha: 
 
 def _bound_fields(s: pd.DataFrame, done: pd.DataFrame) -> dict[str, Any]:
     """bound_mean_jct_s (harness.bound) and x_of_bound: with every session completed, the larger of the mean
-    floor and the mean pool relaxation; else the mean floor of the completed sessions. Tables written before
+    floor and the mean of the tightest sum relaxation (`pool_jct_s`); else the mean floor of the completed sessions. Tables written before
     the bound existed have no columns: both undefined."""
     if "floor_jct_s" not in s.columns or "pool_jct_s" not in s.columns:
         return {}

@@ -41,7 +41,7 @@ SESSION_COLUMNS: dict[str, str] = {
     "tool_wait_s": "float64",  # time tool calls waited for cores
     "isolated_jct_s": "float64",  # JCT of this session alone on the idle system; NaN if unknown
     "floor_jct_s": "float64",  # its JCT with nothing shared, a bound per session (harness.bound); NaN if unknown
-    "pool_jct_s": "float64",  # its JCT in the CPU relaxation, a bound in sum over the run (harness.bound)
+    "pool_jct_s": "float64",  # its term in the tightest sum relaxation (tool pool, GPU), a bound in sum over the run (harness.bound)
 }
 
 

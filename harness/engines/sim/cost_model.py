@@ -333,6 +333,57 @@ def step_time(profile: Profile, shape: StepShape) -> float:
     )
 
 
+def least_step_time(profile: Profile, tokens: int) -> float:
+    """A lower bound on the time of ANY step of `tokens` tokens (whatever its sequences and contexts): the
+    formula of `step_time` with one sequence, no context read and `tokens` query-key pairs. Every real shape
+    has at least one sequence, pairs >= tokens (a new token attends at least to itself) and reads >= 0 KV
+    tokens, and `step_time` grows with each of them."""
+    if tokens <= 0:
+        return 0.0
+    return step_time(profile, StepShape(num_prefill_tokens=tokens, attention_pairs=tokens, num_seqs=1))
+
+
+@dataclass(frozen=True, slots=True)
+class GpuLowerBounds:
+    """Per-token and per-step costs that no step can undercut, for harness.bound's GPU relaxations.
+
+    Any step of the cost model above (T tokens, S >= 1 sequences, token i at position p_i, sequence j
+    with context c_j and n_j new tokens, at most `kv_tokens` tokens of KV resident) takes at least
+
+    * compute machine: sum_i (token_s + pair_s * (p_i + 1)) — step >= compute + fixed, compute >=
+      (flops_per_token * T + attention pairs) / flops_per_s, pairs = sum_i (p_i + 1) exactly, and
+      token_s = flops_per_token / flops_per_s + the all-reduce bytes per token (the limit of the
+      per-token cost at an unbounded batch, below every finite batch's);
+    * memory machine: sum_j (kv_token_s * (c_j + n_j) + resident_token_s * r_j), r_j the sequence's
+      resident tokens that no other sequence shares (sum_j r_j <= kv_tokens) — step >= traffic /
+      hbm_bytes_per_s + fixed, traffic >= weights at one routed token + KV read and written, and
+      resident_token_s = (that weight read + the fixed costs of a one-token step) / kv_tokens;
+    * step_s: every step lasts at least a one-token step (least_step_time(1)).
+    """
+
+    token_s: float
+    pair_s: float
+    kv_token_s: float
+    resident_token_s: float
+    step_s: float
+
+    @classmethod
+    def of(cls, profile: Profile) -> GpuLowerBounds:
+        p = profile
+        kv_tokens = num_kv_blocks(p) * p.block_size
+        comm_per_token = p.allreduces_per_step * p.allreduce_bytes_per_token / p.allreduce_bytes_per_s
+        fixed_one = (p.allreduces_per_step * (p.allreduce_latency_s + p.allreduce_bytes_per_token / p.allreduce_bytes_per_s)
+                     + p.step_overhead_s + p.layer_overhead_s * p.num_layers + p.seq_overhead_s)
+        weights_one = (p.dense_weight_bytes + p.expert_weight_bytes * expected_distinct_experts(p, 1)) / p.hbm_bytes_per_s
+        return cls(
+            token_s=p.flops_per_token / p.flops_per_s + comm_per_token,
+            pair_s=p.flops_per_attention_pair / p.flops_per_s,
+            kv_token_s=p.kv_bytes_per_token / p.hbm_bytes_per_s,
+            resident_token_s=(weights_one + fixed_one) / kv_tokens,
+            step_s=least_step_time(p, 1),
+        )
+
+
 # Example steps `describe` reports: (label, chunks).
 _EXAMPLES: tuple[tuple[str, list[tuple[int, int]]], ...] = (
     ("decode_bs1_ctx8k_ms", [(1, 8192)]),

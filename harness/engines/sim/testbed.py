@@ -11,7 +11,7 @@ from pathlib import Path
 from harness.backends import BACKENDS
 from harness.config import RunConfig
 from harness.engines.sim.core import SchedulerLimits
-from harness.engines.sim.cost_model import Profile, StepShape, num_kv_blocks, step_time
+from harness.engines.sim.cost_model import GpuLowerBounds, Profile, StepShape, num_kv_blocks, step_time
 from harness.engines.sim.hardware import ModelSpec, get_gpu, get_model
 from harness.tools import ToolMode
 
@@ -39,6 +39,7 @@ class SimSetup:
     host_tier_tokens: int = 0  # host-memory KV tier (0 = none)
     host_load_s_per_token: float = 0.0
     prefix_cache: str = "block"  # "block": vLLM's hashed-block LRU cache; "radix": SGLang's radix tree
+    gpu_bounds: GpuLowerBounds | None = None  # least costs of any step, for harness.bound (None: no GPU relaxation)
 
     def idle(self) -> SimSetup:
         """The same testbed without contention: the reference for isolated JCT."""
@@ -126,4 +127,5 @@ def build_setup(config: RunConfig) -> SimSetup:
         host_tier_tokens=int(args.kv_offload_gib * 2**30 / profile.kv_bytes_per_token),
         host_load_s_per_token=profile.kv_bytes_per_token / (args.host_link_gbps * 1e9),
         prefix_cache=prefix_cache,
+        gpu_bounds=GpuLowerBounds.of(profile),
     )
