@@ -2,7 +2,7 @@
 (scheduler.py) and retain-or-evict at tool calls (retention.py), with every setting under `mars.*`.
 
 Ablations (`--set mars.KEY=VALUE`): `admission=off` (admit everything, as vLLM), `scheduler=fcfs`
-(vLLM's order, caps and victim), `chunk_shrink=false`, `retention=lru|off`, `tool_order=fifo|shortest` (the
+(vLLM's order, caps and victim), `chunk_shrink=false`, `retention=warm|lru|off`, `tool_order=fifo|shortest` (the
 CPU half, tools.py). The `mars-preview` backend is the configuration of the public preview code: retention =
 LRU prefix cache only, CPU high mark 2.0, FIFO tools.
 """
@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from pydantic import Field
 
 from harness.policy.admission import AdmissionController, AdmitAll
-from harness.policy import PinView, RequestView, Retention
+from harness.policy import PinView, RequestView, Retention, ScheduledStep
 from mars_impl.admission import MarsAdmission, MarsAdmissionSettings
 from mars_impl.retention import RetentionPolicy, RetentionSettings
 from mars_impl.scheduler import MlfqScheduler, SchedulerSettings
@@ -43,6 +43,14 @@ class MarsPolicy(MlfqScheduler):
         settings = settings or MarsSettings()
         super().__init__(settings.part(SchedulerSettings))  # type: ignore[arg-type]
         self.retention = RetentionPolicy(settings.part(RetentionSettings))  # type: ignore[arg-type]
+
+    def on_arrival(self, req: RequestView, now: float) -> None:
+        super().on_arrival(req, now)
+        self.retention.on_arrival(req)
+
+    def on_scheduled(self, step: ScheduledStep) -> None:
+        super().on_scheduled(step)
+        self.retention.on_scheduled(step)
 
     def on_turn_end(self, req: RequestView, now: float) -> Retention:
         assert self.engine is not None, "MarsPolicy used before bind()"
