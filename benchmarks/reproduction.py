@@ -40,7 +40,7 @@ REFERENCE = "vllm"
 class Claim:
     text: str  # quoted from shared/reference/peers.md
     metric: str  # "throughput": this / vllm sessions per second; "jct": vllm mean JCT / this one's
-    low: float  # the claimed range of the ratio (low == high for "up to" claims: the top figure)
+    low: float  # the claimed range of the ratio ("up to X": from 1x to X)
     high: float
 
 
@@ -64,25 +64,26 @@ class Paper:
 
 PAPERS: dict[str, Paper] = {p.name: p for p in (
     # Llama-3.1-8B as in the paper; one H100 (assumed); each agent has its own sandbox, so tools do not queue.
-    Paper("continuum", "continuum-dy", "continuum-swe", "h100", "llama-3.1-8b", 1, 1024, 0.3, 100, (
+    Paper("continuum", "continuum-dy", "continuum-swe", "h100", "llama-3.1-8b", 1, 1024, 0.5, 100, (
         Claim("JCT 1.12-3.66x (v1-v2)", "jct", 1.12, 3.66),
         Claim("throughput 1.10-3.22x (v1-v2)", "throughput", 1.10, 3.22),
     )),
     # GPT-J-6B on one A100 as in the paper; interceptions (APIs, humans, other models) use no tool cores.
     # Throughput claims are measured as capacity: every session at t=0, sessions/s over the span.
-    Paper("infercept", "infercept", "infercept-mix", "a100-80g", "gpt-j-6b", 1, 1024, math.inf, 200, (
+    Paper("infercept", "infercept", "infercept-mix", "a100-80g", "gpt-j-6b", 1, 1024, math.inf, 500, (
         Claim("1.6-2x serving throughput, 2x completed requests/s", "throughput", 1.6, 2.0),
     )),
     # Llama-3.1-8B on one A100 (one engine: no load balancer); tools are functions, users and evaluators.
-    Paper("autellix", "autellix", "autellix-programs", "a100-80g", "llama-3.1-8b", 1, 1024, math.inf, 150, (
+    Paper("autellix", "autellix", "autellix-programs", "a100-80g", "llama-3.1-8b", 1, 1024, math.inf, 600, (
         Claim("4-15x program throughput at the same latency vs vLLM", "throughput", 4.0, 15.0),
     )),
     # Qwen3-32B as in the paper, on two H100s (assumed); a batch submitted at once.
     Paper("concur", "concur", "concur-batch", "h100", "qwen3-32b", 2, 256, math.inf, 128, (
-        Claim("throughput up to 4.09x (Qwen3-32B)", "throughput", 4.09, 4.09),
+        Claim("throughput up to 4.09x (Qwen3-32B)", "throughput", 1.0, 4.09),
     )),
 )}
 QUICK_SESSIONS = 16
+NO_DIFFERENCE = 0.01  # a paired ratio within 1% of 1x is no difference
 
 
 def evidence(run_dir: Path) -> dict[str, float]:
@@ -118,13 +119,14 @@ def measured(runs: pd.DataFrame, paper: Paper, claim: Claim) -> Estimate:
 
 
 def verdict(estimate: Estimate) -> str:
-    """Reproduced only when the whole 95% interval is above 1x (with one seed: the value)."""
+    """Reproduced only when the whole 95% interval is above 1x and the mean more than 1% above it (with one
+    seed: the value alone); a mean within 1% of 1x is no difference."""
     if not math.isfinite(estimate.mean):
         return "-"
     ci = estimate.ci95 if math.isfinite(estimate.ci95) else 0.0
-    if estimate.mean - ci > 1:
+    if estimate.mean - ci > 1 and estimate.mean > 1 + NO_DIFFERENCE:
         return "yes"
-    if estimate.mean + ci < 1:
+    if estimate.mean + ci < 1 and estimate.mean < 1 - NO_DIFFERENCE:
         return "no (reversed)"
     return "no (within noise)"
 

@@ -34,7 +34,7 @@ def test_every_paper_names_a_known_preset_backend_and_testbed() -> None:
     for paper in reproduction.PAPERS.values():
         assert paper.workload in PRESETS and paper.backend in BACKENDS
         assert paper.gpu in GPUS and paper.model in MODELS
-        assert paper.claims and all(c.metric in ("jct", "throughput") and 1 < c.low <= c.high for c in paper.claims)
+        assert paper.claims and all(c.metric in ("jct", "throughput") and 1 <= c.low <= c.high for c in paper.claims)
 
 
 @pytest.mark.parametrize("name", ["continuum-swe", "infercept-mix", "autellix-programs", "concur-batch"])
@@ -72,7 +72,8 @@ def test_table_figures_come_from_the_runs(tmp_path: Path, capsys: pytest.Capture
         ratios = [this[s]["session_throughput"] / ref[s]["session_throughput"] for s in (1, 2)]
         estimate = mean_ci(ratios)
         assert row[4] == f"sessions/s ratio {format_ratio(estimate.mean, estimate.ci95)}"
-        expected = "yes" if estimate.mean - (estimate.ci95 if math.isfinite(estimate.ci95) else 0) > 1 else "no"
+        low = estimate.mean - (estimate.ci95 if math.isfinite(estimate.ci95) else 0)
+        expected = "yes" if low > 1 and estimate.mean > 1.01 else "no"
         assert row[6].startswith(expected)
 
     details = _table(lines, "| paper | backend | mean JCT s")
