@@ -54,7 +54,8 @@ def test_generate_flags_and_overrides_reach_the_file(run_cli, tmp_path: Path) ->
 
 def test_list_presets(run_cli) -> None:
     out = run_cli("workloads", "list").stdout
-    for name in ("swe", "long-context", "cpu-heavy", "chat", "swe-smoke", "paper"):
+    for name in ("swe", "long-context", "cpu-heavy", "chat", "swe-smoke", "paper", "continuum-swe", "infercept-mix",
+                 "autellix-programs", "concur-batch"):
         assert name in out
 
 
@@ -102,7 +103,8 @@ def test_console_script_entry_point_exit_codes(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert proc.stderr.strip() == "mars-bench: error: unknown workload preset 'nope' (known: swe, long-context, " \
-                                  "cpu-heavy, chat, swe-smoke, tiny, paper)"
+                                  "cpu-heavy, chat, swe-smoke, tiny, paper, continuum-swe, infercept-mix, " \
+                                  "autellix-programs, concur-batch)"
 
 
 def test_run_writes_results_and_prints_summary(run_cli, tmp_path: Path) -> None:

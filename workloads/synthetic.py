@@ -234,6 +234,115 @@ def _small_tools(cpu_seconds: LogNormal, output_tokens: LogNormal | None = None)
     return {name: kind.model_copy(update=update) for name, kind in _swe_tools().items()}
 
 
+def _tool(seconds: LogNormal, output: LogNormal, weight: float = 1.0) -> ToolKind:
+    return ToolKind(weight=weight, cpu_seconds=seconds, output_tokens=output)
+
+
+# ------------------------------------------------------------------ the peers' own evaluation setups
+# Each models one paper's evaluation workload for benchmarks/reproduction.py, which also sets the paper's
+# GPU, model, tool pool and loads (`PAPERS` there). Only the shapes are modelled: every number is ours
+# unless the description says it follows the paper.
+def _continuum_mix() -> dict[str, SessionSpec]:
+    """Continuum (arXiv 2511.02230): SWE-bench agents (mini-swe-agent: one bash command per turn) and BFCL
+    multi-turn function calling."""
+    swe = SessionSpec(
+        weight=0.6,
+        prefix_tokens=LogNormal(median=1500, sigma=0.1, low=1200, high=2000),
+        task_tokens=LogNormal(median=1500, sigma=0.6, low=300, high=8000),
+        turns=LogNormal(median=20, sigma=0.5, low=5, high=60),
+        output_tokens=LogNormal(median=150, sigma=0.6, low=30, high=800),
+        tools=_swe_tools(),
+    )
+    bfcl = SessionSpec(
+        weight=0.4,
+        num_prefixes=8,
+        prefix_tokens=LogNormal(median=2500, sigma=0.4, low=800, high=6000),
+        task_tokens=LogNormal(median=150, sigma=0.5, low=30, high=800),
+        turns=LogNormal(median=6, sigma=0.4, low=2, high=15),
+        output_tokens=LogNormal(median=60, sigma=0.5, low=10, high=300),
+        tools={"function": _tool(LogNormal(median=0.01, sigma=1.0, low=0.001, high=1.0),
+                                 LogNormal(median=120, sigma=0.8, low=5, high=1500))},
+    )
+    return {"swe": swe, "bfcl": bfcl}
+
+
+def _infercept_mix() -> dict[str, SessionSpec]:
+    """InferCept (arXiv 2402.01869): six interception types, one session kind each. Interception times and
+    counts follow the paper's characterisation in order of magnitude (calculator: microseconds, QA Wikipedia
+    API: under a second, ALFWorld steps: ~0.1 s but many, chatbot: a human's tens of seconds, image and TTS
+    generation: seconds); contexts stay within GPT-J's 2,048 tokens."""
+    def kind(int_s: LogNormal, n: LogNormal, ret: LogNormal, task: float = 600, out: float = 60) -> SessionSpec:
+        return SessionSpec(
+            prefix_tokens=LogNormal(median=300, sigma=0.2, low=150, high=600),
+            task_tokens=LogNormal(median=task, sigma=0.4, low=50, high=1200),
+            turns=n,
+            output_tokens=LogNormal(median=out, sigma=0.5, low=5, high=200),
+            followup_tokens=LogNormal(median=10, sigma=0.3, low=2, high=40),
+            tools={"interception": _tool(int_s, ret)},
+        )
+    return {
+        "math": kind(LogNormal(median=1e-4, sigma=0.5, low=1e-5, high=0.01), LogNormal(median=4, sigma=0.3, low=2, high=8),
+                     LogNormal(median=8, sigma=0.4, low=2, high=30)),
+        "qa": kind(LogNormal(median=0.7, sigma=0.5, low=0.1, high=5), LogNormal(median=3, sigma=0.3, low=2, high=6),
+                   LogNormal(median=150, sigma=0.5, low=20, high=400)),
+        "ve": kind(LogNormal(median=0.09, sigma=0.4, low=0.01, high=1), LogNormal(median=14, sigma=0.3, low=6, high=24),
+                   LogNormal(median=30, sigma=0.4, low=5, high=100), task=400, out=25),
+        "chatbot": kind(LogNormal(median=28, sigma=0.6, low=3, high=180), LogNormal(median=5, sigma=0.3, low=2, high=10),
+                        LogNormal(median=50, sigma=0.6, low=5, high=300), task=300, out=100),
+        "image": kind(LogNormal(median=20, sigma=0.3, low=5, high=60), LogNormal(median=7, sigma=0.3, low=3, high=12),
+                      LogNormal(median=10, sigma=0.3, low=2, high=30), task=300, out=50),
+        "tts": kind(LogNormal(median=17, sigma=0.3, low=5, high=60), LogNormal(median=7, sigma=0.3, low=3, high=12),
+                    LogNormal(median=10, sigma=0.3, low=2, high=30), task=300, out=50),
+    }
+
+
+def _autellix_mix() -> dict[str, SessionSpec]:
+    """Autellix (arXiv 2502.13965): programs of many LLM calls with a heavy-tailed number of calls: multi-turn
+    chat (ShareGPT), ReAct function-calling agents (BFCL) and tree-search agents (LATS), the last run here
+    one call at a time (the harness's sessions are single-threaded: PLAS, not ATLAS)."""
+    fast_tool = _tool(LogNormal(median=0.02, sigma=1.0, low=0.001, high=2.0), LogNormal(median=100, sigma=0.8, low=5, high=1500))
+    return {
+        "chat": SessionSpec(
+            weight=0.4, num_prefixes=4,
+            prefix_tokens=LogNormal(median=200, sigma=0.3, low=50, high=1000),
+            task_tokens=LogNormal(median=300, sigma=1.0, low=10, high=4000),
+            turns=LogNormal(median=3, sigma=0.8, low=1, high=40),
+            output_tokens=LogNormal(median=250, sigma=0.8, low=10, high=2000),
+            tools={"user": _tool(LogNormal(median=5.0, sigma=0.8, low=0.5, high=60),
+                                 LogNormal(median=80, sigma=1.0, low=5, high=2000))},
+        ),
+        "react": SessionSpec(
+            weight=0.4, num_prefixes=8,
+            prefix_tokens=LogNormal(median=1500, sigma=0.4, low=500, high=5000),
+            task_tokens=LogNormal(median=150, sigma=0.5, low=30, high=800),
+            turns=LogNormal(median=4, sigma=0.9, low=1, high=80),
+            output_tokens=LogNormal(median=100, sigma=0.6, low=10, high=600),
+            tools={"function": fast_tool},
+        ),
+        "tree-search": SessionSpec(
+            weight=0.2,
+            prefix_tokens=LogNormal(median=800, sigma=0.2, low=400, high=1500),
+            task_tokens=LogNormal(median=300, sigma=0.5, low=50, high=1500),
+            turns=LogNormal(median=20, sigma=0.9, low=5, high=200),
+            output_tokens=LogNormal(median=150, sigma=0.6, low=20, high=800),
+            followup_tokens=LogNormal(median=60, sigma=0.4, low=10, high=300),
+            tools={"evaluate": fast_tool},
+        ),
+    }
+
+
+def _concur_mix() -> dict[str, SessionSpec]:
+    """CONCUR (arXiv 2601.22705): agentic batch inference, long-lived agents whose contexts grow every step
+    (its Figure 1: input length and KV memory grow over 10 generation steps)."""
+    agent = _swe().model_copy(update={
+        "task_tokens": LogNormal(median=3000, sigma=0.5, low=500, high=12000),
+        "turns": LogNormal(median=12, sigma=0.4, low=6, high=30),
+        "output_tokens": LogNormal(median=300, sigma=0.6, low=50, high=1500),
+    })
+    tools = {name: kind.model_copy(update={"cores": {1: 1.0}}) for name, kind in agent.tools.items()}
+    return {"agent": agent.model_copy(update={"tools": tools, "cpu_scale": 0.2})}
+
+
 def _preset_specs() -> dict[str, WorkloadSpec]:
     return {
         "swe": WorkloadSpec(
@@ -311,6 +420,45 @@ def _preset_specs() -> dict[str, WorkloadSpec]:
                     update={"weight": 0.35, "turns": LogNormal(median=6, sigma=0.35, low=3, high=8), "cpu_scale": 0.7}
                 ),
             },
+        ),
+        "continuum-swe": WorkloadSpec(
+            name="continuum-swe",
+            description="Continuum's evaluation (arXiv 2511.02230): SWE-bench agents (60%, ~20 turns, bash tools) and "
+                        "BFCL multi-turn function calling (40%, ~6 turns, millisecond functions), Poisson arrivals; "
+                        "with benchmarks/reproduction.py's Llama-3.1-8B on one H100 and a tool sandbox per agent",
+            sessions=200,
+            rps=0.5,
+            arrival="poisson",
+            mix=_continuum_mix(),
+        ),
+        "infercept-mix": WorkloadSpec(
+            name="infercept-mix",
+            description="InferCept's evaluation (arXiv 2402.01869): six interception types (math, QA, virtual env, "
+                        "chatbot, image, TTS) in equal shares, contexts under 2k tokens, Poisson arrivals; with "
+                        "benchmarks/reproduction.py's GPT-J-6B on one A100 80GB, interceptions not on the tool cores",
+            sessions=400,
+            rps=2.0,
+            arrival="poisson",
+            mix=_infercept_mix(),
+        ),
+        "autellix-programs": WorkloadSpec(
+            name="autellix-programs",
+            description="Autellix's evaluation (arXiv 2502.13965): programs with a heavy-tailed number of calls - "
+                        "chat (ShareGPT-like), ReAct function calling (BFCL-like), tree search (LATS-like, one call "
+                        "at a time), Poisson arrivals; with benchmarks/reproduction.py's Llama-3.1-8B on one A100",
+            sessions=300,
+            rps=1.0,
+            arrival="poisson",
+            mix=_autellix_mix(),
+        ),
+        "concur-batch": WorkloadSpec(
+            name="concur-batch",
+            description="CONCUR's evaluation (arXiv 2601.22705): agentic batch inference, 256 coding agents all "
+                        "submitted at t=0, 6-30 steps with growing contexts; with benchmarks/reproduction.py's "
+                        "Qwen3-32B on two H100s (tp=2)",
+            sessions=256,
+            rps=math.inf,
+            mix=_concur_mix(),
         ),
     }
 

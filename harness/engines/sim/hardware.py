@@ -315,6 +315,18 @@ _MODEL_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
         model_type="llama", num_hidden_layers=80, hidden_size=8192, num_attention_heads=64,
         num_key_value_heads=8, intermediate_size=28672, vocab_size=128256, tie_word_embeddings=False,
         torch_dtype="bfloat16")),
+    # Published: 32.8B (Qwen3 technical report); CONCUR's model (benchmarks/reproduction.py).
+    "qwen3-32b": ("Qwen/Qwen3-32B", dict(
+        model_type="qwen3", num_hidden_layers=64, hidden_size=5120, num_attention_heads=64,
+        num_key_value_heads=8, head_dim=128, intermediate_size=25600, vocab_size=151936,
+        tie_word_embeddings=False, torch_dtype="bfloat16")),
+    # Published: 6.05B; InferCept's model (benchmarks/reproduction.py). GPT-J's shapes in llama form: 28
+    # layers, 16 full-attention heads of 256 (no GQA: 448 KiB of KV per token), fp16. Its MLP has two
+    # 4096x16384 matrices (GELU); a llama MLP has three, so intermediate 10923 gives the same parameters.
+    "gpt-j-6b": ("EleutherAI/gpt-j-6b", dict(
+        model_type="llama", num_hidden_layers=28, hidden_size=4096, num_attention_heads=16,
+        num_key_value_heads=16, head_dim=256, intermediate_size=10923, vocab_size=50400,
+        tie_word_embeddings=False, torch_dtype="float16")),
     # Published (OpenAI model card): 116.83B total, 5.13B active. OpenAI's active count leaves out the
     # input embedding (0.58B); ours includes it, as Qwen's and Meta's do, so it reads 5.7B. Experts are
     # MXFP4, the rest bf16: ~65 GB of weights, one 80 GB GPU. Half the layers use a 128-token sliding
