@@ -251,8 +251,8 @@ def format_summary(value: float, std: float, ci95: float, count: bool = False) -
     if value is None or not math.isfinite(value):
         return "-"
     digits = shown_decimals(value, count)
-    if count and std and math.isfinite(std) and std > 0:
-        digits = max(digits, 1)
+    if count and std and math.isfinite(std) and std > 0 and abs(value) < 100:
+        digits = max(digits, 1)  # a mean of counts is not a count: 7.4 ± 7.6; from 100 on, whole numbers say it
     text = f"{value:.{digits}f}"
     if std is not None and math.isfinite(std) and std > 0:
         text += f" ± {std:.{digits}f}"

@@ -56,6 +56,7 @@ def test_counts_print_as_integers() -> None:
     # a mean count over seeds that is not whole gets one decimal, its spread too
     assert format_summary(0.2, 0.4, 0.555, count=True) == "0.2 ± 0.4 [-0.4, 0.8]"
     assert format_summary(3.0, 1.0, 2.5, count=True) == "3.0 ± 1.0 [0.5, 5.5]"
+    assert format_summary(2431.0, 38.9, 48.3, count=True) == "2431 ± 39 [2383, 2479]"  # no 2431.0 for a count
 
 
 def test_speedup_cells_are_ratios_with_an_interval() -> None:
