@@ -32,8 +32,8 @@ What `admit(backlog, signals, now)` does, in order:
    overloaded, fewer than max_long_running long sessions are active (counting this round's), and no short
    session in the backlog has waited >= max(long_wait_min_s, min(long_wait_max_s, 1 / rps)).
 5. **The long lane** (ours, `long_lane`, default 1): before the slots are filled, while fewer than
-   `long_lane` sessions admitted by the lane are active and arrivals go on (not tail mode), KV is not
-   overloaded and the KV signal is present, the long backlog session with the smallest first turn that
+   `long_lane` sessions admitted by the lane are active, outside tail mode (where packing takes over), KV
+   is not overloaded and the KV signal is present, the long backlog session with the smallest first turn that
    fits the block budget is admitted *past the short-wait gate and outside the window*: it takes no slot
    of short sessions (lane sessions are not counted against `active_limit`) and its first turn is charged
    to the budget before theirs. Why: the gate alone holds every long session while short ones wait,
