@@ -9,7 +9,7 @@ harness.compare's (`comparison`, `paired_ratio`), the same as `mars-bench compar
 Targets (issue #17): MARS the lowest mean JCT at every load with >= 95% of the best throughput; >= 1.5x
 lower than the best baseline at 0.2 and 0.25/s; never more than 2% worse than vllm at light load.
 
-    python benchmarks/policy_quality.py                       # 6 loads x 15 variants x 5 seeds = 450 runs
+    python benchmarks/policy_quality.py                       # 6 loads x 16 variants x 5 seeds = 480 runs
     python benchmarks/policy_quality.py --rps 0.2 --seeds 0-2 --variants vllm,continuum-dy,mars -j 1
     python benchmarks/policy_quality.py --rps 0.2 --seeds 0,1 --variants vllm,mars --sessions 40   # a quick look
 """
@@ -55,6 +55,7 @@ MARS: dict[str, tuple[str, tuple[str, ...]]] = {
     "mars retention=lru": ("mars", ("mars.retention=lru",)),
     "mars retention=off": ("mars", ("mars.retention=off",)),
     "mars tool_order=fifo": ("mars", ("mars.tool_order=fifo",)),
+    "mars long_lane=0": ("mars", ("mars.long_lane=0",)),
 }
 VARIANTS = {**BASELINES, **MARS}
 LOADS = "0.05,0.1,0.15,0.2,0.25,0.3"

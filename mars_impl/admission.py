@@ -31,6 +31,16 @@ What `admit(backlog, signals, now)` does, in order:
    A *long* session (first_prompt_tokens > long_prefill_tokens) is admitted only when KV is not
    overloaded, fewer than max_long_running long sessions are active (counting this round's), and no short
    session in the backlog has waited >= max(long_wait_min_s, min(long_wait_max_s, 1 / rps)).
+5. **The long lane** (ours, `long_lane`, default 1): before the slots are filled, while fewer than
+   `long_lane` sessions admitted by the lane are active, outside tail mode (where packing takes over), KV
+   is not overloaded and the KV signal is present, the long backlog session with the smallest first turn that
+   fits the block budget is admitted *past the short-wait gate and outside the window*: it takes no slot
+   of short sessions (lane sessions are not counted against `active_limit`) and its first turn is charged
+   to the budget before theirs. Why: the gate alone holds every long session while short ones wait,
+   which under overload is the whole arrival phase; they then run one at a time after the last arrival (each
+   takes half the cache), a tail in which the tool cores idle - the throughput loss of issue 17. Long
+   sessions load the GPU and the KV cache, hardly the tool cores that bound the short ones, so one at a
+   time beside them uses the GPU's slack. `long_lane=0` is the ablation (the reference's gate alone).
 
 Choices the reference leaves open (ours):
 
@@ -119,6 +129,7 @@ class MarsAdmissionSettings(BaseModel):
     long_wait_min_s: float = Field(default=0.2, ge=0, description="short-wait gate for long sessions: lower bound")
     long_wait_max_s: float = Field(default=5.0, ge=0, description="short-wait gate for long sessions: upper bound")
     tail_fit_fraction: float = Field(default=0.95, gt=0, le=1, description="tail mode packs into this share of free blocks")
+    long_lane: int = Field(default=1, ge=0, description="long sessions admitted past the short-wait gate, outside the window (0: off)")
 
     @model_validator(mode="after")
     def _check_order(self) -> MarsAdmissionSettings:
@@ -218,6 +229,7 @@ class Round:
     long_wait_s: float
     admitted: int
     no_deadlock: bool  # the oldest session was admitted by the no-deadlock rule
+    lane_admitted: bool  # the long lane admitted a session this round
 
 
 class MarsAdmission:
@@ -245,6 +257,7 @@ class MarsAdmission:
         self._window_at: float | None = None  # time of the last window update
         self._arrived_at: dict[str, float] = {}  # backlog session id -> time on_arrival saw it
         self._active: dict[str, int] = {}  # active session id -> first-turn prompt tokens if long, else 0
+        self._lane: set[str] = set()  # active sessions the long lane admitted (outside the window)
         self._rate = ArrivalRate()
         self._reading: Reading | None = None
         self._round: Round | None = None
@@ -256,6 +269,7 @@ class MarsAdmission:
 
     def on_session_end(self, session: Session, now: float) -> None:
         self._active.pop(session.id, None)
+        self._lane.discard(session.id)
 
     def on_arrivals_done(self, now: float) -> None:
         self.arrivals_done = True
@@ -277,6 +291,7 @@ class MarsAdmission:
         """
         out: dict[str, Any] = {
             "window": self.window, "active": self.active, "long_running": self.long_running,
+            "lane_running": self.lane_running,
             "cpu_overloaded": self.cpu_overloaded, "kv_overloaded": self.kv_overloaded,
         }
         return {**out, **_as_dict(Reading, self._reading), **_as_dict(Round, self._round)}
@@ -285,6 +300,11 @@ class MarsAdmission:
     @property
     def active(self) -> int:
         return len(self._active)
+
+    @property
+    def lane_running(self) -> int:
+        """Active sessions the long lane admitted; they take no slot of the window."""
+        return len(self._lane)
 
     @property
     def long_running(self) -> int:
@@ -350,7 +370,7 @@ class MarsAdmission:
               now: float) -> list[Session]:
         s = self.settings
         limit = min(self.window, reading.cpu_cap, reading.kv_cap, s.pool_size)
-        slots = max(0, limit - self.active)
+        slots = max(0, limit - (self.active - self.lane_running))
         tail = self._tail_mode(backlog, engine)
         order = self._order(len(backlog), slots)
         threshold = long_wait_threshold(self.arrival_rate, s)
@@ -358,8 +378,17 @@ class MarsAdmission:
         budget = self._round_budget(engine, reading, tail)
         chosen: list[Session] = []
         longs = self.long_running
+        lane = None if tail else self._lane_pick(backlog, engine, budget)
+        if lane is not None and engine is not None and budget is not None:
+            self._lane.add(lane.id)
+            chosen.append(lane)
+            longs += 1
+            budget -= first_turn_blocks(lane, engine.block_size)
+            slots += 1  # outside the window: the short sessions keep their slots
         key = _ORDER_KEYS[order]
         for session in sorted(backlog, key=key) if key else backlog:
+            if session is lane:
+                continue
             if len(chosen) >= slots:
                 break
             long = self.is_long(session)
@@ -379,8 +408,20 @@ class MarsAdmission:
         if gate == "open" and longs >= s.max_long_running:
             gate = "max_long_running"
         self._round = Round(active_limit=limit, free_slots=slots, order=order, tail_mode=tail, long_gate=gate,
-                            long_wait_s=threshold, admitted=len(chosen), no_deadlock=no_deadlock)
+                            long_wait_s=threshold, admitted=len(chosen), no_deadlock=no_deadlock,
+                            lane_admitted=lane is not None)
         return chosen
+
+    def _lane_pick(self, backlog: Sequence[Session], engine: EngineSignals | None,
+                   budget: int | None) -> Session | None:
+        """The long session the lane admits now, if any (module docstring, step 5): the lane has room, KV is
+        not overloaded, and of the long backlog sessions whose first turn fits the budget, the smallest
+        (the least KV held and the soonest done; ties: the oldest). Needs the KV signal: a reservation
+        with nothing to reserve against would be the gate removed, which thrashes (issue 17)."""
+        if len(self._lane) >= self.settings.long_lane or self.kv_overloaded or engine is None or budget is None:
+            return None
+        fits = [x for x in backlog if self.is_long(x) and first_turn_blocks(x, engine.block_size) <= budget]
+        return min(fits, key=lambda x: x.first_prompt_tokens, default=None)
 
     def _tail_mode(self, backlog: Sequence[Session], engine: EngineSignals | None) -> bool:
         """Arrivals over and only long sessions left: pack them by KV fit (needs the KV signal)."""

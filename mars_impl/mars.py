@@ -2,9 +2,10 @@
 (scheduler.py) and retain-or-evict at tool calls (retention.py), with every setting under `mars.*`.
 
 Ablations (`--set mars.KEY=VALUE`): `admission=off` (admit everything, as vLLM), `scheduler=fcfs`
-(vLLM's order, caps and victim), `chunk_shrink=false`, `retention=warm|lru|off`, `tool_order=fifo|shortest` (the
-CPU half, tools.py). The `mars-preview` backend is the configuration of the public preview code: retention =
-LRU prefix cache only, CPU high mark 2.0, FIFO tools.
+(vLLM's order, caps and victim), `chunk_shrink=false`, `retention=warm|lru|off`, `tool_order=fifo|shortest`
+(the CPU half, tools.py), `long_lane=0` (long sessions only through the reference's short-wait gate,
+admission.py). The `mars-preview` backend is the configuration of the public preview code: retention =
+LRU prefix cache only, CPU high mark 2.0, FIFO tools, no long lane.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ class MarsSettings(MarsAdmissionSettings, SchedulerSettings, RetentionSettings, 
         return cls(**{name: getattr(self, name) for name in cls.model_fields})
 
 
-PREVIEW_OVERRIDES = {"retention": "lru", "cpu_backlog_high": 2.0, "tool_order": "fifo"}
+PREVIEW_OVERRIDES = {"retention": "lru", "cpu_backlog_high": 2.0, "tool_order": "fifo", "long_lane": 0}
 
 
 class MarsPolicy(MlfqScheduler):

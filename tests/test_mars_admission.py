@@ -72,6 +72,7 @@ def test_settings_defaults_are_the_reference_table() -> None:
         "control_interval_s": 0.2, "kv_high": 0.90, "kv_low": 0.85, "cpu_backlog_high": 4.0,
         "cpu_backlog_low": 1.0, "cpu_wait_high_s": 5.0, "cpu_wait_low_s": 2.0, "long_prefill_tokens": 50000,
         "max_long_running": 2, "long_wait_min_s": 0.2, "long_wait_max_s": 5.0, "tail_fit_fraction": 0.95,
+        "long_lane": 1,  # ours, not the reference's (module docstring, step 5); 0 is the reference
     }
 
 
@@ -232,7 +233,7 @@ def test_a_long_session_never_starts_while_a_short_one_has_waited_past_the_thres
     """One slot and an overloaded CPU (longest first): the long session would take the slot, unless the
     short one has waited 1 / rps = 1 s."""
     backlog = [sess("short", SHORT), sess("long", LONG)]
-    one_slot = dict(pool_size=1, window_init=1, window_min=1)
+    one_slot = dict(pool_size=1, window_init=1, window_min=1, long_lane=0)
     assert ids(mars(rps=1.0, **one_slot).admit(backlog, sig(**CPU_OVERLOADED), 0.5)) == ["long"]
     ctl = mars(rps=1.0, **one_slot)
     assert ids(ctl.admit(backlog, sig(**CPU_OVERLOADED), 1.0)) == ["short"]
@@ -240,7 +241,7 @@ def test_a_long_session_never_starts_while_a_short_one_has_waited_past_the_thres
 
 
 def test_wait_counts_from_on_arrival() -> None:
-    ctl = mars(rps=1.0, pool_size=1, window_init=1, window_min=1)
+    ctl = mars(rps=1.0, pool_size=1, window_init=1, window_min=1, long_lane=0)
     short, long = sess("short", SHORT, arrival=0.0), sess("long", LONG, arrival=0.0)
     ctl.on_arrival(short, 3.0)  # e.g. a real run whose clock started later than the workload's zero
     assert ids(ctl.admit([short, long], sig(**CPU_OVERLOADED), 3.5)) == ["long"]
@@ -299,6 +300,74 @@ def test_no_deadlock_rule_also_frees_an_oversized_short_session_once_arrivals_ar
     assert ids(ctl.admit([huge_short], sig(kv=0.0, free=2000, total=2000), 1.0)) == ["s"]
 
 
+# ----------------------------------------------------------------------------------- the long lane
+def test_the_long_lane_starts_one_long_session_past_the_short_wait_gate_outside_the_window() -> None:
+    """One slot, a short session starving (waited past 1 / rps): without the lane the long sessions wait;
+    with it the smallest long one that fits starts beside the short one, which keeps its slot."""
+    one_slot = dict(pool_size=1, window_init=1, window_min=1)
+    backlog = [sess("short", SHORT), sess("L-big", 70_000), sess("L-small", LONG), sess("short2", SHORT)]
+    assert ids(mars(rps=1.0, long_lane=0, **one_slot).admit(backlog, sig(), 2.0)) == ["short"]
+    ctl = mars(rps=1.0, **one_slot)
+    assert ids(ctl.admit(backlog, sig(), 2.0)) == ["L-small", "short"]
+    state = ctl.state()
+    assert state["lane_admitted"] and state["lane_running"] == 1 and state["long_gate"] == "short_waiting"
+    assert state["active"] == 2 and state["active_limit"] == 1  # the lane is outside the window
+
+
+def test_the_long_lane_holds_one_session_at_a_time_and_reopens_when_it_ends() -> None:
+    ctl = mars(rps=1.0, pool_size=1, window_init=1, window_min=1)
+    backlog = [sess("short", SHORT), sess("L0", LONG), sess("L1", LONG)]
+    assert ids(ctl.admit(backlog, sig(), 2.0)) == ["L0", "short"]
+    waiting = [sess("short2", SHORT, arrival=2.0), backlog[2]]
+    assert ctl.admit(waiting, sig(), 5.0) == []  # the slot and the lane are taken
+    ctl.on_session_end(backlog[1], 6.0)
+    assert ids(ctl.admit(waiting, sig(), 6.0)) == ["L1"] and ctl.lane_running == 1
+
+
+def test_the_long_lane_reserves_blocks_only_when_the_first_turn_fits_and_kv_is_not_overloaded() -> None:
+    backlog = [sess("short", SHORT), sess("L", LONG)]  # 3750 blocks
+    tight = dict(kv=0.5, free=3000 + 375, total=3750)  # budget 3000 blocks: the long one does not fit
+    assert ids(mars(rps=1.0).admit(backlog, sig(**tight), 2.0)) == ["short"]
+    assert ids(mars(rps=1.0).admit(backlog, sig(**KV_OVERLOADED), 2.0)) == ["short"]
+    assert ids(mars(rps=1.0).admit(backlog, sig(engine=False), 2.0)) == ["short"]  # nothing to reserve against
+    ctl = mars(rps=1.0)
+    roomy = dict(kv=0.1, free=3750 + 40 + 400, total=4000)  # budget 3790: the long one, then 2 blocks left
+    assert ids(ctl.admit([sess("L", LONG), sess("s", 1000), sess("s2", 16)], sig(**roomy), 2.0)) == ["L", "s2"]
+
+
+def test_the_long_lane_is_closed_in_tail_mode_where_packing_takes_over() -> None:
+    ctl = mars()
+    ctl.on_arrivals_done(0.0)
+    longs = [sess(f"L{i}", LONG) for i in range(6)]
+    assert len(ctl.admit(longs, sig(**TAIL_KV), 0.0)) == 5 and ctl.lane_running == 0
+
+
+def test_the_long_lane_ends_the_long_sessions_tail_on_the_sim_testbed() -> None:
+    """Scripted: a steady stream of short sessions whose tool calls keep the one tool core busy (so a short
+    session always waits past the gate's threshold) and two long ones that arrive once short ones queue. Without the lane
+    both long sessions are held until the last short arrival and run after it; with it they finish while
+    short sessions still arrive, and the run's span is shorter."""
+    def short(i: int) -> Session:
+        first = Turn(new_tokens=800, output_tokens=10, tool=ToolCall(name="pytest", cpu_seconds=1.5))
+        return Session(id=f"s{i}", arrival_s=0.5 * i, turns=(first, Turn(new_tokens=50, output_tokens=5)))
+
+    def long(i: int, t: float) -> Session:
+        return Session(id=f"L{i}", arrival_s=t, turns=(Turn(new_tokens=LONG, output_tokens=20),))
+
+    sessions = sorted([short(i) for i in range(40)] + [long(0, 5.25), long(1, 6.25)], key=lambda x: x.arrival_s)
+    setup = build_setup(RunConfig(tool_cores=1, engine_args=EngineSettings(num_gpu_blocks=6000, block_size=16)))
+    finish = {}
+    for lane in (0, 1):
+        ctl = MarsAdmission(MarsAdmissionSettings(long_lane=lane), tool_cores=1, rps=2.0)
+        out = simulate(sessions, Policy(), setup, ctl, sink=_Events()).sessions.set_index("session_id")
+        assert out["finish_s"].notna().all()
+        finish[lane] = out["finish_s"]
+    last_arrival = max(x.arrival_s for x in sessions)
+    assert (finish[0][["L0", "L1"]] > last_arrival).all()  # the gate held them to the tail
+    assert (finish[1][["L0", "L1"]] < last_arrival).all()  # the lane ran them during arrivals
+    assert finish[1].max() < finish[0].max()
+
+
 # ----------------------------------------------------------------------------------- KV signal missing
 def test_without_the_kv_signal_kv_counts_as_healthy_and_cpu_rules_still_apply() -> None:
     ctl = mars(window_init=10)
@@ -333,12 +402,13 @@ def signals_st(draw: st.DrawFn) -> Signals:
 @settings(max_examples=150, deadline=None)
 @given(st.data())
 def test_admission_respects_its_limit_and_window_range_for_any_signals(data: st.DataObject) -> None:
-    """active + admitted <= active_limit whenever anyone is admitted. The no-deadlock rule is no exception:
-    it admits one session when nothing is active, and active_limit >= window_min >= 1."""
+    """active + admitted <= active_limit whenever anyone is admitted, the long lane's sessions (at most
+    long_lane) apart. The no-deadlock rule is no exception: it admits one session when nothing is active,
+    and active_limit >= window_min >= 1."""
     window_min = data.draw(st.integers(1, 5))
     pool = data.draw(st.integers(window_min, 12))
     s = MarsAdmissionSettings(pool_size=pool, window_min=window_min, window_init=data.draw(st.integers(window_min, pool)),
-                              max_long_running=data.draw(st.integers(0, 3)))
+                              max_long_running=data.draw(st.integers(0, 3)), long_lane=data.draw(st.integers(0, 2)))
     ctl = MarsAdmission(s, rps=data.draw(st.none() | st.floats(0.01, 10)))
     backlog: list[Session] = []
     active: list[Session] = []
@@ -354,12 +424,14 @@ def test_admission_respects_its_limit_and_window_range_for_any_signals(data: st.
         for done in data.draw(st.lists(st.sampled_from(active), unique=True)) if active else []:
             active.remove(done)
             ctl.on_session_end(done, now)
-        before = ctl.active
+        before, lane_before = ctl.active, ctl.lane_running
         chosen = ctl.admit(list(backlog), data.draw(signals_st()), now)
         state = ctl.state()
         assert len(set(ids(chosen))) == len(chosen) and set(ids(chosen)) <= set(ids(backlog))
+        lane = int(state["lane_admitted"])  # the long lane's session takes no slot
+        assert ctl.lane_running == lane_before + lane <= s.long_lane
         if chosen:
-            assert before + len(chosen) <= state["active_limit"]
+            assert (before - lane_before) + (len(chosen) - lane) <= state["active_limit"]
         if state["no_deadlock"]:
             assert before == 0 and ctl.arrivals_done and ids(chosen) == [backlog[0].id]
         assert s.window_min <= ctl.window <= s.pool_size
