@@ -75,4 +75,4 @@ def build(ctx: BuildContext) -> HttpEngine:
                       seed=config.seed)
     limits = ServerLimits(max_model_len, e.num_gpu_blocks, e.block_size, config.seed)
     return launched_engine(SglangServer(args, ctx.run_dir / "server.log"), limits, vocab_size(model),
-                           config.request_timeout)
+                           config.request_timeout, config, ctx.sessions)
