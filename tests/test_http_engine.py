@@ -20,6 +20,7 @@ from harness.engines.vllm.engine import VllmSetup, engine_args, prepare_environm
 from harness.engines.vllm.server import VllmServer
 from harness.results import find_run
 from tests.fake_openai import OpenAIHandler
+from workloads.source import WorkloadRequest, resolve
 
 PRESSURE = ("--set", "engine_args.num_gpu_blocks=50", "--set", "engine_args.block_size=32")
 
@@ -187,6 +188,39 @@ def test_attach_to_a_running_vllm_server(vllm_server: VllmServer, backend: str, 
     assert timeline["kv_usage"].notna().any() and timeline["kv_usage"].max() > 0  # parsed from the live /metrics
     if backend == "mars-admission":  # the control plane read the server's KV signal (50 blocks from /metrics)
         assert timeline["admission_kv_usage"].notna().any()
+
+
+@pytest.mark.engine
+def test_chat_and_headers_against_a_vllm_server_that_wants_a_key(tiny_model_dir: Path, tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture) -> None:
+    """An unmodified vLLM server started with --api-key: only a request with the `--header` Authorization gets
+    in, and its /v1/chat/completions serves the sessions' conversations (the tiny model's chat template)."""
+    setup = VllmSetup(model=str(tiny_model_dir), max_model_len=4096, num_gpu_blocks=200, block_size=32,
+                      load_format="dummy", cache_dir=str(tmp_path / "cache"))
+    prepare_environment(setup.cache_dir)
+    args = {k: v for k, v in engine_args(setup, {}).items() if k not in ("scheduler_cls", "additional_config")}
+    server = VllmServer({**args, "api_key": "mars-test-key"}, tmp_path / "server.log")
+    server.start()
+    try:
+        run = ["run", "--engine", "http", "--base-url", server.url, "--endpoint", "chat", "--tokenizer",
+               str(tiny_model_dir), "-b", "vllm", "-w", "tiny", "--sessions", "2", "--results-dir", str(tmp_path)]
+        assert main(run) == 2  # without the key the server refuses, before any session starts
+        assert "refused the API key" in capsys.readouterr().err
+        assert main([*run, "--header", "Authorization=Bearer mars-test-key", "--header", "X-Request-Source=mars",
+                     "--json"]) == 0
+    finally:
+        server.stop()
+    out = json.loads(capsys.readouterr().out)
+    assert out["completed_sessions"] == 2
+    calls = pd.read_parquet(Path(out["run_dir"]) / "calls.parquet")
+    assert calls["first_token_s"].notna().all() and calls["error"].isna().all()
+    _, sessions = resolve(WorkloadRequest("tiny", sessions=2))
+    wanted = sorted(t.output_tokens for s in sessions for t in s.turns)
+    assert sorted(calls["output_tokens"]) == wanted  # vLLM's usage: every token asked for (ignore_eos)
+    assert (calls[calls["turn"] > 0]["cached_tokens"] > 0).any()  # the conversation grows append-only
+    stats = json.loads((Path(out["run_dir"]) / "summary.json").read_text())["engine_stats"]
+    assert stats["endpoint"] == "chat" and stats["headers"] == ["Authorization", "X-Request-Source"]
+    assert "mars-test-key" not in (Path(out["run_dir"]) / "run.json").read_text()
 
 
 def test_the_sglang_launcher_uses_sglangs_documented_flags() -> None:

@@ -30,6 +30,15 @@ from harness.calls import CallSpec
 from workloads.model import USER_TOOL, Session
 
 _NOT_IN_NAME = re.compile(r"[^a-zA-Z0-9_-]")
+# A launched server's context limit for chat: text decoded from random ids re-tokenizes up to ~15% longer (the
+# tiny model's tokenizer: 1,139 tokens for 1,000 ids), and the chat template and tool specs add their own.
+CHAT_CONTEXT_FACTOR = 1.5
+CHAT_CONTEXT_EXTRA = 512
+
+
+def chat_context_limit(tokens: int) -> int:
+    """The context limit a launched server needs for chat calls of at most `tokens` workload tokens."""
+    return int(tokens * CHAT_CONTEXT_FACTOR) + CHAT_CONTEXT_EXTRA
 
 
 def function_name(tool: str) -> str:
