@@ -351,6 +351,14 @@ def test_chat_sends_each_session_as_a_growing_conversation_with_its_tools(
     assert stats["endpoint"] == "chat" and stats["headers"] == ["X-Session"]
 
 
+def test_sse_data_lines_are_read_as_the_spec_says() -> None:
+    from harness.engines.http import _sse_data
+
+    assert _sse_data('data: {"a": 1}') == _sse_data('data:{"a": 1}') == '{"a": 1}'
+    assert _sse_data("data:  x") == " x"  # only one space is the separator
+    assert [_sse_data(line) for line in (": ping", "event: message", "id: 3", "")] == [None] * 4
+
+
 def test_the_conversation_turns_the_user_pseudo_tool_into_a_user_message() -> None:
     from harness.calls import CallSpec
     from harness.engines.chat import Conversations
