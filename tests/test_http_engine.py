@@ -459,3 +459,34 @@ def test_server_settings_on_an_engine_without_a_server_are_one_line(tmp_path: Pa
     assert main(["run", "-b", "vllm", "-w", "tiny", "--header", "X-A=1", "--results-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert "--header is for a server" in err and len(err.splitlines()) == 1
+
+
+def test_calls_in_flight_are_spread_over_small_client_pools() -> None:
+    import asyncio
+
+    from harness.engines.http import CONNECTIONS_PER_CLIENT, _Clients
+
+    async def spread() -> tuple[list[int], list[int]]:
+        clients = _Clients(None, None)
+        taken = [clients.acquire() for _ in range(2 * CONNECTIONS_PER_CLIENT + 1)]
+        clients.release(taken[0])
+        again = clients.acquire()  # the room one call left is used before a new client is made
+        await clients.aclose()
+        return [taken.count(i) for i in range(3)], [again, len(clients.clients)]
+
+    counts, (again, made) = asyncio.run(spread())
+    assert counts == [CONNECTIONS_PER_CLIENT, CONNECTIONS_PER_CLIENT, 1] and again == 0 and made == 3
+
+
+def test_the_streams_benchmark_holds_every_stream_at_once() -> None:
+    """benchmarks/http_streams.py, small: the client against the fast fake server, every stream open at once."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "benchmarks/http_streams.py", "--streams", "150", "--chunks", "4",
+                           "--interval", "0.3", "--json"], cwd=root, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    figures = json.loads(done.stdout)
+    assert figures["server_peak_open"] == figures["ended_well"] == 150
+    assert figures["client_cpu_us_per_chunk"] > 0 and "load average" in figures["uptime_before"]
