@@ -169,6 +169,7 @@ def request_headers(api_key: str | None, headers: Mapping[str, str] | None) -> d
     out = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     for key, value in (headers or {}).items():
         if SESSION_ID not in value:
+            out = {k: v for k, v in out.items() if k.lower() != key.lower()}  # names are case-insensitive
             out[key] = value
     return out
 
