@@ -5,21 +5,21 @@ data-parallel replicas behind one client.
 Calls are streaming requests, to `/v1/completions` (`--endpoint completions`: the prompt as token ids where
 the server takes them - vLLM, SGLang - else as text made from the same ids with `--tokenizer`) or to
 `/v1/chat/completions` (`--endpoint chat`: the session as a growing OpenAI conversation with the workload's
-tools, harness.engines.chat); `max_tokens` = the turn's output length with `ignore_eos`. A call records the
-server's own count of prompt and output tokens when it streams its usage (`stream_options.include_usage`, as
-`vllm bench serve` asks), and the request carries `--header`s. With several `--base-url`s, `Router` picks
-each call's replica: per call in turn (`round-robin`) or one replica per session (`session`, for its prefix
-cache). Every call is an asyncio task on one `httpx.AsyncClient`, on an event loop of its own thread
-(`_Loop`): the tasks hand what they see to the simpy environment through a queue drained every `POLL_S`, and
-closing the engine cancels them all, so a Ctrl-C ends the run at once whatever the server does. A call is
-retried with exponential backoff while nothing of it has streamed yet (connection refused or reset, 429,
-5xx). A call that has not ended within `--request-timeout` seconds, or whose stream ends without a token, is
-a *failed* call (its session fails, the run goes on and is invalid, as `vllm bench serve` counts failed
-requests); a server that answers errors or goes away ends the run as failed. KV usage comes from the
-servers' Prometheus `/metrics` when they have one (vLLM's and SGLang's names both understood; summed over
-replicas); without it the KV signal is marked missing and MARS admission runs on its CPU signals alone. The
-servers must answer before any session starts (one clear line and exit 2 otherwise); what was measured is
-always kept.
+tools, harness.engines.chat); `max_tokens` (chat: `max_completion_tokens`) = the turn's output length with
+`ignore_eos`. A call records the server's own count of prompt and output tokens when it streams its usage
+(`stream_options.include_usage`, as `vllm bench serve` asks), and the request carries `--header`s. With
+several `--base-url`s, `Router` picks each call's replica: per call in turn (`round-robin`) or one replica per
+session (`session`, for its prefix cache). Every call is an asyncio task on an `httpx.AsyncClient` of a few
+(`_Clients`), on an event loop of its own thread (`_Loop`): the tasks hand what they see to the simpy
+environment through a queue drained every `POLL_S`, and closing the engine cancels them all, so a Ctrl-C ends
+the run at once whatever the server does. A call is retried with exponential backoff while nothing of it has
+streamed yet (connection refused or reset, 429, 5xx). A call that has not ended within `--request-timeout`
+seconds, or whose stream ends without a token, is a *failed* call (its session fails, the run goes on and is
+invalid, as `vllm bench serve` counts failed requests); a server that answers errors or goes away ends the run
+as failed. KV usage comes from the servers' Prometheus `/metrics` when they have one (vLLM's and SGLang's
+names both understood; summed over replicas); without it the KV signal is marked missing and MARS admission
+runs on its CPU signals alone. The servers must answer before any session starts (one clear line and exit 2
+otherwise); what was measured is always kept.
 """
 
 from __future__ import annotations
@@ -165,7 +165,7 @@ def model_list(response: httpx.Response, base_url: str) -> list[str]:
 
 def request_headers(api_key: str | None, headers: Mapping[str, str] | None) -> dict[str, str]:
     """What every request carries: the API key as a bearer token, then the `--header`s (which win, as in
-    `vllm bench serve`); a header whose value names the session is filled in per call (`_call_headers`)."""
+    `vllm bench serve`); a header whose value names the session is filled in per call (`HttpEngine._send`)."""
     out = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     for key, value in (headers or {}).items():
         if SESSION_ID not in value:
@@ -184,7 +184,7 @@ def _client(base_url: str, api_key: str | None, timeout_s: float | None,
 def _async_client(api_key: str | None, headers: Mapping[str, str] | None = None,
                   connections: int | None = None, verify: Any = True) -> httpx.AsyncClient:
     """A client of the run, for every replica (requests name their URL), with at most `connections`
-    connections (None: no cap). No read timeout: a call's limit is the whole call's (`request_timeout_s`,
+    connections (None: httpx's default). No read timeout: a call's limit is the whole call's (`request_timeout_s`,
     around each task)."""
     return httpx.AsyncClient(headers=request_headers(api_key, headers), timeout=httpx.Timeout(None, connect=10.0),
                              limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
