@@ -115,6 +115,7 @@ class CallRecord:
     recomputed_tokens: int = 0
     num_preemptions: int = 0
     error: str | None = None  # why the call failed (no token, timed out); None for a call that ended well
+    replica: str | None = None  # the server it went to, where a run has several (--base-url, repeated)
 
     def sample_token(self, t: float) -> None:
         """One output token produced at time `t` (TTFT, inter-token latency)."""
@@ -141,8 +142,9 @@ class CallRecord:
         self.num_output_tokens += tokens
 
     def row(self) -> dict[str, Any]:
-        """This call as a row of the calls table (harness.tables.CALL_COLUMNS)."""
-        return {
+        """This call as a row of the calls table (harness.tables.CALL_COLUMNS); with several replicas, its
+        `replica` too, which its `call` event in events.jsonl keeps (the table's schema is every engine's)."""
+        row = {
             "session_id": self.session_id,
             "turn": self.turn,
             "arrival_s": self.arrival_s,
@@ -157,3 +159,6 @@ class CallRecord:
             "itl_s": list(self.itl_s),
             "error": self.error,
         }
+        if self.replica is not None:
+            row["replica"] = self.replica
+        return row

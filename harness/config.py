@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Literal, get_args
 
 import math
+import re
 
 from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_serializer, field_validator, model_serializer,
                       model_validator)
@@ -65,7 +66,17 @@ LOAD_CONTROLS = ("burstiness", "max_concurrency", "warmup_sessions")
 EXPORT_SETTINGS = ("percentile_metrics", "metric_percentiles", "label", "metadata", "save_detailed", "result_format")
 # written to run.json only when not at their default: a run that does not use them has the run.json (and the
 # sweep id) it had before they existed
-OMITTED_AT_DEFAULT = (*LOAD_CONTROLS, *EXPORT_SETTINGS, "force", "request_timeout")
+# how the server-backed engines talk to their servers (harness.engines.http)
+HTTP_SETTINGS = ("endpoint", "headers", "more_base_urls", "routing")
+OMITTED_AT_DEFAULT = (*LOAD_CONTROLS, *EXPORT_SETTINGS, *HTTP_SETTINGS, "force", "request_timeout")
+# a --header whose name says it carries a credential is written to run.json without its value
+SECRET_HEADER = re.compile(r"authorization|api[-_]?key|token|secret|cookie|password", re.IGNORECASE)
+REDACTED = "<redacted>"
+
+
+def redact_headers(headers: dict[str, str]) -> dict[str, str]:
+    """`headers` with the value of every credential-like one replaced, for files and output."""
+    return {k: REDACTED if SECRET_HEADER.search(k) else v for k, v in headers.items()}
 
 
 class RunConfig(BaseModel):
@@ -91,6 +102,16 @@ class RunConfig(BaseModel):
     request_timeout: float | None = Field(
         default=600.0, gt=0, allow_inf_nan=False,
         description="server-backed engines: a call not ended within this many seconds is a failed call")
+    endpoint: Literal["completions", "chat"] = Field(
+        default="completions", description="server-backed engines: /v1/completions (token ids) or "
+                                           "/v1/chat/completions (the session's messages and tools)")
+    headers: dict[str, str] = Field(default_factory=dict, description="server-backed engines: headers sent "
+                                                                      "with every request (--header KEY=VALUE)")
+    more_base_urls: tuple[str, ...] = Field(default=(), description="--engine http: further replicas of the "
+                                                                    "server at base_url (--base-url repeated)")
+    routing: Literal["session", "round-robin"] = Field(
+        default="session", description="--engine http with several replicas: a session stays on one (session) "
+                                       "or each call goes to the next (round-robin)")
     workload: str = "swe-smoke"
     sessions: Int | None = Field(default=None, ge=1, le=MAX_SESSIONS_HARD)
     force: bool = Field(default=False, description="lift the size cap (workloads.source.MAX_SESSIONS)")
@@ -180,9 +201,9 @@ class RunConfig(BaseModel):
 
     @model_serializer(mode="wrap")
     def _leave_out_unused_controls(self, handler: Any, info: Any) -> Any:
-        """The load controls, --force and the request timeout are written only when not at their default: the
-        run.json of a run without them (and so a sweep's config hash and a report's settings) is what it was
-        before they existed."""
+        """The load controls, the HTTP settings, --force and the request timeout are written only when not at
+        their default: the run.json of a run without them (and so a sweep's config hash and a report's
+        settings) is what it was before they existed. A credential header's value is never written."""
         data = handler(self)
         if info.mode != "json":
             return data
@@ -190,6 +211,8 @@ class RunConfig(BaseModel):
             default = type(self).model_fields[key].get_default(call_default_factory=True)
             if key in data and data[key] == (list(default) if isinstance(default, tuple) else default):
                 del data[key]
+        if data.get("headers"):  # run.json and --json output never show a credential
+            data["headers"] = redact_headers(data["headers"])
         return data
 
     @field_serializer("rps", "burstiness", when_used="json")

@@ -44,6 +44,15 @@ _WORDS = ("def", "return", "class", "import", "from", "self", "value", "result",
 
 _SYLLABLES = [c + v for c in "bcdfghklmnprstvwz" for v in "aeiou"]
 
+# A chat template in the shape of a real model's (roles, the request's tools, an assistant's tool calls), so the
+# tiny model serves `/v1/chat/completions` too (`--endpoint chat`); vLLM needs one from the tokenizer.
+CHAT_TEMPLATE = (
+    "{%- if tools %}<|tools|>{{ tools | tojson }}\n{% endif %}"
+    "{% for message in messages %}<|{{ message['role'] }}|>{{ message['content'] or '' }}"
+    "{%- for call in message['tool_calls'] or [] %}<|call|>{{ call['function']['name'] }} "
+    "{{ call['function']['arguments'] | tojson }}{%- endfor %}\n{% endfor %}"
+    "{%- if add_generation_prompt %}<|assistant|>{% endif %}")
+
 
 def _pseudo_word(rng: np.random.Generator) -> str:
     return "".join(_SYLLABLES[i] for i in rng.integers(0, len(_SYLLABLES), int(rng.integers(1, 4))))
@@ -72,6 +81,9 @@ def make_tiny_model(directory: str | Path, size: str = "tiny") -> Path:
         raise BadInput(f"{directory}: directory exists and is not empty")
     tok = train_bpe(training_corpus(), vocab_size=spec.vocab_size)
     save_tokenizer_dir(tok, directory, model_max_length=MAX_POSITIONS)
+    tokenizer_config = directory / "tokenizer_config.json"
+    tokenizer_config.write_text(json.dumps({**json.loads(tokenizer_config.read_text()),
+                                            "chat_template": CHAT_TEMPLATE}, indent=2) + "\n")
     vocab = tok.get_vocab_size()
     eos = tok.token_to_id(json.loads((directory / "tokenizer_config.json").read_text())["eos_token"])
     config = {

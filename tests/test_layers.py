@@ -24,8 +24,8 @@ CONTRACT = ("harness.policy", "harness.policy.hooks", "harness.policy.signals", 
             "harness.policy.helpers", "harness.policy.tools", "workloads.model")
 # the bottom layer: what every package, workloads included, may import
 BOTTOM = ("harness.errors", "harness.inputs")
-REAL_ENGINES = ("harness.engines.http", "harness.engines.launch", "harness.engines.real", "harness.engines.sglang",
-                "harness.engines.vllm")
+REAL_ENGINES = ("harness.engines.chat", "harness.engines.http", "harness.engines.launch", "harness.engines.real",
+                "harness.engines.sglang", "harness.engines.vllm")
 
 
 def read_tree(root: Path = ROOT) -> dict[str, str]:

@@ -62,6 +62,26 @@ def test_a_run_against_the_server_then_the_server_is_gone(run_cli, tiny_model_di
     assert not server_pids(run)
 
 
+def test_chat_against_the_launched_server_carries_the_session_metadata(run_cli, tiny_model_dir: Path,
+                                                                       tmp_path: Path) -> None:
+    res = run_cli("run", "--engine", "vllm", "--vllm-mode", "server", "--model", str(tiny_model_dir), "-b", "mars",
+                  "-w", "tiny", "--sessions", "2", "--endpoint", "chat", "--header", "X-Request-Source=mars",
+                  "--set", "engine_args.block_size=32", "--results-dir", str(tmp_path), "--json")
+    assert res.exit_code == 0, res.stderr[-2000:]
+    out = json.loads(res.stdout)
+    run = Path(out["run_dir"])
+    assert out["completed_sessions"] == 2
+    calls = pd.read_parquet(run / "calls.parquet")
+    assert calls["error"].isna().all() and (calls[calls["turn"] > 0]["cached_tokens"] > 0).any()
+    stats = json.loads((run / "summary.json").read_text())["engine_stats"]
+    assert stats["vllm_mode"] == "server" and stats["vllm_prefix_cache_hits"] > 0
+    # the plugin scheduled the chat requests as the sessions' calls: their metadata arrived in vllm_xargs
+    steps = [json.loads(line) for line in (run / "steps.jsonl").read_text().splitlines()]
+    scheduled = {c for step in steps for c in json.dumps(step).split('"') if c.startswith("tiny-0-")}
+    assert {c.split("#")[0] for c in scheduled} == {"tiny-0-00000", "tiny-0-00001"}
+    assert not server_pids(run)
+
+
 def test_ctrl_c_stops_the_server_and_keeps_the_measured_calls(tiny_model_dir: Path, tmp_path: Path) -> None:
     proc = start_run(tiny_model_dir, tmp_path)
     run = wait_for_calls(tmp_path, proc, 5)

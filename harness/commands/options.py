@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -119,6 +120,31 @@ def parse_metadata(items: tuple[str, ...] | list[str]) -> dict[str, str]:
         if key in out:
             raise BadInput(f"--metadata: {key} given twice")
         out[key] = value.strip()
+    return out
+
+
+# an HTTP header's name (RFC 9110 token) and a value that cannot break the request (no line breaks)
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+
+
+def parse_headers(items: tuple[str, ...] | list[str]) -> dict[str, str]:
+    """`--header KEY=VALUE` items as a dict, split at the first `=` and stripped, as `vllm bench serve` parses
+    its --header; a name or value HTTP cannot carry is refused here, not mid-run."""
+    out: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key, value = key.strip(), value.strip()
+        if not sep or not key:  # named by what comes before any ':' - the rest may be a credential
+            name = item.split(":", 1)[0].strip()[:60]
+            raise BadInput(f"--header {name}: not KEY=VALUE (as vllm bench serve's --header, e.g. "
+                           "--header X-Priority=high)")
+        if not _HEADER_NAME.fullmatch(key):
+            raise BadInput(f"--header: {key!r} is not a valid header name")
+        if any(c in value for c in "\r\n\0"):
+            raise BadInput(f"--header {key}: the value must not hold a line break")
+        if key.lower() in (k.lower() for k in out):
+            raise BadInput(f"--header: {key} given twice")
+        out[key] = value
     return out
 
 

@@ -12,8 +12,8 @@ from click.core import ParameterSource
 
 from harness.backends import BACKENDS
 from harness.engines.registry import ENGINES
-from harness.commands.options import (export_options, json_option, load_options, results_dir_option,
-                                      workload_options)
+from harness.commands.options import (export_options, json_option, load_options, parse_headers,
+                                      results_dir_option, workload_options)
 from harness.config import make_config
 from harness.console import ProgressReport, console, plural, print_json, table
 from harness.engines.sim.cost_model import describe
@@ -55,8 +55,18 @@ def _finite(value: float) -> float:
 @click.option("--tool-cores", type=click.IntRange(min=1), default=8, show_default=True, help="CPU cores for tools.")
 @click.option("--tool-mode", type=click.Choice(["queue", "timeshare"]), default="queue", show_default=True,
               help="queue: one call per core, FIFO wait; timeshare: all start, processor sharing.")
-@click.option("--base-url", help="--engine http: the OpenAI-compatible server to attach to (its --model: "
-              "the served model's name, default the first it lists).")
+@click.option("--base-url", "base_urls", multiple=True, metavar="URL",
+              help="--engine http: the OpenAI-compatible server to attach to (its --model: the served model's name, "
+                   "default the first it lists); repeat it for replicas of one model.")
+@click.option("--routing", type=click.Choice(["session", "round-robin"]), default="session", show_default=True,
+              help="--engine http with several --base-url: a session stays on one replica (its prefix cache), or "
+                   "each call goes to the next.")
+@click.option("--endpoint", type=click.Choice(["completions", "chat"]), default="completions", show_default=True,
+              help="--engine http/sglang, --vllm-mode server: /v1/completions (token-id prompts) or "
+                   "/v1/chat/completions (the session's messages and tools).")
+@click.option("--header", "headers", multiple=True, metavar="KEY=VALUE",
+              help="--engine http/sglang, --vllm-mode server: a header sent with every request (repeatable); "
+                   "{session_id} in VALUE is the call's session.")
 @click.option("--api-key-env", metavar="VAR", help="--engine http: environment variable holding the API key.")
 @click.option("--tokenizer", metavar="DIR", help="--engine http: the served model's tokenizer, for text-only servers.")
 @click.option("--request-timeout", type=click.FloatRange(min=0, min_open=True, max=1e9), default=600.0,
@@ -88,7 +98,7 @@ def _finite(value: float) -> float:
 @json_option
 def run(backend: str, engine: str, vllm_mode: str, workload: str, sessions: int | None, rps: float | None, arrival: str | None,
         burstiness: float | None, cv: float | None, seed: int, max_concurrency: int | None, warmup_sessions: int, sets: tuple[str, ...], force: bool, gpu: str, model: str, tp: int, profile: str | None,
-        tool_cores: int, tool_mode: str, base_url: str | None, api_key_env: str | None, tokenizer: str | None, request_timeout: float, tools: str, allow_commands: bool, tool_limit_factor: float, tool_limit_floor: float, tool_memory_gib: float, cpu_stress: int, gpu_share: float, kv_offload_gib: float, chat_rps: float, goodput: tuple[str, ...], alpha: float,
+        tool_cores: int, tool_mode: str, base_urls: tuple[str, ...], routing: str, endpoint: str, headers: tuple[str, ...], api_key_env: str | None, tokenizer: str | None, request_timeout: float, tools: str, allow_commands: bool, tool_limit_factor: float, tool_limit_floor: float, tool_memory_gib: float, cpu_stress: int, gpu_share: float, kv_offload_gib: float, chat_rps: float, goodput: tuple[str, ...], alpha: float,
         results_dir: Path, as_json: bool, exports: dict[str, Any]) -> None:
     """Run one backend on one workload; write results/<run_id>/ and print the summary.
 
@@ -105,6 +115,7 @@ def run(backend: str, engine: str, vllm_mode: str, workload: str, sessions: int 
       mars-bench run -b vllm -w swe-smoke --set engine_args.num_gpu_blocks=1000 --json
       mars-bench run -b vllm -w swe-smoke --metric-percentiles 50,99 --result-format vllm --save-detailed
       mars-bench run --engine http --base-url http://127.0.0.1:8000 -b mars-admission -w tiny
+      mars-bench run --engine http --base-url http://127.0.0.1:8000 --endpoint chat --tokenizer models/tiny -w tiny
     """
     if kv_offload_gib:
         sets = (f"engine_args.kv_offload_gib={kv_offload_gib}", *sets)
@@ -114,7 +125,9 @@ def run(backend: str, engine: str, vllm_mode: str, workload: str, sessions: int 
     config = make_config(
         sets, backend=backend, engine=engine, vllm_mode=vllm_mode, workload=workload, sessions=sessions, rps=rps, arrival=arrival, cv=cv,
         burstiness=burstiness, max_concurrency=max_concurrency, warmup_sessions=warmup_sessions, seed=seed, gpu=gpu, model=model, tp=tp, profile=profile, tool_cores=tool_cores, tool_mode=tool_mode,
-        base_url=base_url, api_key_env=api_key_env, served_model=served_model, tokenizer=tokenizer,
+        base_url=base_urls[0] if base_urls else None, more_base_urls=base_urls[1:], routing=routing,
+        endpoint=endpoint, headers=parse_headers(headers), api_key_env=api_key_env, served_model=served_model,
+        tokenizer=tokenizer,
         request_timeout=request_timeout, tools=tools, allow_commands=allow_commands, cpu_stress=cpu_stress,
         tool_limits={"factor": tool_limit_factor, "floor_s": tool_limit_floor, "memory_gib": tool_memory_gib}, gpu_share=gpu_share, chat_rps=chat_rps, goodput=goodput, alpha=alpha,
         force=force, **exports,

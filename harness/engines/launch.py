@@ -10,14 +10,19 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from harness.calls import CallMeta
-from harness.engines.http import DEFAULT_REQUEST_TIMEOUT_S, HttpEngine, HttpTarget, ServerLimits
+from harness.engines.http import DEFAULT_REQUEST_TIMEOUT_S, HttpEngine, HttpTarget, ServerLimits, client_settings
 from harness.errors import EngineFailed
+
+if TYPE_CHECKING:
+    from harness.config import RunConfig
+    from workloads.model import Session
 
 
 def free_port() -> int:
@@ -127,13 +132,17 @@ class ServerProcess:
 
 
 def launched_engine(server: ServerProcess, limits: ServerLimits, vocab_size: int,
-                    request_timeout_s: float | None = DEFAULT_REQUEST_TIMEOUT_S) -> HttpEngine:
+                    request_timeout_s: float | None = DEFAULT_REQUEST_TIMEOUT_S, config: RunConfig | None = None,
+                    sessions: Sequence[Session] = ()) -> HttpEngine:
     """The HTTP engine of a run against `server`, which it starts first and always stops: token-id prompts
-    and no retries (the server is ours: a failure is the server's, and its log says why); a call not ended
-    within `request_timeout_s` fails, as on an attached server."""
+    (chat messages decoded with the model's own tokenizer) and no retries (the server is ours: a failure is
+    the server's, and its log says why); a call not ended within `request_timeout_s` fails, as on an attached
+    server; the run's `config` gives the endpoint and headers."""
+    endpoint, headers, tools = client_settings(config, sessions)
     target = HttpTarget(server.url, model=server.model, prompt_format="ids", request_timeout_s=request_timeout_s,
-                        retries=0, vocab_size=vocab_size)
-    return HttpEngine(target, limits, server)
+                        retries=0, vocab_size=vocab_size, endpoint=endpoint, headers=headers,
+                        tokenizer=server.model if endpoint == "chat" else None)
+    return HttpEngine(target, limits, server, tools)
 
 
 def vocab_size(model: str) -> int:

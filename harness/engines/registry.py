@@ -33,23 +33,42 @@ class EngineEntry:
         return getattr(importlib.import_module(module), function)(ctx)
 
 
+def _check_no_server_settings(config: RunConfig, engine: str) -> None:
+    """An engine without a server refuses the settings of the HTTP client rather than ignoring them."""
+    given = [flag for flag, used in (("--endpoint chat", config.endpoint != "completions"),
+                                     ("--header", bool(config.headers)),
+                                     ("--base-url", bool(config.base_url or config.more_base_urls)))
+             if used]
+    if given:
+        raise BadInput(f"{given[0]} is for a server (--engine http or sglang, --vllm-mode server), not {engine}")
+
+
 def _check_sim(config: RunConfig) -> None:
+    _check_no_server_settings(config, "--engine sim")
     if config.tools == "real":
         raise BadInput("--tools real runs tool processes in real time: it needs a real engine (--engine vllm)")
 
 
 def _check_vllm(config: RunConfig) -> None:
+    if config.vllm_mode == "in-process":
+        _check_no_server_settings(config, "--vllm-mode in-process")
+    elif config.base_url or config.more_base_urls:
+        raise BadInput("--base-url is for --engine http: --vllm-mode server launches its own server")
     if importlib.util.find_spec("vllm") is None:
         raise BadInput("--engine vllm needs vLLM: pip install -e '.[vllm]' (see README)")
 
 
 def _check_http(config: RunConfig) -> None:
-    from harness.engines.http import check_server  # noqa: PLC0415 - httpx only when attaching
+    from harness.engines.http import NEEDS_TOKENIZER, check_server  # noqa: PLC0415 - httpx only when attaching
 
-    check_server(config.base_url, config.api_key_env)
+    if config.endpoint == "chat" and not config.tokenizer:
+        raise BadInput(NEEDS_TOKENIZER)
+    check_server(config.base_url, config.api_key_env, config.more_base_urls, config.headers)
 
 
 def _check_sglang(config: RunConfig) -> None:
+    if config.base_url or config.more_base_urls:
+        raise BadInput("--base-url is for --engine http: --engine sglang launches its own server")
     if importlib.util.find_spec("sglang") is None:
         raise BadInput("--engine sglang needs SGLang (pip install 'sglang[all]' on a GPU machine; its kernels need "
                        "CUDA); to measure a running SGLang server use --engine http --base-url URL")

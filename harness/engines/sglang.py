@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.engines.base import BuildContext
+from harness.engines.chat import chat_context_limit
 from harness.engines.http import HttpEngine, ServerLimits
 from harness.engines.launch import ServerProcess, launched_engine, vocab_size
 from harness.engines.real import load_format, longest_call, model_directory
@@ -69,10 +70,11 @@ def build(ctx: BuildContext) -> HttpEngine:
     model = model_directory(config.model)
     e = config.engine_args
     max_model_len = longest_call(ctx.sessions) + 1
-    args = SglangArgs(model_path=model, context_length=max_model_len, radix_cache=e.enable_prefix_caching,
+    context = chat_context_limit(max_model_len) if config.endpoint == "chat" else max_model_len
+    args = SglangArgs(model_path=model, context_length=context, radix_cache=e.enable_prefix_caching,
                       mem_fraction_static=e.gpu_memory_utilization, chunked_prefill_size=e.max_num_batched_tokens,
                       max_running_requests=e.max_num_seqs, tp=config.tp, load_format=load_format(model),
                       seed=config.seed)
     limits = ServerLimits(max_model_len, e.num_gpu_blocks, e.block_size, config.seed)
     return launched_engine(SglangServer(args, ctx.run_dir / "server.log"), limits, vocab_size(model),
-                           config.request_timeout)
+                           config.request_timeout, config, ctx.sessions)

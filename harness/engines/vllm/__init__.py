@@ -18,5 +18,5 @@ def build(ctx: BuildContext) -> Engine:
     if ctx.config.vllm_mode == "server":
         from harness.engines.vllm.server import launch  # noqa: PLC0415
 
-        return launch(setup, config_json, ctx.run_dir, ctx.config.request_timeout)
+        return launch(setup, config_json, ctx.run_dir, ctx.config.request_timeout, ctx.config, ctx.sessions)
     return VllmEngine(setup, config_json)

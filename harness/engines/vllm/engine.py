@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.calls import CallMeta, CallSpec
+from harness.engines.chat import chat_context_limit
 from harness.engines.real import RealEngine, SessionTokens, load_format, longest_call, model_directory
 from harness.errors import BadInput
 from harness.policy.signals import EngineSignals
@@ -201,6 +202,8 @@ def vllm_setup(config: Any, sessions: Sequence[Session], cache_dir: Path, step_l
     model = model_directory(config.model)
     e = config.engine_args
     max_model_len = longest_call(sessions) + 1
+    if getattr(config, "endpoint", "completions") == "chat":  # (server mode) messages are longer than their ids
+        max_model_len = chat_context_limit(max_model_len)
     if e.num_gpu_blocks is not None and e.block_size is not None:  # vLLM refuses a limit the KV can't hold
         max_model_len = min(max_model_len, (e.num_gpu_blocks - 1) * e.block_size)  # one block is the null block
     return VllmSetup(

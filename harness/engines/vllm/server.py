@@ -6,8 +6,8 @@ stopped (its whole process group: API server, engine core, workers) - at the end
 Ctrl-C; its log is kept as `server.log` in the run directory. Calls are streaming `/v1/completions`
 requests with the prompt as token ids, `ignore_eos`, `return_token_ids` (the session's next prompt
 holds the model's real output ids) and the session metadata in `vllm_xargs` (a JSON string: vLLM's
-`vllm_xargs` values are flat). The client side is `--engine http`'s (harness.engines.http.HttpEngine, which owns the
-server): streaming threads, /metrics signals; the plugin's per-call figures (preemptions, recomputed tokens)
+`vllm_xargs` values are flat), or with `--endpoint chat` chat requests with the same metadata. The client side
+is `--engine http`'s (harness.engines.http.HttpEngine, which owns the server): asyncio streams, /metrics signals; the plugin's per-call figures (preemptions, recomputed tokens)
 come from its call log.
 
 When the server dies mid-run the run ends as failed with what it measured so far.
@@ -17,13 +17,18 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from harness.calls import CallMeta
 from harness.engines.http import DEFAULT_REQUEST_TIMEOUT_S, HttpEngine, ServerLimits, parse_metrics
 from harness.engines.launch import ServerProcess, launched_engine, vocab_size
 from harness.engines.vllm.engine import VllmSetup, engine_args, prepare_environment, vllm_version
+
+if TYPE_CHECKING:
+    from harness.config import RunConfig
+    from workloads.model import Session
 
 
 def server_command(args: dict[str, Any], port: int) -> list[str]:
@@ -86,14 +91,15 @@ class VllmServer(ServerProcess):
 
 
 def launch(setup: VllmSetup, config_json: dict[str, Any], run_dir: Path,
-           request_timeout_s: float | None = DEFAULT_REQUEST_TIMEOUT_S) -> HttpEngine:
+           request_timeout_s: float | None = DEFAULT_REQUEST_TIMEOUT_S, config: RunConfig | None = None,
+           sessions: Sequence[Session] = ()) -> HttpEngine:
     """`--vllm-mode server`: vLLM's server with the plugin, launched for the run, as its engine."""
     prepare_environment(setup.cache_dir)  # the server inherits vLLM's environment for these machines
     call_log = run_dir / "server_calls.jsonl"
     plugin = {"config": config_json, "step_log": setup.step_log, "call_log": str(call_log)}
     server = VllmServer(engine_args(setup, plugin), run_dir / "server.log", call_log=call_log)
     limits = ServerLimits(setup.max_model_len, setup.num_gpu_blocks, setup.block_size, setup.seed)
-    return launched_engine(server, limits, vocab_size(setup.model), request_timeout_s)
+    return launched_engine(server, limits, vocab_size(setup.model), request_timeout_s, config, sessions)
 
 
 __all__ = ["VllmServer", "launch", "parse_metrics", "server_command"]
