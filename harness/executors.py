@@ -137,6 +137,24 @@ def _execute_pool(runs: Sequence[Job], results_dir: Path, on_done: OnDone, jobs:
     pool.shutdown(wait=True)
 
 
+PACKAGES = ("harness", "workloads", "baselines", "mars_impl")  # pyproject's packages.find include list
+
+
+def runtime_env() -> dict[str, Any]:
+    """What Ray gives each worker: this process's code (the project's packages, uploaded by Ray: a worker
+    node needs only the core's dependencies, not a checkout of the same commit) and its git state (the
+    uploaded copy is no git tree, so run.json would lose the commit otherwise)."""
+    import importlib  # noqa: PLC0415
+    import json  # noqa: PLC0415
+
+    from harness.results import git_state  # noqa: PLC0415
+
+    modules = [str(Path(importlib.import_module(name).__file__).resolve().parent)  # type: ignore[arg-type]
+               for name in PACKAGES]
+    return {"py_modules": modules, "excludes": ["__pycache__", "*.pyc"],
+            "env_vars": {"MARS_BENCH_GIT": json.dumps(git_state())}}
+
+
 def _execute_ray(runs: Sequence[Job], results_dir: Path, on_done: OnDone, address: str | None) -> None:
     try:
         import ray  # noqa: PLC0415
@@ -144,10 +162,18 @@ def _execute_ray(runs: Sequence[Job], results_dir: Path, on_done: OnDone, addres
         raise BadInput("--executor ray needs Ray: pip install -e '.[cluster]'") from None
     started_here = not ray.is_initialized()
     if started_here:
+        target = address or os.environ.get("RAY_ADDRESS")
+        if target and target not in ("auto", "local"):
+            from harness.ray_check import check_cluster  # noqa: PLC0415 - imports grpc (Ray's dependency)
+
+            check_cluster(target, "--address" if address else "RAY_ADDRESS")
         try:
-            ray.init(address=address, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+            ray.init(address=address, include_dashboard=False, logging_level="ERROR", log_to_driver=False,
+                     runtime_env=runtime_env())
         except (ConnectionError, RuntimeError, ValueError) as e:
-            raise BadInput(f"--address {address}: no Ray cluster there ({e})") from None
+            where = f"--address {address}" if address else f"RAY_ADDRESS {target}" if target else "a local Ray"
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise BadInput(f"{where}: Ray could not connect ({first})") from None
     remote = ray.remote(num_cpus=1, max_retries=0)(run_point)
     pending = {remote.remote(j.config, str(results_dir.resolve()), j.run_id): j for j in runs}
     try:

