@@ -122,13 +122,20 @@ class RetentionPolicy:
         context = context_tokens(req)
         reprefill = engine.prefill_seconds(context) if context else 0.0
         keep_value = p_done * reprefill - self.pressure(engine) * holding * req.num_blocks / max(1, engine.num_total_blocks)
+        return self._settle(req, engine, context, reprefill, keep_value, p_done * reprefill, deadline)
+
+    def _settle(self, req: RequestView, engine: EngineView, context: int, reprefill: float, keep_value: float,
+                benefit: float, deadline: float) -> Retention:
+        """Both retention modes end here: keep (pinned until `deadline`; `benefit` seconds, spread over the
+        blocks, orders releases under pressure), offload to the host tier or free, whichever is worth most;
+        free when neither keeping nor offloading is worth anything."""
         load = engine.offload_seconds(context)
         offload_value = reprefill - load if load is not None else 0.0
         if max(keep_value, offload_value) <= 0:
             return FREE
         if offload_value > keep_value:
             return OFFLOAD
-        self._benefit_per_block[req.session_id] = p_done * reprefill / max(1, req.num_blocks)
+        self._benefit_per_block[req.session_id] = benefit / max(1, req.num_blocks)
         return Retention.keep(deadline)
 
     # ------------------------------------------------------------------------------ warm
@@ -176,14 +183,7 @@ class RetentionPolicy:
         pinned = sum(p.num_blocks for p in engine.pins.values())
         if ttl > 0 and pinned + req.num_blocks > self.pin_budget(engine):
             ttl, keep_value = 0.0, 0.0
-        load = engine.offload_seconds(context)
-        offload_value = reprefill - load if load is not None else 0.0
-        if max(keep_value, offload_value) <= 0:
-            return FREE
-        if offload_value > keep_value:
-            return OFFLOAD
-        self._benefit_per_block[req.session_id] = keep_value / max(1, req.num_blocks)
-        return Retention.keep(ttl)
+        return self._settle(req, engine, context, reprefill, keep_value, keep_value, ttl)
 
     def on_arrival(self, req: RequestView) -> None:
         """A resumed call that holds no KV on arrival found no pin: time its wait (warm's T)."""
