@@ -32,7 +32,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from collections import deque
 from collections.abc import Hashable, Sequence
@@ -76,7 +75,9 @@ class _Call:
     # a recorded command's: its environment marker, every descendant seen so far, its deadline and workspace
     mark: str = ""
     seen: dict[int, int | None] = field(default_factory=dict)  # pid -> its start time
-    deadline: float = math.inf  # time.monotonic()
+    # on the run's real-time clock (env.now), which never runs ahead of the wall clock: a command gets at least
+    # its limit in wall seconds, and the duration recorded for it (env.now - started_s) is never below it
+    deadline: float = math.inf
     workdir: str | None = None
     killed: str | None = None  # "wall-time limit" when the pool killed it
 
@@ -154,7 +155,7 @@ class RealToolPool:
                 limit = self.limits.seconds(call.cpu_seconds)
                 call.mark = f"{self._mark}-{call.request.seq}"
                 call.workdir = tempfile.mkdtemp(prefix="mars-bench-tool-")
-                call.deadline = time.monotonic() + limit
+                call.deadline = self.env.now + limit
                 call.procs = [self._spawn(["/bin/sh", "-c", call.command], cpu_limit=limit, cwd=call.workdir,
                                           env={**os.environ, proctree.MARK_VAR: call.mark})]
             else:  # the busy loop can't overrun its work; the CPU limit stops a hung one
@@ -184,7 +185,7 @@ class RealToolPool:
         for proc in call.procs:
             for pid in proctree.descendants(proc.pid) - call.seen.keys():
                 call.seen[pid] = proctree.start_time(pid)
-        if time.monotonic() >= call.deadline and any(p.poll() is None for p in call.procs):
+        if self.env.now >= call.deadline and any(p.poll() is None for p in call.procs):
             call.killed = "wall-time limit"
             self._end(call)
 
