@@ -67,7 +67,7 @@ EXPORT_SETTINGS = ("percentile_metrics", "metric_percentiles", "label", "metadat
 # written to run.json only when not at their default: a run that does not use them has the run.json (and the
 # sweep id) it had before they existed
 # how the server-backed engines talk to their servers (harness.engines.http)
-HTTP_SETTINGS = ("endpoint", "headers", "more_base_urls", "routing")
+HTTP_SETTINGS = ("endpoint", "headers", "more_base_urls", "routing", "prompt_format")
 OMITTED_AT_DEFAULT = (*LOAD_CONTROLS, *EXPORT_SETTINGS, *HTTP_SETTINGS, "force", "request_timeout")
 # a --header whose name says it carries a credential is written to run.json without its value
 SECRET_HEADER = re.compile(r"authorization|api[-_]?key|token|secret|cookie|password", re.IGNORECASE)
@@ -109,6 +109,9 @@ class RunConfig(BaseModel):
                                                                       "with every request (--header KEY=VALUE)")
     more_base_urls: tuple[str, ...] = Field(default=(), description="--engine http: further replicas of the "
                                                                     "server at base_url (--base-url repeated)")
+    prompt_format: Literal["auto", "ids", "text"] = Field(
+        default="auto", description="--engine http, completions: prompts as token ids or as text of exactly their "
+                                    "token count (needs --tokenizer); auto: ids where the server takes them")
     routing: Literal["session", "round-robin"] = Field(
         default="session", description="--engine http with several replicas: a session stays on one (session) "
                                        "or each call goes to the next (round-robin)")

@@ -280,6 +280,46 @@ def test_a_text_only_server_gets_text_prompts_from_the_tokenizer(fake: Any, tiny
     assert (calls["output_tokens"] > 0).all()  # a text chunk counts as a token when no ids are streamed
 
 
+def test_text_prompts_have_exactly_the_token_counts_of_the_id_prompts(fake: Any, tiny_model_dir: Path, tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture) -> None:
+    """--prompt-format text (as `vllm bench serve` sends prompts): each prompt, encoded by the served model's
+    tokenizer, is as long as the id prompt of the same call; plain decoding would make them ~15% longer."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    base = ["run", "--engine", "http", "-b", "vllm", "-w", "tiny", "--sessions", "4", "--rps", "inf", "--json"]
+    lengths = {}
+    for form in ("ids", "text"):
+        server = fake(good_calls=10_000, then_status=None)
+        assert main([*base, "--base-url", server.url, "--prompt-format", form, "--tokenizer", str(tiny_model_dir),
+                     "--results-dir", str(tmp_path / form)]) == 0
+        out = json.loads(capsys.readouterr().out)
+        assert out["completed_sessions"] == 4
+        sent = [p for path, _, body in server.requests if (p := body.get("prompt")) is not None and body.get("stream")]
+        assert all(isinstance(p, str if form == "text" else list) for p in sent) and len(sent) > 4
+        lengths[form] = sorted(len(tok.encode(p, add_special_tokens=False)) if form == "text" else len(p) for p in sent)
+        stats = json.loads((Path(out["run_dir"]) / "summary.json").read_text())["engine_stats"]
+        assert stats["prompt_format"] == form
+        assert json.loads((Path(out["run_dir"]) / "run.json").read_text())["config"]["prompt_format"] == form
+    assert stats["prompt_tokens_mismatched"] == 0, stats
+    assert lengths["text"] == lengths["ids"], lengths
+    naive = sorted(len(tok.encode(tok.decode(list(range(100, 164))), add_special_tokens=False)) for _ in range(1))
+    assert naive != [64]  # what the length matching is for: this tokenizer does not round-trip ids
+
+
+def test_prompt_format_text_needs_a_tokenizer_and_a_server(fake: Any, tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture) -> None:
+    server = fake(good_calls=10_000, then_status=None)
+    assert main(["run", "--engine", "http", "--base-url", server.url, "-b", "vllm", "-w", "tiny",
+                 "--prompt-format", "text", "--results-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--prompt-format text needs" in err and "--tokenizer" in err and len(err.splitlines()) == 1
+    assert main(["run", "-b", "vllm", "-w", "tiny", "--prompt-format", "ids", "--results-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--prompt-format ids is for a server" in err and len(err.splitlines()) == 1
+    assert not list(tmp_path.glob("*/run.json"))
+
+
 def test_a_refused_call_is_sent_again_and_a_stream_without_usage_still_ends(fake: Any, tmp_path: Path,
                                                                            capsys: pytest.CaptureFixture) -> None:
     server = fake(good_calls=10_000, then_status=None, flaky=2, usage=False)

@@ -69,6 +69,10 @@ def _finite(value: float) -> float:
                    "{session_id} in VALUE is the call's session.")
 @click.option("--api-key-env", metavar="VAR", help="--engine http: environment variable holding the API key.")
 @click.option("--tokenizer", metavar="DIR", help="--engine http: the served model's tokenizer, for text-only servers.")
+@click.option("--prompt-format", type=click.Choice(["auto", "ids", "text"]), default="auto", show_default=True,
+              help="--engine http, /v1/completions: prompts as token ids, or as text of exactly their token count "
+                   "(--tokenizer; as `vllm bench serve` sends them, the server tokenizing); auto: ids if the server "
+                   "takes them.")
 @click.option("--request-timeout", type=click.FloatRange(min=0, min_open=True, max=1e9), default=600.0,
               show_default=True, metavar="S", callback=lambda ctx, param, value: _finite(value),
               help="--engine http/sglang, --vllm-mode server: a call not ended within S seconds is a failed call.")
@@ -98,7 +102,7 @@ def _finite(value: float) -> float:
 @json_option
 def run(backend: str, engine: str, vllm_mode: str, workload: str, sessions: int | None, rps: float | None, arrival: str | None,
         burstiness: float | None, cv: float | None, seed: int, max_concurrency: int | None, warmup_sessions: int, sets: tuple[str, ...], force: bool, gpu: str, model: str, tp: int, profile: str | None,
-        tool_cores: int, tool_mode: str, base_urls: tuple[str, ...], routing: str, endpoint: str, headers: tuple[str, ...], api_key_env: str | None, tokenizer: str | None, request_timeout: float, tools: str, allow_commands: bool, tool_limit_factor: float, tool_limit_floor: float, tool_memory_gib: float, cpu_stress: int, gpu_share: float, kv_offload_gib: float, chat_rps: float, goodput: tuple[str, ...], alpha: float,
+        tool_cores: int, tool_mode: str, base_urls: tuple[str, ...], routing: str, endpoint: str, headers: tuple[str, ...], api_key_env: str | None, tokenizer: str | None, prompt_format: str, request_timeout: float, tools: str, allow_commands: bool, tool_limit_factor: float, tool_limit_floor: float, tool_memory_gib: float, cpu_stress: int, gpu_share: float, kv_offload_gib: float, chat_rps: float, goodput: tuple[str, ...], alpha: float,
         results_dir: Path, as_json: bool, exports: dict[str, Any]) -> None:
     """Run one backend on one workload; write results/<run_id>/ and print the summary.
 
@@ -127,7 +131,7 @@ def run(backend: str, engine: str, vllm_mode: str, workload: str, sessions: int 
         burstiness=burstiness, max_concurrency=max_concurrency, warmup_sessions=warmup_sessions, seed=seed, gpu=gpu, model=model, tp=tp, profile=profile, tool_cores=tool_cores, tool_mode=tool_mode,
         base_url=base_urls[0] if base_urls else None, more_base_urls=base_urls[1:], routing=routing,
         endpoint=endpoint, headers=parse_headers(headers), api_key_env=api_key_env, served_model=served_model,
-        tokenizer=tokenizer,
+        tokenizer=tokenizer, prompt_format=prompt_format,
         request_timeout=request_timeout, tools=tools, allow_commands=allow_commands, cpu_stress=cpu_stress,
         tool_limits={"factor": tool_limit_factor, "floor_s": tool_limit_floor, "memory_gib": tool_memory_gib}, gpu_share=gpu_share, chat_rps=chat_rps, goodput=goodput, alpha=alpha,
         force=force, **exports,

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import httpx
+import numpy as np
 
 from harness.calls import CallMeta, CallSpec
 from harness.engines.base import BuildContext
@@ -59,6 +60,7 @@ METRICS = {
 }
 RETRY_STATUS = {429, 500, 502, 503, 504}
 MIN_VOCAB = 2048
+TEXT_TRIES = 10  # text prompts: how often a prompt's text is re-made to reach its token count (vllm bench's)
 DEFAULT_REQUEST_TIMEOUT_S = 600.0
 CLOSE_S = 2.0  # closing the engine waits this long at most for its cancelled calls and its loop's thread
 PATHS = {"completions": "/v1/completions", "chat": "/v1/chat/completions"}  # --endpoint NAME -> where calls go
@@ -365,6 +367,8 @@ class HttpEngine(RealEngine):
         self.http: httpx.AsyncClient | None = None  # start-up checks and /metrics; the calls stream on `streams`
         self.streams: _Clients | None = None
         self._tok: Any = None
+        self._text_rng = np.random.default_rng(limits.seed)  # text prompts: ids that extend a short text
+        self.text_mismatch = 0  # text prompts: tokens by which they missed their counts (vllm bench's mismatch)
         self.server = server
         self.limits = limits
         self.target = target
@@ -477,7 +481,25 @@ class HttpEngine(RealEngine):
         return body if self.server is None else {**body, **self.server.body_fields(meta)}
 
     def _decode(self, ids: list[int]) -> str:
-        return str(self._tok.decode(ids))
+        """Text that the server's tokenizer reads as exactly len(ids) tokens (a random id sequence decoded and
+        encoded again is seldom as long: ~15% longer with a small BPE vocabulary), made as `vllm bench serve`
+        makes its random prompts (datasets.gen_prompt_decode_to_target_len: decode, encode, cut or extend the
+        ids at the end with random ones, up to TEXT_TRIES times) but cutting one id deeper on each try that
+        comes out long (vllm bench's plain cut can loop on an end that re-merges longer: 1 prompt in 8 with
+        the tiny model's tokenizer missed its count). Only the end changes, so a session's next prompt still
+        starts with this one's text (its prefix cache hits) but for the last few tokens."""
+        tok, target, seq = self._tok, len(ids), list(ids)
+        for attempt in range(TEXT_TRIES + 1):
+            text = str(tok.decode(seq))
+            seq = tok.encode(text, add_special_tokens=False)
+            if len(seq) == target or attempt == TEXT_TRIES:
+                break
+            if len(seq) > target:
+                seq = seq[:max(0, target - attempt)]
+            if len(seq) < target:
+                seq += self._text_rng.integers(0, tok.vocab_size, size=target - len(seq)).tolist()
+        self.text_mismatch += abs(len(seq) - target)
+        return text
 
     def _send(self, spec: CallSpec, prompt: list[int], meta: CallMeta) -> None:
         assert self._loop is not None
@@ -667,6 +689,8 @@ class HttpEngine(RealEngine):
                  "metrics": "yes" if self.metrics_available else "missing", "cached_tokens": self.cached_tokens,
                  "server_preemptions": m.get("preemptions"), "server_prefix_cache_hits": m.get("prefix_cache_hits"),
                  "server_prefix_cache_queries": m.get("prefix_cache_queries")}
+        if self.prompt_format == "text":  # tokens by which text prompts missed their counts (0: every one exact)
+            stats["prompt_tokens_mismatched"] = self.text_mismatch
         if self.target.headers:  # their names only: a value may be a credential
             stats["headers"] = sorted(k for k, _ in self.target.headers)
         if len(self.urls) > 1:
@@ -756,6 +780,7 @@ def build(ctx: BuildContext) -> HttpEngine:
     limits = ServerLimits(longest_call(ctx.sessions) + 1, e.num_gpu_blocks, e.block_size, config.seed)
     endpoint, headers, tools = client_settings(config, ctx.sessions)
     target = HttpTarget(config.base_url, api_key=api_key_from_env(config.api_key_env), model=config.served_model,
-                        tokenizer=config.tokenizer, request_timeout_s=config.request_timeout, endpoint=endpoint,
+                        tokenizer=config.tokenizer, prompt_format=config.prompt_format,
+                        request_timeout_s=config.request_timeout, endpoint=endpoint,
                         headers=headers, more_urls=config.more_base_urls, routing=config.routing)
     return HttpEngine(target, limits, tools=tools)

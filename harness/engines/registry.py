@@ -36,6 +36,7 @@ class EngineEntry:
 def _check_no_server_settings(config: RunConfig, engine: str) -> None:
     """An engine without a server refuses the settings of the HTTP client rather than ignoring them."""
     given = [flag for flag, used in (("--endpoint chat", config.endpoint != "completions"),
+                                     (f"--prompt-format {config.prompt_format}", config.prompt_format != "auto"),
                                      ("--header", bool(config.headers)),
                                      ("--base-url", bool(config.base_url or config.more_base_urls)))
              if used]
@@ -63,6 +64,9 @@ def _check_http(config: RunConfig) -> None:
 
     if config.endpoint == "chat" and not config.tokenizer:
         raise BadInput(NEEDS_TOKENIZER)
+    if config.prompt_format == "text" and not config.tokenizer:
+        raise BadInput("--prompt-format text needs the served model's tokenizer (--tokenizer DIR): the prompts are "
+                       "made to its token counts")
     check_server(config.base_url, config.api_key_env, config.more_base_urls, config.headers)
 
 
