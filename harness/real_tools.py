@@ -32,6 +32,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 import uuid
 from collections import deque
 from collections.abc import Hashable, Sequence
@@ -214,7 +215,10 @@ class RealToolPool:
                 self._wake = env.event()
                 yield self._wake
                 continue
-            yield env.timeout(POLL_S)
+            # the next look POLL_S from now on the wall clock: a look that took longer than POLL_S (a loaded
+            # host) would otherwise leave the run's clock behind the wall clock, further with every look, and the
+            # waits and durations recorded on it short
+            yield env.timeout(POLL_S + _behind(env))
             for call in self._running:
                 if call.mark:
                     self._watch(call)
@@ -257,6 +261,13 @@ class RealToolPool:
             self._subreaper = False
         self._running.clear()
         self._stressors = []
+
+
+def _behind(env: simpy.Environment) -> float:
+    """How far a real-time environment's clock is behind the wall clock (0 for any other)."""
+    if not isinstance(env, simpy.rt.RealtimeEnvironment):
+        return 0.0
+    return max(0.0, (time.monotonic() - env.real_start) / env.factor + env.env_start - env.now)
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:

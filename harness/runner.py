@@ -6,6 +6,7 @@ the tables and timeline come back at the end.
 
 from __future__ import annotations
 
+import gc
 import math
 import time
 from collections import deque
@@ -327,6 +328,11 @@ class AgentRun:
             bound: tuple[dict[str, float], dict[str, float]] | None = None) -> Outcome:
         """Run to the end (`isolated`, `bound`: each session's reference JCTs, see harness.bound); the tools and
         the engine are closed afterwards, also on an error or Ctrl-C (then `outcome` has what was measured)."""
+        # What the process holds now (workload, model, tokenizer, imported libraries) is left out of the garbage
+        # collector's scans until the run ends: a full collection of a heap with torch and transformers in it
+        # held the GIL for up to 200 ms, stalling a real engine's client loop and with it the TTFT it measures.
+        gc.collect()
+        gc.freeze()
         try:
             self.engine.start()
             self._wall = time.perf_counter()
@@ -347,6 +353,7 @@ class AgentRun:
         finally:
             self.tools.close()
             self.engine.close()
+            gc.unfreeze()
         return self.outcome(isolated, bound)
 
     def _clock(self) -> dict[str, float]:

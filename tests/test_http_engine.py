@@ -307,6 +307,33 @@ def test_text_prompts_have_exactly_the_token_counts_of_the_id_prompts(fake: Any,
     assert naive != [64]  # what the length matching is for: this tokenizer does not round-trip ids
 
 
+def test_only_calls_with_a_next_turn_ask_for_token_ids(fake: Any, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A session's last call (every call of a single-turn run) is the request `vllm bench serve` sends: no
+    `return_token_ids`, so vLLM does not echo the prompt's ids in its first chunk; earlier calls ask for
+    them, their reply's ids joining the next prompt."""
+    server = fake(good_calls=10_000, then_status=None)
+    assert main(["run", "--engine", "http", "--base-url", server.url, "-b", "vllm", "-w", "tiny", "--sessions", "3",
+                 "--header", "X-Session={session_id}", "--results-dir", str(tmp_path), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["completed_sessions"] == 3
+    by_session: dict[str, list[dict[str, Any]]] = {}
+    for _, headers, body in server.requests:
+        if body.get("stream"):
+            by_session.setdefault(headers["x-session"], []).append(body)
+    assert len(by_session) == 3 and max(len(calls) for calls in by_session.values()) > 1
+    for calls in by_session.values():
+        assert [c.get("return_token_ids") for c in calls] == [True] * (len(calls) - 1) + [None]
+    prompts = [c["prompt"] for calls in by_session.values() for c in calls]
+    assert all(isinstance(p, list) for p in prompts)
+    calls = pd.read_parquet(Path(out["run_dir"]) / "calls.parquet")
+    assert (calls["output_tokens"] > 0).all()
+    # each call is dated from the moment its request was sent, as vllm bench starts its TTFT clock; how late
+    # the client sent them is kept apart
+    assert (calls["arrival_s"] == calls["first_scheduled_s"]).all()
+    lag = json.loads((Path(out["run_dir"]) / "summary.json").read_text())["engine_stats"]["client_send_lag_ms"]
+    assert set(lag) == {"mean", "p99", "max"} and 0 <= lag["mean"] <= lag["p99"] <= lag["max"]
+
+
 def test_prompt_format_text_needs_a_tokenizer_and_a_server(fake: Any, tmp_path: Path,
                                                            capsys: pytest.CaptureFixture) -> None:
     server = fake(good_calls=10_000, then_status=None)

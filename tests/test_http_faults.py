@@ -43,7 +43,8 @@ class FaultyServer(ThreadingHTTPServer):
 
     def __init__(self, good_calls: int, then: str) -> None:
         self.good_calls, self.then = good_calls, then
-        self.streamed = self.hanging = 0
+        self.streamed = self.hanging = self.scrapes = 0
+        self.metrics_delay_s = 0.0  # how long /metrics takes to answer
         self.lock = threading.Lock()
         self.release = threading.Event()  # set at teardown: hung handlers return
         super().__init__(("127.0.0.1", 0), _Handler)
@@ -69,6 +70,13 @@ class _Handler(OpenAIHandler):
             server.hanging += 1
         server.release.wait()
         self.close_connection = True
+
+    def do_GET(self) -> None:  # noqa: N802
+        if self.path == "/metrics":
+            with self.server.lock:
+                self.server.scrapes += 1
+            time.sleep(self.server.metrics_delay_s)
+        super().do_GET()
 
     def do_POST(self) -> None:  # noqa: N802
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
@@ -334,3 +342,33 @@ def test_a_long_isolated_reference_is_kept_as_it_grows(monkeypatch: pytest.Monke
     monkeypatch.setattr(sim_run, "KEEP_EVERY_S", 0.0)
     sim_run.isolated_jcts(sessions, build_setup(RunConfig(workload="swe-smoke")), cache=cache)
     assert on_disk == [0, 1, 2, 3] and len(json.loads(cache.read_text())) == 4
+
+
+def test_the_servers_metrics_are_read_on_the_clients_loop_never_on_the_harnesss_thread(faulty: Any) -> None:
+    """A /metrics scrape (~5 ms on vLLM's CPU server, here 0.9 s) never holds up the harness's thread - the
+    arrivals due meanwhile, and the TTFT of their calls - and the readings keep coming while the run goes on."""
+    from harness.engines.http import METRICS_POLL_S, HttpEngine, HttpTarget, ServerLimits
+
+    server = faulty(good_calls=10, then="error")
+    engine = HttpEngine(HttpTarget(server.url), ServerLimits(4096))
+    try:
+        engine.start()  # the first reading is taken here, before the first arrival
+        assert engine.signals() is not None and engine.signals().kv_usage == 0.1
+        server.metrics_delay_s = 0.9  # within the scrape's 1 s limit
+        server.metrics_page = METRICS_PAGE.replace("} 0.1", "} 0.6")
+        started = time.monotonic()
+        readings = [engine.signals() for _ in range(200)]
+        assert time.monotonic() - started < 0.6  # a blocking scrape would have taken 0.9 s at least
+        assert all(r is not None and r.kv_usage == 0.1 for r in readings)  # the newest reading until a new one
+        deadline = time.monotonic() + 30
+        while engine.signals() is None or engine.signals().kv_usage != 0.6:
+            assert time.monotonic() < deadline, "the loop never read the new page"
+            time.sleep(METRICS_POLL_S)
+        assert server.scrapes >= 2
+        server.metrics_delay_s = 1.5  # every scrape fails now (1 s limit): the reading ages and is dropped
+        deadline = time.monotonic() + 30
+        while engine.signals() is not None:
+            assert time.monotonic() < deadline, "a stale reading was kept"
+            time.sleep(METRICS_POLL_S)
+    finally:
+        engine.close()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import resource
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -47,6 +48,27 @@ def test_queue_mode_runs_calls_one_per_core_in_order_and_burns_their_cpu() -> No
     assert done[2].wait_s >= 0.5  # waited for both
     assert 0.65 <= burned <= 1.5  # the work really ran: 0.7 s of CPU (plus interpreter start-up)
     assert pool.completed == 3 and pool.failed == 0 and pool.ema_wait_s > 0
+
+
+def test_waits_and_durations_stay_on_the_wall_clock_when_each_look_is_slow(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a loaded host one look at the running calls can take longer than the pool's 5 ms poll; the run's clock
+    must not fall behind the wall clock then (it did, and a call that waited 0.6 s was recorded as waiting
+    0.01 s). Each look is made 20 ms slow here."""
+    import subprocess
+
+    poll = subprocess.Popen.poll
+
+    def slow_poll(self: subprocess.Popen[bytes]) -> int | None:
+        time.sleep(0.02)  # a look takes 4x the poll period
+        return poll(self)
+
+    monkeypatch.setattr(subprocess.Popen, "poll", slow_poll)
+    started = time.monotonic()
+    done, _ = run_calls("queue", [(0.3, None), (0.3, None), (0.1, None)])
+    wall = time.monotonic() - started
+    assert done[0].finished_s - done[0].started_s >= 0.29  # 0.3 s of CPU on one core takes 0.3 s at least
+    assert done[2].wait_s >= 0.58  # it waited for both
+    assert max(c.finished_s for c in done) >= 0.69 and max(c.finished_s for c in done) <= wall + 0.05
 
 
 def test_timeshare_mode_starts_everything_and_the_os_shares_the_core() -> None:

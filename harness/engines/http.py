@@ -29,6 +29,7 @@ import json
 import os
 import queue
 import re
+import sys
 import threading
 from collections.abc import Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -49,6 +50,12 @@ if TYPE_CHECKING:
     from workloads.model import Session
 
 POLL_S = 0.002
+# /metrics is read on the client's loop this often, never on the harness's thread: a scrape (~5 ms on vLLM's CPU
+# server) there held up the arrivals due meanwhile (it delayed calls by 5-7 ms, their TTFT with them). A reading
+# older than METRICS_STALE_S (failed scrapes) is no reading: the signal stream then ages its last one out.
+METRICS_POLL_S = 0.2
+METRICS_STALE_S = 1.0
+SWITCH_INTERVAL_S = 0.0005
 # Prometheus names -> our keys. vLLM (0.32 and the older gpu_cache name) and SGLang (--enable-metrics).
 METRICS = {
     "vllm:kv_cache_usage_perc": "kv_usage", "vllm:gpu_cache_usage_perc": "kv_usage",
@@ -380,6 +387,9 @@ class HttpEngine(RealEngine):
         self._inbox: queue.SimpleQueue[tuple[str, str, Any, float, float]] = queue.SimpleQueue()
         self._metrics: dict[str, float] = {}
         self.metrics_available = True
+        self._reading_at: float | None = None  # when the newest /metrics reading was taken (harness clock)
+        self._switch_interval: float | None = None  # Python's GIL switch interval before the run (restored)
+        self.send_lags: list[float] = []  # per streamed call: sent - due (the client's lag behind its schedule)
         self.retried = 0
         self.failed = 0
         try:  # from here on a failure closes what was opened (the server, the loop, the client)
@@ -405,16 +415,6 @@ class HttpEngine(RealEngine):
         """A GET of the (first) server from the caller's thread, on the loop."""
         assert self._loop is not None and self.http is not None
         return self._loop.wait(self.http.get(self.urls[0] + path, timeout=timeout_s), timeout_s + 1.0)
-
-    def _get_all(self, path: str, timeout_s: float) -> list[httpx.Response]:
-        """A GET of every replica at once, from the caller's thread, on the loop."""
-        assert self._loop is not None and self.http is not None
-        http = self.http
-
-        async def get_all() -> list[httpx.Response]:
-            return list(await asyncio.gather(*(http.get(url + path, timeout=timeout_s) for url in self.urls)))
-
-        return self._loop.wait(get_all(), timeout_s + 1.0)
 
     # ------------------------------------------------------------------------------ start-up
     def _served_model(self) -> str:
@@ -476,8 +476,12 @@ class HttpEngine(RealEngine):
         else:
             body["prompt"] = self._decode(prompt) if self.prompt_format == "text" else prompt
             body["max_tokens"] = spec.max_tokens
-        body |= {"ignore_eos": True, "temperature": 0.0, "stream": True, "stream_options": {"include_usage": True},
-                 "return_token_ids": True}
+        body |= {"ignore_eos": True, "temperature": 0.0, "stream": True, "stream_options": {"include_usage": True}}
+        if not spec.is_last_turn:
+            # the reply's ids join the session's next prompt (its prefix cache hits them); vLLM then also sends
+            # the whole prompt's ids in the first chunk, which a last turn (every call of vllm bench's
+            # single-turn runs) does without: its TTFT is measured on the request `vllm bench serve` sends
+            body["return_token_ids"] = True
         return body if self.server is None else {**body, **self.server.body_fields(meta)}
 
     def _decode(self, ids: list[int]) -> str:
@@ -596,7 +600,9 @@ class HttpEngine(RealEngine):
             if not self.calls:  # nothing in flight: sleep until the next call (the run ends when none comes)
                 self._wake = env.event()
                 yield self._wake
-            yield env.timeout(POLL_S)
+            # the next look POLL_S from now on the wall clock: a look that took longer than POLL_S (a loaded
+            # host) would otherwise leave the run's clock behind the wall clock, further with every look
+            yield env.timeout(POLL_S + max(0.0, self._now() - env.now))
             self.on_step(env.now)
             while True:
                 try:
@@ -631,6 +637,16 @@ class HttpEngine(RealEngine):
             self.chat.reply(call.spec, "".join(done.text), len(call.output_ids))
         self._finish(call, done.cached, self._call_figures(record.request_id), end)
 
+    def _tokens_arrived(self, call: _Call, new: Sequence[int], start: float, end: float) -> None:
+        """As RealEngine's; a call's first chunk also dates the call from the moment its request was sent
+        (`start`), where `vllm bench serve` starts its TTFT clock, so TTFT and E2EL do not hold the client's
+        own lag behind the schedule; that lag (sent - due) is kept apart (`client_send_lag_ms`)."""
+        record = call.record
+        if record.num_output_tokens == 0 and new:
+            self.send_lags.append(max(0.0, start - record.arrival_s))
+            record.arrival_s = min(start, end)
+        super()._tokens_arrived(call, new, start, end)
+
     def _session_ends(self, session_id: str) -> None:
         self.router.end(session_id)
         if self.chat is not None:
@@ -645,23 +661,55 @@ class HttpEngine(RealEngine):
         return {} if self.server is None else self.server.call_figures(call_id)
 
     # ------------------------------------------------------------------------------ signals, stats
-    def _scrape(self) -> dict[str, float]:
+    async def _read_metrics(self) -> dict[str, float]:
+        """Every replica's /metrics, combined; a 404 means the server has none (the signals are missing)."""
+        assert self.http is not None
+        http = self.http
+        responses = await asyncio.gather(*(http.get(url + "/metrics", timeout=1.0) for url in self.urls))
         pages = []
-        for response in self._get_all("/metrics", 1.0):
+        for response in responses:
             if response.status_code == 404:
                 self.metrics_available = False
             response.raise_for_status()
             pages.append(parse_metrics(response.text))
         self._metrics = combine_metrics(pages)
+        self._reading_at = self._now()
         return self._metrics
 
+    def _scrape(self) -> dict[str, float]:
+        """A reading now, from the caller's thread (at start and for the run's closing figures)."""
+        assert self._loop is not None
+        return self._loop.wait(self._read_metrics(), 2.0)
+
+    async def _poll_metrics(self) -> None:
+        """On the loop, for the whole run: a reading every METRICS_POLL_S (a failed one keeps the last)."""
+        while self.metrics_available:
+            await asyncio.sleep(METRICS_POLL_S)
+            try:
+                await self._read_metrics()
+            except (httpx.HTTPError, TimeoutError):
+                pass
+
+    def start(self) -> None:
+        super().start()
+        # the client's loop takes the GIL from the harness's thread after 0.5 ms, not Python's 5 ms: a stream's
+        # chunk is timed when the loop reads it, so a wait for the GIL is TTFT and ITL that the server never had
+        self._switch_interval = sys.getswitchinterval()
+        sys.setswitchinterval(min(self._switch_interval, SWITCH_INTERVAL_S))
+        if self.metrics_available and self._loop is not None:
+            try:  # the first reading before the first arrival, then the loop keeps them coming
+                self._scrape()
+            except (httpx.HTTPError, TimeoutError):
+                pass
+            self._loop.spawn(self._poll_metrics())
+
     def signals(self) -> EngineSignals | None:
+        """The newest /metrics reading (taken on the loop; this never waits for the server)."""
         if not self.metrics_available:
             return None  # no /metrics: the KV signal is missing, admission falls back (reference)
-        try:
-            m = self._scrape()
-        except (httpx.HTTPError, TimeoutError):
-            return None  # a missing reading: the signal stream keeps the last one for a while
+        if self._reading_at is None or self._now() - self._reading_at > METRICS_STALE_S:
+            return None  # no recent reading: the signal stream keeps the last one for a while
+        m = self._metrics
         total = int(m.get("num_gpu_blocks") or self.limits.num_gpu_blocks or 0)
         if "kv_usage" not in m or not total:
             return None  # usage without the cache's size is no block budget: missing, as the reference says
@@ -689,6 +737,11 @@ class HttpEngine(RealEngine):
                  "metrics": "yes" if self.metrics_available else "missing", "cached_tokens": self.cached_tokens,
                  "server_preemptions": m.get("preemptions"), "server_prefix_cache_hits": m.get("prefix_cache_hits"),
                  "server_prefix_cache_queries": m.get("prefix_cache_queries")}
+        if self.send_lags:  # how late the client sent its calls (vllm bench's clock starts at the send, too)
+            lags = np.asarray(self.send_lags) * 1e3
+            stats["client_send_lag_ms"] = {"mean": round(float(lags.mean()), 3),
+                                           "p99": round(float(np.percentile(lags, 99)), 3),
+                                           "max": round(float(lags.max()), 3)}
         if self.prompt_format == "text":  # tokens by which text prompts missed their counts (0: every one exact)
             stats["prompt_tokens_mismatched"] = self.text_mismatch
         if self.target.headers:  # their names only: a value may be a credential
@@ -703,6 +756,9 @@ class HttpEngine(RealEngine):
         loop, self._loop = self._loop, None
         if loop is not None:
             loop.close(self.http, self.streams)
+        if self._switch_interval is not None:
+            sys.setswitchinterval(self._switch_interval)
+            self._switch_interval = None
         if self.server is not None:
             self.server.stop()
 
@@ -744,16 +800,18 @@ _OUTPUT_DELTAS = ("content", "reasoning_content", "reasoning", "tool_calls")
 
 def _new_tokens(choice: dict[str, Any]) -> list[int]:
     """The output token ids of a streamed choice (completions or chat): vLLM's `token_ids`, or one stand-in
-    id per chunk with output from servers that stream text only (timing needs the count; the server's
-    usage corrects it at the end; the session's next prompt gets the stand-ins). A chat stream's first
-    chunk, its `assistant` role with empty content, is no token."""
+    id per chunk from servers that stream text only, and for a session's last call, sent without
+    `return_token_ids` (timing needs the count; the server's usage corrects it at the end; a session's
+    next prompt gets the stand-ins of a text-only server). A chat stream's first chunk, its `assistant`
+    role with empty content, is no token."""
     ids = choice.get("token_ids")
     if ids:
         return [int(t) for t in ids]
     delta = choice.get("delta")
     if isinstance(delta, dict):
         return [FIRST_TOKEN_ID] if any(delta.get(key) for key in _OUTPUT_DELTAS) else []
-    return [FIRST_TOKEN_ID] if choice.get("text") else []
+    # a completion chunk is one token even when its text is empty (a special token), as vllm bench counts it
+    return [FIRST_TOKEN_ID] if isinstance(choice.get("text"), str) else []
 
 
 def _text(choice: dict[str, Any]) -> str:

@@ -4,7 +4,7 @@ here with the scheduler plugin (`python -m vllm.entrypoints.openai.api_server --
 The server is started before the run, must answer /health within `start_timeout_s`, and is always
 stopped (its whole process group: API server, engine core, workers) - at the end, on an error, on
 Ctrl-C; its log is kept as `server.log` in the run directory. Calls are streaming `/v1/completions`
-requests with the prompt as token ids, `ignore_eos`, `return_token_ids` (the session's next prompt
+requests with the prompt as token ids, `ignore_eos`, `return_token_ids` but on a session's last call (the next prompt
 holds the model's real output ids) and the session metadata in `vllm_xargs` (a JSON string: vLLM's
 `vllm_xargs` values are flat), or with `--endpoint chat` chat requests with the same metadata. The client side
 is `--engine http`'s (harness.engines.http.HttpEngine, which owns the server): asyncio streams, /metrics signals; the plugin's per-call figures (preemptions, recomputed tokens)
