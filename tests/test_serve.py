@@ -354,3 +354,17 @@ def _answers(url: str) -> bool:
         return httpx.get(url, timeout=1).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def test_untagged_calls_are_a_hashed_session_or_pass_at_once(upstream: tuple[str, FakeUpstream]) -> None:
+    up_url, fake = upstream
+    one = ("mars.pool_size=1", "mars.window_init=1", "mars.window_min=1")
+    messages = [{"role": "system", "content": "agent"}, {"role": "user", "content": PROMPT}]
+    with gateway_on(up_url, sets=one) as (url, gateway):
+        client(url).chat.completions.create(model="fake-model", messages=messages)
+        client(url).chat.completions.create(model="fake-model", messages=[*messages, {"role": "user", "content": "go"}])
+        assert [gs.source for gs in gateway.control.sessions.values()] == ["hash"]  # one session, both calls
+    with gateway_on(up_url, sets=one, untagged="pass", admission_timeout_s=0.3) as (url, gateway):
+        client(url, "a").completions.create(model="fake-model", prompt=[1], max_tokens=1)  # holds the only slot
+        client(url).completions.create(model="fake-model", prompt=[9, 9], max_tokens=1)  # passes anyway
+        assert list(gateway.control.sessions) == ["a"] and fake.requests[-1][1]["prompt"] == [9, 9]

@@ -23,6 +23,9 @@ POLICIES = {"mars": "mars-admission", "fcfs": "vllm"}  # --policy -> the backend
               help="mars: MARS admission (the harness's mars-admission); fcfs: every session passes at once.")
 @click.option("--session-header", default="X-Session-ID", show_default=True,
               help="Request header naming a call's session (else the `user` field, else a hash of its start).")
+@click.option("--untagged", type=click.Choice(["hash", "pass"]), default="hash", show_default=True,
+              help="A call with neither the session header nor `user`: hash = its session is a hash of the "
+                   "conversation's start; pass = it belongs to no session and passes at once (probes).")
 @click.option("--session-idle", "session_idle_s", type=click.FloatRange(min=0, min_open=True), default=60.0,
               show_default=True, help="A session ends this many seconds after its last call (or on a "
                                       "session_end event).")
@@ -47,7 +50,8 @@ POLICIES = {"mars": "mars-admission", "fcfs": "vllm"}  # --policy -> the backend
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning"]), default="info", show_default=True)
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="An admission setting, e.g. "
                                                                        "--set mars.pool_size=16 (repeatable).")
-def serve(upstreams: tuple[str, ...], host: str, port: int, policy: str, session_header: str, session_idle_s: float,
+def serve(upstreams: tuple[str, ...], host: str, port: int, policy: str, session_header: str, untagged: str,
+          session_idle_s: float,
           tool_cores: int, send_priority: bool, request_timeout_s: float, admission_timeout_s: float,
           max_body_mb: float, drain_s: float, kv_blocks: int | None, block_size: int | None, events_log: str | None,
           log_level: str, sets: tuple[str, ...]) -> None:
@@ -69,7 +73,7 @@ def serve(upstreams: tuple[str, ...], host: str, port: int, policy: str, session
     sock = bind(host, port)
     try:
         check_upstreams(urls)
-        gateway = build_gateway(urls, policy=POLICIES[policy], sets=sets, session_header=session_header,
+        gateway = build_gateway(urls, policy=POLICIES[policy], sets=sets, session_header=session_header, untagged=untagged,
                                 session_idle_s=session_idle_s, tool_cores=tool_cores, send_priority=send_priority,
                                 request_timeout_s=request_timeout_s, admission_timeout_s=admission_timeout_s,
                                 max_body_bytes=int(max_body_mb * 2**20), kv_blocks=kv_blocks, block_size=block_size,

@@ -70,6 +70,9 @@ class GatewayConfig:
     kv_blocks: int | None = None  # KV geometry for upstreams that do not publish it (SGLang)
     block_size: int | None = None
     events_log: str | None = None  # the control plane's events, one JSON line each
+    # a call with neither the session header nor `user`: "hash" = its session is a hash of its start
+    # (harness.serve.identity); "pass" = it belongs to no session and passes at once (probes, one-off calls)
+    untagged: Literal["hash", "pass"] = "hash"
 
 
 class Event(BaseModel):
@@ -238,6 +241,9 @@ class Gateway:
         if not isinstance(body, dict):
             return error(400, "the request body is not a JSON object", "invalid_request_error")
         session_id, source = session_identity(request.headers, body, self.config.session_header)
+        if source == "hash" and self.config.untagged == "pass":
+            return await self._forward(request, endpoint, None, self.control.untracked_replica(), raw,
+                                       bool(body.get("stream")))
         prompt = estimate_prompt_tokens(body)
         gs = self.control.call_arrives(session_id, source, prompt, requested_output_tokens(body), self.now())
         if gs.admitted_s is None:
@@ -288,8 +294,10 @@ class Gateway:
         self.waiters.pop(gs.id, None)
         self.control.abandon(gs, self.now(), reason)
 
-    async def _forward(self, request: Request, endpoint: str, gs: GatewaySession, replica: int, raw: bytes,
+    async def _forward(self, request: Request, endpoint: str, gs: GatewaySession | None, replica: int, raw: bytes,
                        stream: bool) -> Response:
+        """Send the call to upstream `replica` and answer with what comes back (a stream relayed as it comes);
+        `gs`: the session it belongs to (None: none, `--untagged pass`)."""
         assert self.pool is not None
         pool = self.pool
         slot = pool.acquire()
@@ -298,12 +306,19 @@ class Gateway:
         upstream_request = client.build_request("POST", self.urls[replica] + PATHS[endpoint], content=raw,
                                                 headers=headers, timeout=self.timeout)
         sent = time.perf_counter()
-        done = _Once(lambda: (pool.release(slot), self.control.call_ended(gs, self.now())))
+        session_id = gs.id if gs is not None else None
+
+        def finished() -> None:
+            pool.release(slot)
+            if gs is not None:
+                self.control.call_ended(gs, self.now())
+
+        done = _Once(finished)
         try:
             upstream = await _race(request, client.send(upstream_request, stream=True))
         except BaseException as exc:
             done()
-            return self._failure(exc, gs.id, replica)
+            return self._failure(exc, session_id, replica)
         self.metrics.upstream_latency.labels(str(replica)).observe(time.perf_counter() - sent)
         out_headers = {k: v for k, v in upstream.headers.items() if k.lower() not in DROP_RESPONSE}
         relaying = stream and upstream.status_code == 200 and \
@@ -312,17 +327,17 @@ class Gateway:
             try:
                 content = await _race(request, upstream.aread())
             except BaseException as exc:
-                return self._failure(exc, gs.id, replica)
+                return self._failure(exc, session_id, replica)
             finally:
                 await upstream.aclose()
                 done()
-            _log("call", session_id=gs.id, endpoint=endpoint, upstream=replica, status=upstream.status_code,
+            _log("call", session_id=session_id, endpoint=endpoint, upstream=replica, status=upstream.status_code,
                  stream=False, seconds=round(time.perf_counter() - sent, 6))
             return Response(content, upstream.status_code, out_headers)
-        return _Relayed(self._chunks(upstream, gs, replica, endpoint, sent), out_headers,
+        return _Relayed(self._chunks(upstream, session_id, replica, endpoint, sent), out_headers,
                         lambda: self._stream_closed(upstream, done))
 
-    async def _chunks(self, upstream: httpx.Response, gs: GatewaySession, replica: int, endpoint: str,
+    async def _chunks(self, upstream: httpx.Response, session_id: str | None, replica: int, endpoint: str,
                       sent: float) -> AsyncIterator[bytes]:
         """The upstream's stream as it comes; its failure or overrun ends it with an SSE error event."""
         deadline = sent + self.config.request_timeout_s
@@ -349,7 +364,7 @@ class Gateway:
             raise
         finally:
             self.metrics.streams.dec()
-            _log("call", session_id=gs.id, endpoint=endpoint, upstream=replica, status=200, stream=True,
+            _log("call", session_id=session_id, endpoint=endpoint, upstream=replica, status=200, stream=True,
                  outcome=status, seconds=round(time.perf_counter() - sent, 6))
 
     async def _stream_closed(self, upstream: httpx.Response, done: _Once) -> None:

@@ -110,6 +110,12 @@ class ControlPlane:
         self.router.calls[gs.replica] += 1
         return gs.replica
 
+    def untracked_replica(self) -> int:
+        """Where a call that belongs to no session goes (`--untagged pass`): the upstream holding the fewest
+        sessions."""
+        held = self.router.held
+        return min(range(len(held)), key=held.__getitem__)
+
     def priority(self, gs: GatewaySession, prompt_tokens: int) -> int:
         """The call's MARS priority for a vLLM server with priority scheduling (lower = served earlier): the
         MLFQ remaining-work level of its new prefill, i.e. its prompt beyond the previous call's (the previous
