@@ -165,6 +165,25 @@ def test_a_sessions_first_call_waits_until_admitted_and_its_later_calls_pass(ups
     assert [e["session_id"] for e in events if e["kind"] == "session_admitted"] == ["a", "b"]
 
 
+def test_a_session_ended_while_it_waits_is_answered_at_once(upstream: tuple[str, FakeUpstream]) -> None:
+    up_url, fake = upstream
+    one = ("mars.pool_size=1", "mars.window_init=1", "mars.window_min=1")
+    with gateway_on(up_url, sets=one) as (url, gateway):
+        client(url, "a").completions.create(model="fake-model", prompt=[1], max_tokens=1)
+        answers: list[httpx.Response] = []
+
+        import threading
+
+        waiting = threading.Thread(target=lambda: answers.append(httpx.post(
+            url + "/v1/completions", headers={"X-Session-ID": "b"}, json={"model": "fake-model", "prompt": [2]})))
+        waiting.start()
+        wait_for(lambda: gateway.control.state()["backlog"] == 1)
+        assert httpx.post(url + "/v1/mars/events", json={"event": "session_end", "session_id": "b"}).status_code == 200
+        waiting.join(5)
+        assert answers[0].status_code == 503 and answers[0].json()["error"]["code"] == "session_ended"
+        assert len(fake.requests) == 1 and gateway.control.state()["backlog"] == 0
+
+
 def test_a_first_call_not_admitted_in_time_is_503_and_leaves_the_backlog(upstream: tuple[str, FakeUpstream]) -> None:
     up_url, _ = upstream
     one = ("mars.pool_size=1", "mars.window_init=1", "mars.window_min=1")
@@ -368,3 +387,31 @@ def test_untagged_calls_are_a_hashed_session_or_pass_at_once(upstream: tuple[str
         client(url, "a").completions.create(model="fake-model", prompt=[1], max_tokens=1)  # holds the only slot
         client(url).completions.create(model="fake-model", prompt=[9, 9], max_tokens=1)  # passes anyway
         assert list(gateway.control.sessions) == ["a"] and fake.requests[-1][1]["prompt"] == [9, 9]
+
+
+# ----------------------------------------------------------------------------- the control plane (sans-IO)
+def test_the_control_plane_runs_the_harness_admission_object_and_guesses_tools_from_gaps() -> None:
+    from harness.backends import get_backend
+    from harness.config import make_config
+    from mars_impl.admission import MarsAdmission
+
+    sets = ("mars.pool_size=2", "mars.window_init=2", "mars.window_min=1")
+    gateway = build_gateway(["http://127.0.0.1:9"], sets=sets, tool_cores=4)
+    control = gateway.control
+    harness = get_backend("mars-admission", "http").make_admission(make_config(sets, backend="mars-admission",
+                                                                               engine="http", tool_cores=4))
+    assert type(control.admission) is type(harness) is MarsAdmission
+    assert control.admission.settings == harness.settings and control.admission.tool_cores == 4
+    a = control.call_arrives("a", "header", 100, 10, 0.0)
+    b = control.call_arrives("b", "header", 100, 10, 0.1)
+    c = control.call_arrives("c", "header", 50, 10, 0.2)
+    assert a.admitted_s == 0.0 and b.admitted_s == 0.1 and c.admitted_s is None  # two slots
+    control.call_started(a, 100, 0.0)
+    assert control.tool_signals().inflight == 0  # a's call in flight, b admitted but not called yet
+    control.call_ended(a, 1.0)
+    assert control.tool_signals().inflight == 1  # a between calls: on a tool
+    idle = control.session_idle_s
+    assert control.expire(0.1 + idle - 0.01) == []
+    assert [gs.id for gs in control.expire(0.1 + idle)] == ["b"]  # admitted, never called: idle since admitted
+    assert control.admit(0.1 + idle) == [c]  # its slot goes to the backlog
+    assert [gs.id for gs in control.expire(1.0 + idle)] == ["a"] and set(control.sessions) == {"c"}

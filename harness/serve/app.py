@@ -285,9 +285,11 @@ class Gateway:
         except ClientGone:
             self._give_up(gs, "client_gone")
             return Response(status_code=499)
-        if gs.admitted_s is None:  # woken by the shutdown
+        if gs.admitted_s is None and self.closing:
             self._give_up(gs, "shutdown")
             return error(503, "the gateway is shutting down", "server_overloaded", "shutting_down")
+        if gs.admitted_s is None:  # a session_end event ended it while it waited
+            return error(503, f"session {gs.id} ended before it was admitted", "server_overloaded", "session_ended")
         return None
 
     def _give_up(self, gs: GatewaySession, reason: str) -> None:
@@ -421,7 +423,9 @@ class Gateway:
                 self.control.tool_finished(session_id, event.tool_id, now)
             else:
                 self.control.end_session(session_id, now)
-                self.waiters.pop(session_id, None)
+                waiter = self.waiters.pop(session_id, None)
+                if waiter is not None:  # its first call was still waiting: it is answered now
+                    waiter.set()
                 self.control.admit(now)
         except UnknownSession:
             return error(404, f"no session {session_id} at the gateway (never seen, or ended)",
