@@ -168,13 +168,13 @@ def main() -> None:
         procs.append(proc)
         cpu = cpu_seconds(proc.pid)
         started = time.monotonic()
-        f |= asyncio.run(streams_held(gateway, args.streams, args.chunks, args.interval))
+        held = asyncio.run(streams_held(gateway, args.streams, args.chunks, args.interval))
         wall = time.monotonic() - started
         cpu = cpu_seconds(proc.pid) - cpu
         stats = httpx.get(slow + "/stats", timeout=10.0).json()
-        f |= {"streams": args.streams, "upstream_peak_open": stats["peak"], "wall_s": wall, "gateway_cpu_s": cpu,
-              "gateway_core_busy": cpu / wall,
-              "gateway_cpu_us_per_chunk": cpu / max(1, int(f["ended_well"]) * args.chunks) * 1e6}  # type: ignore[call-overload]
+        f |= held | {"streams": args.streams, "upstream_peak_open": stats["peak"], "wall_s": wall, "gateway_cpu_s": cpu,
+                     "gateway_core_busy": cpu / wall,
+                     "gateway_cpu_us_per_chunk": cpu / max(1, held["ended_well"] * args.chunks) * 1e6}
     finally:
         for proc in procs:
             proc.terminate()
@@ -193,8 +193,8 @@ def main() -> None:
           f"held at once (upstream's peak open) {f['upstream_peak_open']}, ended well {f['ended_well']}")
     print(f"stream overhead (end-to-end less the {(args.chunks - 1) * args.interval:g} s span) p50/p99: "
           f"{f['overhead_p50_ms']:.1f}/{f['overhead_p99_ms']:.1f} ms")
-    print(f"gateway CPU: {f['gateway_cpu_s']:.1f} s over {f['wall_s']:.1f} s ({f['gateway_core_busy']:.0%} of its core), "
-          f"{f['gateway_cpu_us_per_chunk']:.0f} us per relayed chunk, calls included")
+    print(f"gateway CPU: {f['gateway_cpu_s']:.1f} s over {f['wall_s']:.1f} s ({f['gateway_core_busy']:.0%} of its "
+          f"core), {f['gateway_cpu_us_per_chunk']:.0f} us per relayed chunk, calls included")
     print(f"uptime before: {f['uptime_before']}")
     print(f"uptime after:  {f['uptime_after']}")
 

@@ -35,7 +35,7 @@ def test_every_heavy_import_of_the_code_is_declared_by_an_extra() -> None:
     declared = set().union(*(_names(e) for e in EXTRAS))
     for module, package in (("transformers", "transformers"), ("tokenizers", "tokenizers"), ("ray", "ray"),
                             ("sglang", "sglang"), ("starlette", "starlette"), ("uvicorn", "uvicorn"),
-                            ("prometheus_client", "prometheus-client")):
+                            ("aiohttp", "aiohttp"), ("prometheus_client", "prometheus-client")):
         used = [p for p in (ROOT / "harness").rglob("*.py")
                 if re.search(rf"^\s*(from|import) {module}\b", p.read_text(), re.M)]
         used += [p for p in (ROOT / "workloads").rglob("*.py")

@@ -237,7 +237,8 @@ def test_sessions_stay_on_their_upstream_and_new_ones_go_to_the_least_loaded() -
         client(url, "d").completions.create(model="fake-model", prompt=[1], max_tokens=1)
         assert first.requests[-1][0]["x-session-id"] == "d"  # first holds none now, second holds b
         m = metrics_of(url)
-        assert m["mars_gateway_upstream_sessions{upstream=0}"] == 1 and m["mars_gateway_upstream_sessions{upstream=1}"] == 1
+        assert m["mars_gateway_upstream_sessions{upstream=0}"] == 1
+        assert m["mars_gateway_upstream_sessions{upstream=1}"] == 1
         assert m["mars_gateway_upstream_kv_usage"] == pytest.approx(0.1)  # both /metrics combined
     assert gateway.control.state()["admitted_total"] == 4
 
@@ -312,7 +313,8 @@ def test_logs_name_sessions_and_never_prompts_or_keys(upstream: tuple[str, FakeU
                                                       caplog: pytest.LogCaptureFixture) -> None:
     up_url, _ = upstream
     with caplog.at_level(logging.INFO, logger="mars_bench.serve"), gateway_on(up_url) as (url, _):
-        client(url, "logged").chat.completions.create(model="fake-model", messages=[{"role": "user", "content": PROMPT}])
+        client(url, "logged").chat.completions.create(model="fake-model",
+                                                      messages=[{"role": "user", "content": PROMPT}])
         list(client(url, "logged").chat.completions.create(model="fake-model", stream=True,
                                                            messages=[{"role": "user", "content": PROMPT}]))
     lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "mars_bench.serve"]

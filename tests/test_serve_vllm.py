@@ -44,8 +44,8 @@ TOOL_CORES = "8"
 def workload(path: Path) -> Path:
     tool = ToolCall(name="pytest", cpu_seconds=0.5)
     sessions = [Session(id=f"s{i}", arrival_s=round(0.1 * i, 3),
-                        turns=(Turn(new_tokens=n, output_tokens=6, tool=tool), Turn(new_tokens=12, output_tokens=6, tool=tool),
-                               Turn(new_tokens=12, output_tokens=6)))
+                        turns=(Turn(new_tokens=n, output_tokens=6, tool=tool),
+                               Turn(new_tokens=12, output_tokens=6, tool=tool), Turn(new_tokens=12, output_tokens=6)))
                 for i, n in enumerate(FIRST_PROMPTS)]
     save_sessions(sessions, path)
     return path

@@ -1,5 +1,5 @@
-"""`mars-bench serve`: the MARS gateway (harness.serve). Starlette, uvicorn and prometheus-client (the `serve`
-extra) are imported only when it runs, so the CLI starts without them."""
+"""`mars-bench serve`: the MARS gateway (harness.serve). Starlette, uvicorn, aiohttp and prometheus-client (the
+`serve` extra) are imported only when it runs, so the CLI starts without them."""
 
 from __future__ import annotations
 
@@ -66,14 +66,15 @@ def serve(upstreams: tuple[str, ...], host: str, port: int, policy: str, session
     """
     from harness.commands.extras import require_extra  # noqa: PLC0415
 
-    require_extra("serve", ("starlette", "uvicorn", "prometheus_client"), "mars-bench serve")
+    require_extra("serve", ("starlette", "uvicorn", "aiohttp", "prometheus_client"), "mars-bench serve")
     from harness.serve.run import build_gateway, check_upstreams, run_gateway  # noqa: PLC0415
 
     urls = tuple(check_url(u) for u in upstreams)
     sock = bind(host, port)
     try:
         check_upstreams(urls)
-        gateway = build_gateway(urls, policy=POLICIES[policy], sets=sets, session_header=session_header, untagged=untagged,
+        gateway = build_gateway(urls, policy=POLICIES[policy], sets=sets, session_header=session_header,
+                                untagged=untagged,
                                 session_idle_s=session_idle_s, tool_cores=tool_cores, send_priority=send_priority,
                                 request_timeout_s=request_timeout_s, admission_timeout_s=admission_timeout_s,
                                 max_body_bytes=int(max_body_mb * 2**20), kv_blocks=kv_blocks, block_size=block_size,
