@@ -276,8 +276,10 @@ def test_a_client_that_disconnects_cancels_its_upstream_stream(upstream: tuple[s
     with gateway_on(up_url) as (url, gateway):
         with httpx.stream("POST", url + "/v1/completions", headers={"X-Session-ID": "gone"},
                           json={"model": "fake-model", "prompt": [1], "stream": True}) as r:
-            next(r.iter_raw())
-            assert fake.open == 1
+            chunks = r.iter_raw()  # held: a dropped iterator closes the response, i.e. disconnects
+            next(chunks)
+            time.sleep(0.2)
+            assert fake.open == 1 and fake.cancelled == 0  # still streaming
         wait_for(lambda: fake.cancelled == 1 and fake.open == 0)
         wait_for(lambda: metrics_of(url)["mars_gateway_streams_in_flight"] == 0)
         assert gateway.control.sessions["gone"].in_flight == 0
