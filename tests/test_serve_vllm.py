@@ -121,3 +121,19 @@ def test_the_gateway_admits_in_the_order_mars_admission_does(vllm_server: VllmSe
     # the harness, as the client, saw the waits: each session's first call waited for the one before it to end
     calls = json.loads(httpx.get(url + "/v1/mars/state").text)
     assert calls["admitted_total"] == 6 and calls["backlog"] == 0
+
+
+def test_the_openai_client_streams_from_vllm_through_the_gateway(vllm_server: VllmServer,  # noqa: F811
+                                                                 gateway: tuple[str, Path]) -> None:
+    import openai
+
+    url, events = gateway
+    llm = openai.OpenAI(base_url=url + "/v1", api_key="unused", default_headers={"X-Session-ID": "oa"}, max_retries=0)
+    model = llm.models.list().data[0].id
+    stream = llm.completions.create(model=model, prompt=[1, 2, 3, 4], max_tokens=8, stream=True,
+                                    extra_body={"ignore_eos": True})
+    assert sum(1 for chunk in stream if chunk.choices and chunk.choices[0].text is not None) == 8
+    whole = llm.completions.create(model=model, prompt=[1, 2, 3, 4], max_tokens=8, extra_body={"ignore_eos": True})
+    assert whole.usage is not None and whole.usage.completion_tokens == 8
+    kinds = [json.loads(line)["kind"] for line in events.read_text().splitlines()]
+    assert kinds.count("session_admitted") == 1 and kinds.count("session_arrived") == 1  # two calls, one session
