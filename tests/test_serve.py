@@ -410,7 +410,7 @@ def test_the_control_plane_runs_the_harness_admission_object_and_guesses_tools_f
     b = control.call_arrives("b", "header", 100, 10, 0.1)
     c = control.call_arrives("c", "header", 50, 10, 0.2)
     assert a.admitted_s == 0.0 and b.admitted_s == 0.1 and c.admitted_s is None  # two slots
-    control.call_started(a, 100, 0.0)
+    control.call_started(a, 0.0)
     assert control.tool_signals().inflight == 0  # a's call in flight, b admitted but not called yet
     control.call_ended(a, 1.0)
     assert control.tool_signals().inflight == 1  # a between calls: on a tool

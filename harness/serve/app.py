@@ -255,7 +255,7 @@ class Gateway:
             refused = await self._wait_for_admission(request, gs)
             if refused is not None:
                 return refused
-        replica = self.control.call_started(gs, prompt, self.now())
+        replica = self.control.call_started(gs, self.now())
         if self.config.send_priority:
             body["priority"] = self.control.priority(gs, prompt)
             raw = json.dumps(body).encode()

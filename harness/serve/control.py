@@ -100,7 +100,7 @@ class ControlPlane:
             self.admit(now)
         return gs
 
-    def call_started(self, gs: GatewaySession, prompt_tokens: int, now: float) -> int:
+    def call_started(self, gs: GatewaySession, now: float) -> int:
         """An admitted session's call goes upstream now: its replica (index)."""
         if gs.last_end_s is not None and gs.in_flight == 0:
             self.sink("tool_gap", now, session_id=gs.id, gap_s=now - gs.last_end_s)
