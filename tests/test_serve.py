@@ -334,7 +334,8 @@ def test_bad_input_is_one_line_and_exit_2(upstream: tuple[str, FakeUpstream], ca
     cases = [(["--upstream", "ftp://x"], "not an http(s)"), (["--upstream", "http://127.0.0.1:9"], "no server answers"),
              (["--upstream", up_url, "--port", port], "cannot listen"),
              (["--upstream", up_url, "--port", "0", "--set", "engine_args.block_size=3"], "admission settings only"),
-             (["--upstream", up_url, "--port", "0", "--set", "mars.window_min=0"], "window_min")]
+             (["--upstream", up_url, "--port", "0", "--set", "mars.window_min=0"], "window_min"),
+             (["--upstream", up_url, "--port", "0", "--events-log", "/nonexistent/dir/e.jsonl"], "cannot write")]
     try:
         for args, expected in cases:
             assert main(["serve", *args]) == 2, args

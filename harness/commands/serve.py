@@ -70,6 +70,11 @@ def serve(upstreams: tuple[str, ...], host: str, port: int, policy: str, session
     from harness.serve.run import build_gateway, check_upstreams, run_gateway  # noqa: PLC0415
 
     urls = tuple(check_url(u) for u in upstreams)
+    if events_log:
+        try:
+            open(events_log, "a").close()  # noqa: SIM115 - only whether it can be written
+        except OSError as exc:
+            raise BadInput(f"--events-log {events_log}: cannot write there ({exc.strerror or exc})") from None
     sock = bind(host, port)
     try:
         check_upstreams(urls)
