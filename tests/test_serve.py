@@ -420,3 +420,15 @@ def test_the_control_plane_runs_the_harness_admission_object_and_guesses_tools_f
     assert [gs.id for gs in control.expire(0.1 + idle)] == ["b"]  # admitted, never called: idle since admitted
     assert control.admit(0.1 + idle) == [c]  # its slot goes to the backlog
     assert [gs.id for gs in control.expire(1.0 + idle)] == ["a"] and set(control.sessions) == {"c"}
+
+
+def test_a_client_that_leaves_the_backlog_takes_its_session_out(upstream: tuple[str, FakeUpstream]) -> None:
+    up_url, fake = upstream
+    one = ("mars.pool_size=1", "mars.window_init=1", "mars.window_min=1")
+    with gateway_on(up_url, sets=one) as (url, gateway):
+        client(url, "a").completions.create(model="fake-model", prompt=[1], max_tokens=1)
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(url + "/v1/completions", headers={"X-Session-ID": "b"}, timeout=0.3,
+                       json={"model": "fake-model", "prompt": [2]})
+        wait_for(lambda: gateway.control.ended_total.get("client_gone") == 1)
+        assert gateway.control.state()["backlog"] == 0 and len(fake.requests) == 1
