@@ -178,7 +178,12 @@ def main() -> None:
     finally:
         for proc in procs:
             proc.terminate()
-            proc.wait(10)
+        for proc in procs:
+            try:
+                proc.wait(40)  # the gateway drains its connections first
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
     f |= {"uptime_before": before, "uptime_after": uptime()}
     if args.json:
         print(json.dumps(f, indent=2))
