@@ -138,3 +138,34 @@ def test_the_openai_client_streams_from_vllm_through_the_gateway(vllm_server: Vl
     assert whole.usage is not None and whole.usage.completion_tokens == 8
     kinds = [json.loads(line)["kind"] for line in events.read_text().splitlines()]
     assert kinds.count("session_admitted") == 1 and kinds.count("session_arrived") == 1  # two calls, one session
+
+
+def test_mars_priority_reaches_a_vllm_server_with_priority_scheduling(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """vLLM started with --scheduling-policy priority takes the gateway's `priority` field (level 1 here: more
+    than 2,048 new prompt tokens), and serves the call."""
+    import openai
+
+    from harness.engines.vllm.engine import VllmSetup, engine_args, prepare_environment
+
+    setup = VllmSetup(model=str(tiny_model_dir), max_model_len=4096, num_gpu_blocks=200, block_size=32,
+                      load_format="dummy", cache_dir=str(tmp_path / "cache"))
+    prepare_environment(setup.cache_dir)
+    args = {k: v for k, v in engine_args(setup, {}).items() if k not in ("scheduler_cls", "additional_config")}
+    server = VllmServer({**args, "scheduling_policy": "priority"}, tmp_path / "server.log")
+    server.start()
+    try:
+        from harness.serve.run import build_gateway
+        from tests.fake_upstream import serving
+
+        gateway = build_gateway([server.url], send_priority=True)
+        with serving(gateway.app) as url:
+            llm = openai.OpenAI(base_url=url + "/v1", api_key="unused", default_headers={"X-Session-ID": "p"},
+                                max_retries=0)
+            model = llm.models.list().data[0].id
+            for prompt in ([5] * 100, [5] * 3000):  # levels 0 and 1
+                reply = llm.completions.create(model=model, prompt=prompt, max_tokens=2, extra_body={"ignore_eos": True})
+                assert reply.usage is not None and reply.usage.completion_tokens == 2
+            assert gateway.control.sessions["p"].calls == 2
+    finally:
+        server.stop()
+
