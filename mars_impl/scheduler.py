@@ -50,6 +50,16 @@ class SchedulerSettings(BaseModel):
         return self
 
 
+def prefill_level(tokens: int, settings: SchedulerSettings) -> int:
+    """The remaining-work level of `tokens` of prefill still to do: 0 up to the first threshold, ... 3 beyond
+    the last. Also the `priority` the gateway (harness.serve) gives a call on a vLLM server with priority
+    scheduling, where a lower value is served earlier."""
+    for level, limit in enumerate(settings.level_thresholds):
+        if tokens <= limit:
+            return level
+    return len(settings.level_thresholds)
+
+
 @dataclass
 class _State:
     feedback: int = 0
@@ -78,10 +88,7 @@ class MlfqScheduler(Policy):
         return 0 if req.is_decoding else self._tokens_level(req.remaining_prefill_tokens)
 
     def _tokens_level(self, remaining: int) -> int:
-        for level, limit in enumerate(self.settings.level_thresholds):
-            if remaining <= limit:
-                return level
-        return len(self.settings.level_thresholds)
+        return prefill_level(remaining, self.settings)
 
     def level(self, req: RequestView, now: float) -> int:
         """Effective level: the worse of feedback and remaining work, lifted by aging."""

@@ -282,7 +282,8 @@ def test_goodput_takes_several_slos_after_one_flag_as_in_vllm(run_cli, tmp_path:
 
 
 # Packages of the extras (and what they pull in): never imported to start the CLI or to show any help.
-HEAVY = ("seaborn", "matplotlib", "scipy", "vllm", "ray", "transformers", "torch")
+HEAVY = ("seaborn", "matplotlib", "scipy", "vllm", "ray", "transformers", "torch", "starlette", "uvicorn",
+         "aiohttp", "prometheus_client")
 
 
 def _loaded_after(code: str) -> list[str]:

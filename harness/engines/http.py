@@ -10,7 +10,7 @@ tools, harness.engines.chat); `max_tokens` (chat: `max_completion_tokens`) = the
 (`stream_options.include_usage`, as `vllm bench serve` asks), and the request carries `--header`s. With
 several `--base-url`s, `Router` picks each call's replica: per call in turn (`round-robin`) or one replica per
 session (`session`, for its prefix cache). Every call is an asyncio task on an `httpx.AsyncClient` of a few
-(`_Clients`), on an event loop of its own thread (`_Loop`): the tasks hand what they see to the simpy
+(`ClientPool`), on an event loop of its own thread (`_Loop`): the tasks hand what they see to the simpy
 environment through a queue drained every `POLL_S`, and closing the engine cancels them all, so a Ctrl-C ends
 the run at once whatever the server does. A call is retried with exponential backoff while nothing of it has
 streamed yet (connection refused or reset, 429, 5xx). A call that has not ended within `--request-timeout`
@@ -71,7 +71,7 @@ TEXT_TRIES = 10  # text prompts: how often a prompt's text is re-made to reach i
 DEFAULT_REQUEST_TIMEOUT_S = 600.0
 CLOSE_S = 2.0  # closing the engine waits this long at most for its cancelled calls and its loop's thread
 PATHS = {"completions": "/v1/completions", "chat": "/v1/chat/completions"}  # --endpoint NAME -> where calls go
-CONNECTIONS_PER_CLIENT = 32  # calls in flight on one client (_Clients)
+CONNECTIONS_PER_CLIENT = 32  # calls in flight on one client (ClientPool)
 SESSION_ID = "{session_id}"  # in a --header's value: the call's session id (e.g. an affinity header)
 NEEDS_TOKENIZER = ("--endpoint chat sends text messages: give the served model's tokenizer with --tokenizer DIR, "
                    "so they have the workload's token counts")
@@ -97,10 +97,28 @@ def parse_metrics(text: str) -> dict[str, float]:
     return out
 
 
-def _count(metrics: dict[str, float], key: str) -> int | None:
+def _count(metrics: Mapping[str, float], key: str) -> int | None:
     """A counter of /metrics as an int, None when the server does not export it."""
     value = metrics.get(key)
     return None if value is None else int(value)
+
+
+def engine_signals(metrics: Mapping[str, float], num_gpu_blocks: int | None = None,
+                   block_size: int | None = None) -> EngineSignals | None:
+    """The GPU side of the information stream from one (combined) /metrics reading; `num_gpu_blocks` and
+    `block_size` stand in where the server does not publish its KV geometry. None when the reading has no KV
+    usage or the cache's size is unknown: usage without the size is no block budget (missing, as the reference
+    says)."""
+    m = metrics
+    total = int(m.get("num_gpu_blocks") or num_gpu_blocks or 0)
+    if "kv_usage" not in m or not total:
+        return None
+    usage = float(m["kv_usage"])
+    return EngineSignals(kv_usage=usage, free_blocks=int(round(total * (1 - usage))), total_blocks=total,
+                         block_size=int(m.get("block_size") or block_size or 16),
+                         running=int(m.get("running", 0)), waiting=int(m.get("waiting", 0)),
+                         preemptions=_count(m, "preemptions"), prefix_query_tokens=_count(m, "prefix_cache_queries"),
+                         prefix_hit_tokens=_count(m, "prefix_cache_hits"))
 
 
 @dataclass(frozen=True)
@@ -200,7 +218,7 @@ def _async_client(api_key: str | None, headers: Mapping[str, str] | None = None,
                              verify=verify)
 
 
-class _Clients:
+class ClientPool:
     """The clients the calls stream on: as many `httpx.AsyncClient`s as the calls in flight need, each given
     at most CONNECTIONS_PER_CLIENT calls at once, so every call in flight streams at once (one client's
     default cap of 100 would queue the rest on our side, counted as the server's latency) and no pool grows
@@ -252,13 +270,23 @@ class Router:
             replica = self._next
             self._next = (self._next + 1) % self.replicas
         else:
-            replica = self._sticky.get(session_id, -1)
-            if replica < 0:
-                replica = min(range(self.replicas), key=lambda r: self._held[r])
-                self._sticky[session_id] = replica
-                self._held[replica] += 1
+            replica = self.place(session_id)
         self.calls[replica] += 1
         return replica
+
+    def place(self, session_id: str) -> int:
+        """The session's replica ("session" routing): where it is, else the one holding the fewest sessions."""
+        replica = self._sticky.get(session_id, -1)
+        if replica < 0:
+            replica = min(range(self.replicas), key=lambda r: self._held[r])
+            self._sticky[session_id] = replica
+            self._held[replica] += 1
+        return replica
+
+    @property
+    def held(self) -> list[int]:
+        """Sessions on each replica now."""
+        return list(self._held)
 
     def end(self, session_id: str) -> None:
         replica = self._sticky.pop(session_id, None)
@@ -311,7 +339,7 @@ class _Loop:
             future.cancel()
             raise
 
-    def close(self, *clients: httpx.AsyncClient | _Clients | None) -> None:
+    def close(self, *clients: httpx.AsyncClient | ClientPool | None) -> None:
         """Cancel every task, close the `clients`, stop the loop and end its thread; safe to call twice."""
         if self.loop.is_closed():
             return
@@ -372,7 +400,7 @@ class HttpEngine(RealEngine):
         super().__init__(limits.max_model_len, limits.seed)
         self._loop: _Loop | None = None
         self.http: httpx.AsyncClient | None = None  # start-up checks and /metrics; the calls stream on `streams`
-        self.streams: _Clients | None = None
+        self.streams: ClientPool | None = None
         self._tok: Any = None
         self._text_rng = np.random.default_rng(limits.seed)  # text prompts: ids that extend a short text
         self.text_mismatch = 0  # text prompts: tokens by which they missed their counts (vllm bench's mismatch)
@@ -407,9 +435,9 @@ class HttpEngine(RealEngine):
             raise
         self.env.process(self._drain())
 
-    async def _open(self) -> tuple[httpx.AsyncClient, _Clients]:
+    async def _open(self) -> tuple[httpx.AsyncClient, ClientPool]:
         headers = dict(self.target.headers)  # made on the loop that will use them
-        return _async_client(self.target.api_key, headers), _Clients(self.target.api_key, headers)
+        return _async_client(self.target.api_key, headers), ClientPool(self.target.api_key, headers)
 
     def _get(self, path: str, timeout_s: float) -> httpx.Response:
         """A GET of the (first) server from the caller's thread, on the loop."""
@@ -709,16 +737,7 @@ class HttpEngine(RealEngine):
             return None  # no /metrics: the KV signal is missing, admission falls back (reference)
         if self._reading_at is None or self._now() - self._reading_at > METRICS_STALE_S:
             return None  # no recent reading: the signal stream keeps the last one for a while
-        m = self._metrics
-        total = int(m.get("num_gpu_blocks") or self.limits.num_gpu_blocks or 0)
-        if "kv_usage" not in m or not total:
-            return None  # usage without the cache's size is no block budget: missing, as the reference says
-        usage = float(m["kv_usage"])
-        return EngineSignals(kv_usage=usage, free_blocks=int(round(total * (1 - usage))), total_blocks=total,
-                             block_size=int(m.get("block_size") or self.limits.block_size or 16),
-                             running=int(m.get("running", 0)), waiting=int(m.get("waiting", 0)),
-                             preemptions=_count(m, "preemptions"), prefix_query_tokens=_count(m, "prefix_cache_queries"),
-                             prefix_hit_tokens=_count(m, "prefix_cache_hits"))
+        return engine_signals(self._metrics, self.limits.num_gpu_blocks, self.limits.block_size)
 
     def timeline(self) -> dict[str, Any]:
         m = self._metrics
