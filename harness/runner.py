@@ -328,11 +328,14 @@ class AgentRun:
             bound: tuple[dict[str, float], dict[str, float]] | None = None) -> Outcome:
         """Run to the end (`isolated`, `bound`: each session's reference JCTs, see harness.bound); the tools and
         the engine are closed afterwards, also on an error or Ctrl-C (then `outcome` has what was measured)."""
-        # What the process holds now (workload, model, tokenizer, imported libraries) is left out of the garbage
-        # collector's scans until the run ends: a full collection of a heap with torch and transformers in it
-        # held the GIL for up to 200 ms, stalling a real engine's client loop and with it the TTFT it measures.
-        gc.collect()
-        gc.freeze()
+        # On a real-time clock, what the process holds now (workload, model, tokenizer, imported libraries) is left
+        # out of the garbage collector's scans until the run ends: a full collection of a heap with torch and
+        # transformers in it held the GIL for up to 200 ms, stalling a real engine's client loop and with it the
+        # TTFT it measures. (A simulated run has no wall clock to disturb and skips the ~35 ms collection.)
+        realtime = isinstance(self.env, simpy.RealtimeEnvironment)
+        if realtime:
+            gc.collect()
+            gc.freeze()
         try:
             self.engine.start()
             self._wall = time.perf_counter()
@@ -353,7 +356,8 @@ class AgentRun:
         finally:
             self.tools.close()
             self.engine.close()
-            gc.unfreeze()
+            if realtime:
+                gc.unfreeze()
         return self.outcome(isolated, bound)
 
     def _clock(self) -> dict[str, float]:
